@@ -1,0 +1,3 @@
+from onix.cli import main
+
+main()

@@ -1,0 +1,381 @@
+"""The `onix` command: a thin skin over the library modules.
+
+Each command parses options, calls one library function, and prints its
+result as JSON (--json) or as a few calm lines. Library errors (OnixError)
+become one `error: <path>: <what>; <what to do>` line and a non-zero exit.
+Heavy modules are imported inside the commands so `onix status` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from onix.errors import OnixError
+from onix.ui import RichProgress, console, error, human_bytes, print_json
+
+app = typer.Typer(help="ONIX machine plane: stones, states, rollback.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+state_app = typer.Typer(help="List, inspect, switch, pin and remove states.",
+                        no_args_is_help=True)
+stone_app = typer.Typer(help="Make and read stone files.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+app.add_typer(stone_app, name="stone")
+
+Root = Annotated[Path, typer.Option("--root", help="Operate on this root instead of /.",
+                                    file_okay=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+NoWait = Annotated[bool, typer.Option("--no-wait",
+                                      help="Fail at once if another onix holds the lock.")]
+
+
+def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> None:
+    try:
+        result = fn()
+    except OnixError as e:
+        error(e.line(), as_json=as_json, data=e.as_dict())
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        error("interrupted; the next onix command recovers the root")
+        raise typer.Exit(130) from None
+    data = result.as_dict() if hasattr(result, "as_dict") else result
+    if as_json:
+        print_json(data)
+    else:
+        human(data)
+
+
+def _progress(as_json: bool) -> Any:
+    p = RichProgress()
+    if as_json:
+        p.enabled = False
+    return p
+
+
+def _print_result(r: dict) -> None:
+    out = console()
+    for line in r.get("recovered") or []:
+        out.print(f"[yellow]recovered:[/] {line}")
+    if not r["changed"]:
+        out.print(f"nothing to do ({r['summary']})")
+        return
+    if r.get("fstx"):
+        out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  "
+                  f"[dim](was {r['from_state'] if r['from_state'] is not None else 'none'})[/]")
+    out.print(r["summary"])
+    for w in r.get("warnings") or []:
+        out.print(f"[yellow]warning:[/] {w}")
+
+
+# -- transactions ----------------------------------------------------------------
+
+
+@app.command()
+def install(stones: Annotated[list[Path], typer.Argument(help="Stone files to install.")],
+            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Install or replace stones; one transaction, one new state."""
+    from onix import transaction
+
+    _run(json, lambda: transaction.install(root, stones, wait=not no_wait,
+                                           progress=_progress(json)), _print_result)
+
+
+@app.command()
+def remove(names: Annotated[list[str], typer.Argument(help="Installed stone names.")],
+           root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Remove stones by name; one transaction, one new state."""
+    from onix import transaction
+
+    _run(json, lambda: transaction.remove(root, names, wait=not no_wait,
+                                          progress=_progress(json)), _print_result)
+
+
+def _print_switch(r: dict) -> None:
+    out = console()
+    for line in r.get("recovered") or []:
+        out.print(f"[yellow]recovered:[/] {line}")
+    out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  [dim](was {r['from_state']})[/]")
+    out.print("plane: machine")
+    out.print(f"/nix: {r['nix']}")
+    for w in r.get("warnings") or []:
+        out.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command()
+def rollback(to: Annotated[int | None, typer.Option("--to", help="State id to go back to.")] = None,
+             root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Go back to the previous state (or --to ID). /nix is checked before and after."""
+    from onix import transaction
+
+    _run(json, lambda: transaction.rollback(root, to=to, wait=not no_wait), _print_switch)
+
+
+@app.command()
+def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to keep.")] = 3,
+          root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Remove old states (never active or pinned ones) and store content nothing uses."""
+    from onix import prune as prune_mod
+
+    def human(r: dict) -> None:
+        out = console()
+        d = r["detail"]
+        if d["states"]:
+            out.print("removed states: " + ", ".join(str(i) for i in d["states"]))
+        else:
+            out.print("no states to remove")
+        out.print(f"removed {d['objects']} store objects, freed {human_bytes(d['bytes_freed'])}")
+        out.print("plane: machine")
+        out.print(f"/nix: {r['nix']}")
+
+    _run(json, lambda: prune_mod.prune(root, keep=keep, wait=not no_wait,
+                                       progress=_progress(json)), human)
+
+
+@app.command()
+def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the store.")] = False,
+           root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Re-hash the store and check /usr against the active state's layout."""
+    from onix import verify as verify_mod
+
+    def human(r: dict) -> None:
+        out = console()
+        for line in r["recovered"]:
+            out.print(f"[yellow]recovered:[/] {line}")
+        for p in r["fixed"]:
+            out.print(f"fixed {p['problem']}: {p['path']}")
+        for p in r["problems"]:
+            out.print(f"[red]{p['problem']}[/]: {p['path']}" + (f" ({p['detail']})"
+                                                               if p["detail"] else ""))
+        verdict = "[green]clean[/]" if r["clean"] else f"[red]{len(r['problems'])} problems[/]"
+        out.print(f"state {r['state']}: {r['objects_checked']} objects, {r['files_checked']} "
+                  f"files, {human_bytes(r['bytes_hashed'])} hashed — {verdict}")
+        if not r["clean"] and not fix:
+            out.print("run onix verify --fix to restore from the store")
+
+    def go() -> Any:
+        report = verify_mod.verify(root, fix=fix, wait=not no_wait, progress=_progress(json))
+        return report
+
+    report: dict = {}
+
+    def capture(r: dict) -> None:
+        report.update(r)
+        human(r)
+
+    _run(json, go, capture)
+    if report and not report["clean"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(root: Root = Path("/"), json: Json = False) -> None:
+    """What is live: active fstx, state count, store size."""
+    from onix.status import status as get
+
+    def human(r: dict) -> None:
+        out = console()
+        if not r["initialized"]:
+            out.print(f"{r['root']}: not an ONIX root yet")
+            return
+        out.print(f"active fstx: {r['active_fstx'] or 'none'}")
+        out.print(f"states: {r['states']}" + (f" (pinned: {', '.join(map(str, r['pinned']))})"
+                                              if r["pinned"] else ""))
+        out.print(f"store: {human_bytes(r['store_bytes'])}")
+        for n in r["notes"]:
+            out.print(f"[yellow]note:[/] {n}")
+
+    _run(json, lambda: get(root), human)
+
+
+@app.command("ownership")
+def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
+    """The ownership contract: which plane owns which surface."""
+    from onix.ownership import TABLE
+
+    def human(rows: list) -> None:
+        from rich.table import Table
+
+        t = Table(box=None)
+        for col in ("surface", "owner", "reason"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["surface"], r["owner"], r["reason"])
+        console().print(t)
+
+    _run(json, lambda: [{"surface": s, "owner": o, "reason": r} for s, o, r in TABLE], human)
+
+
+# -- states ------------------------------------------------------------------------
+
+
+@state_app.command("list")
+def state_list(root: Root = Path("/"), json: Json = False) -> None:
+    """States, newest first; * marks the active one."""
+    from onix import states
+
+    def human(rows: list) -> None:
+        from rich.table import Table
+
+        t = Table(box=None)
+        for col in ("", "id", "fstx", "created", "stones", "pinned", "summary"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row("*" if r["active"] else "", str(r["id"]), r["fstx"], r["created"],
+                      str(r["stones"]), "pinned" if r["pinned"] else "", r["summary"])
+        console().print(t)
+
+    _run(json, lambda: states.list_states(root), human)
+
+
+@state_app.command("show")
+def state_show(state_id: Annotated[int, typer.Argument(metavar="ID")], root: Root = Path("/"),
+               json: Json = False) -> None:
+    """One state: its fstx, stones and size."""
+    from onix import states
+
+    def human(r: dict) -> None:
+        out = console()
+        out.print(f"state {r['id']} [bold]{r['fstx']}[/]" + (" (active)" if r["active"] else "")
+                  + (" (pinned)" if r["pinned"] else ""))
+        out.print(f"created {r['created']}; {r['summary']}")
+        out.print(f"{r['files']} files, {human_bytes(r['bytes'])}")
+        for s in r["stones"]:
+            out.print(f"  {s['name']} {s['version']}-{s['release']}  [dim]{s['summary']}[/]")
+
+    _run(json, lambda: states.show_state(root, state_id), human)
+
+
+@state_app.command("diff")
+def state_diff(a: int, b: int, root: Root = Path("/"), json: Json = False) -> None:
+    """Stones and files added, removed and changed from state A to state B."""
+    from onix import states
+
+    def human(r: dict) -> None:
+        out = console()
+        for what in ("stones", "files"):
+            for change, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
+                for item in r[what][change]:
+                    out.print(f"{sign} {item}")
+        if not any(r[w][c] for w in ("stones", "files") for c in ("added", "removed", "changed")):
+            out.print("no differences")
+
+    _run(json, lambda: states.diff_states(root, a, b), human)
+
+
+@state_app.command("activate")
+def state_activate(state_id: Annotated[int, typer.Argument(metavar="ID")],
+                   root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Make an archived state live."""
+    from onix import transaction
+
+    _run(json, lambda: transaction.activate(root, state_id, wait=not no_wait), _print_switch)
+
+
+def _pin(state_id: int, pinned: bool, root: Path, json: bool, no_wait: bool) -> None:
+    from onix import states
+
+    _run(json, lambda: states.set_pinned(root, state_id, pinned, wait=not no_wait),
+         lambda r: console().print(f"state {r['id']} {'pinned' if r['pinned'] else 'unpinned'}"))
+
+
+@state_app.command("pin")
+def state_pin(state_id: Annotated[int, typer.Argument(metavar="ID")], root: Root = Path("/"),
+              json: Json = False, no_wait: NoWait = False) -> None:
+    """Keep a state through every prune."""
+    _pin(state_id, True, root, json, no_wait)
+
+
+@state_app.command("unpin")
+def state_unpin(state_id: Annotated[int, typer.Argument(metavar="ID")], root: Root = Path("/"),
+                json: Json = False, no_wait: NoWait = False) -> None:
+    """Let prune remove a state again."""
+    _pin(state_id, False, root, json, no_wait)
+
+
+@state_app.command("remove")
+def state_remove(ids: Annotated[list[int], typer.Argument(metavar="ID...")],
+                 root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Remove archived states (never the active one) and store content only they used."""
+    from onix import prune as prune_mod
+
+    _run(json, lambda: prune_mod.remove_states(root, ids, wait=not no_wait),
+         lambda r: console().print(r["summary"]))
+
+
+# -- stones --------------------------------------------------------------------------
+
+
+@stone_app.command("pack")
+def stone_pack(
+    src: Annotated[Path, typer.Argument(metavar="DIR", help="DESTDIR holding usr/.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Stone file to write.")],
+    name: Annotated[str, typer.Option("--name")],
+    version: Annotated[str, typer.Option("--version")],
+    release: Annotated[int, typer.Option("--release")] = 1,
+    arch: Annotated[str, typer.Option("--arch")] = "x86_64",
+    summary: Annotated[str, typer.Option("--summary")] = "",
+    license: Annotated[str, typer.Option("--license")] = "",
+    provides: Annotated[list[str] | None, typer.Option("--provides")] = None,
+    depends: Annotated[list[str] | None, typer.Option("--depends")] = None,
+    level: Annotated[int, typer.Option("--level", help="zstd level.")] = 6,
+    json: Json = False,
+) -> None:
+    """Pack a DESTDIR into a stone (deterministic: same tree, same bytes)."""
+    from onix.stone import StoneMeta, pack
+
+    meta = StoneMeta(name=name, version=version, release=release, arch=arch, summary=summary,
+                     license=license, provides=sorted(provides or []),
+                     depends=sorted(depends or []))
+
+    def human(r: dict) -> None:
+        console().print(f"{r['path']}: {r['meta']['name']} {r['meta']['version']}-"
+                        f"{r['meta']['release']}, {r['entries']} entries, "
+                        f"{human_bytes(r['installed_size'])} installed")
+
+    _run(json, lambda: pack(src, output, meta, level=level), human)
+
+
+@stone_app.command("inspect")
+def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
+                  files: Annotated[bool, typer.Option("--files", help="List the layout.")] = False,
+                  json: Json = False) -> None:
+    """Check a stone and print its metadata and payloads."""
+    from onix.stone import Stone
+
+    def read() -> dict:
+        with Stone(stone) as s:
+            d = s.describe()
+            if files:
+                d["layout"] = [e.as_record() for e in s.layout]
+            return d
+
+    def human(d: dict) -> None:
+        out = console()
+        m = d["meta"]
+        out.print(f"{m['name']} {m['version']}-{m['release']} ({m['arch']}) — {m['summary']}")
+        out.print(f"license: {m['license'] or '-'}; provides: {', '.join(m['provides']) or '-'}; "
+                  f"depends: {', '.join(m['depends']) or '-'}")
+        out.print(f"{d['entries']} entries, {d['files']} files, {d['unique_contents']} unique "
+                  f"contents, {human_bytes(d['installed_size'])} installed")
+        for kind, p in d["payloads"].items():
+            out.print(f"  {kind:8} {human_bytes(p['stored']):>10} stored  "
+                      f"{human_bytes(p['plain']):>10} plain  {p['records']} records")
+        for rec in d.get("layout", []):
+            out.print(f"  {rec[1]:7} {rec[2]:04o} /usr/{rec[0]}")
+
+    _run(json, read, human)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

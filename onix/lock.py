@@ -1,0 +1,36 @@
+"""One mutating onix per root: an flock on <root>/.onix/lock.
+
+flock is released by the kernel when the process dies, so a crashed onix never
+leaves a stale lock behind; the journal, not the lock, carries what it was doing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from onix.errors import LockedError
+from onix.paths import RootPaths
+
+
+@contextmanager
+def root_lock(paths: RootPaths, *, wait: bool = True,
+              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    paths.ensure()
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise LockedError("another onix is working on this root", path=paths.lock,
+                                  hint="wait for it to finish, or run without --no-wait to "
+                                  "queue behind it") from None
+            if on_wait:
+                on_wait(f"waiting for another onix to release {paths.lock} …")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock

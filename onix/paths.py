@@ -1,0 +1,116 @@
+"""Where things live under a root. Every path the engine touches comes from here.
+
+    <root>/usr                      the live machine tree (ours)
+    <root>/{bin,sbin,lib,lib64}     symlinks into usr/
+    <root>/.onix/store/ab/<obj>     content-addressed objects (see store.py)
+    <root>/.onix/store/.tmp/        objects being imported, not yet admitted
+    <root>/.onix/db/onix.db         SQLite state log (see db.py)
+    <root>/.onix/states/<id>/usr    archived trees of inactive states
+    <root>/.onix/staging/usr        the next tree while a transaction builds it
+    <root>/.onix/cache/stones/      every imported stone, kept for `verify --fix`
+    <root>/.onix/trash/             trees being deleted by prune
+    <root>/.onix/lock               flock; one mutating onix per root
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+STATE_ID_FILE = ".stateID"  # relative to usr/
+OS_RELEASE_FILE = "lib/os-release"  # relative to usr/
+GENERATED = (STATE_ID_FILE, OS_RELEASE_FILE)
+
+
+@dataclass(frozen=True)
+class RootPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, root: Path | str) -> RootPaths:
+        return cls(Path(root).absolute())
+
+    @property
+    def usr(self) -> Path:
+        return self.root / "usr"
+
+    @property
+    def nix(self) -> Path:
+        return self.root / "nix"
+
+    @property
+    def onix(self) -> Path:
+        return self.root / ".onix"
+
+    @property
+    def store(self) -> Path:
+        return self.onix / "store"
+
+    @property
+    def store_tmp(self) -> Path:
+        return self.store / ".tmp"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.onix / "db"
+
+    @property
+    def db(self) -> Path:
+        return self.db_dir / "onix.db"
+
+    @property
+    def states(self) -> Path:
+        return self.onix / "states"
+
+    def state_tree(self, state_id: int) -> Path:
+        return self.states / str(state_id) / "usr"
+
+    @property
+    def staging(self) -> Path:
+        return self.onix / "staging"
+
+    @property
+    def staging_usr(self) -> Path:
+        return self.staging / "usr"
+
+    @property
+    def cache(self) -> Path:
+        return self.onix / "cache"
+
+    @property
+    def stone_cache(self) -> Path:
+        return self.cache / "stones"
+
+    @property
+    def trash(self) -> Path:
+        return self.onix / "trash"
+
+    @property
+    def lock(self) -> Path:
+        return self.onix / "lock"
+
+    @property
+    def state_id_file(self) -> Path:
+        return self.usr / STATE_ID_FILE
+
+    def initialized(self) -> bool:
+        return self.db.exists()
+
+    def ensure(self) -> None:
+        """Create the .onix skeleton (idempotent)."""
+        for d in (self.store, self.store_tmp, self.db_dir, self.states, self.staging,
+                  self.stone_cache, self.trash):
+            d.mkdir(parents=True, exist_ok=True)
+        self.onix.chmod(0o755)
+        if not self.lock.exists():
+            self.lock.touch(mode=0o600)
+
+
+def read_state_id(usr: Path) -> int | None:
+    """The state a /usr tree says it is, from its .stateID (the truth on disk)."""
+    try:
+        text = (usr / STATE_ID_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() else None

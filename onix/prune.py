@@ -1,0 +1,125 @@
+"""Prune: forget old states, delete their trees, collect unused store content.
+
+Steps (each a crash point; the journal row carries the plan, so an
+interrupted prune is simply run forward again by the next onix):
+
+    journal   record which states go, /nix fingerprint
+    forget    delete their rows (the states are gone from here on)
+    trash     move .onix/states/<id> to .onix/trash/, then delete it
+    gc        drop stones no state uses, store objects no stone uses,
+              cached stones of dropped stones, and import debris
+    done      close the journal row with what was freed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+
+from onix import faults, fsutil, ownership
+from onix.db import stones_t
+from onix.errors import StateError
+from onix.progress import SILENT, Progress
+from onix.transaction import Result, Session, _bump_store_bytes, session
+
+
+def plan(states: list[dict], *, active: int | None, keep: int) -> list[int]:
+    """Ids to prune: all but the `keep` newest, the active one and pinned ones."""
+    newest = {s["id"] for s in sorted(states, key=lambda s: s["id"], reverse=True)[:keep]}
+    return sorted(s["id"] for s in states
+                  if s["id"] not in newest and s["id"] != active and not s["pinned"])
+
+
+def prune(root: Path | str, *, keep: int = 3, wait: bool = True,
+          progress: Progress = SILENT) -> Result:
+    if keep < 1:
+        raise StateError("--keep must be at least 1", hint="the active state is always kept")
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        with s.db.read() as c:
+            doomed = plan(s.db.states(c), active=s.live_state(), keep=keep)
+        return _run(s, doomed, kind="prune")
+
+
+def remove_states(root: Path | str, ids: list[int], *, wait: bool = True,
+                  progress: Progress = SILENT) -> Result:
+    """`onix state remove`: like prune, for named states."""
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        live = s.live_state()
+        with s.db.read() as c:
+            for sid in ids:
+                st = s.db.state(c, sid)
+                if sid == live:
+                    raise StateError(f"state {sid} is the active state", path=s.paths.db,
+                                     hint="activate another state first")
+                if st["pinned"]:
+                    raise StateError(f"state {sid} is pinned", path=s.paths.db,
+                                     hint=f"onix state unpin {sid} first")
+        return _run(s, sorted(set(ids)), kind="state-remove")
+
+
+def _run(s: Session, doomed: list[int], *, kind: str) -> Result:
+    faults.point(kind, "journal")
+    nix_before = ownership.nix_fingerprint(s.paths.root)
+    with s.db.write() as c:
+        tx_id = s.db.begin_tx(c, kind=kind, from_state=s.live_state(), to_state=None,
+                              detail={"states": doomed}, nix_before=nix_before)
+        tx = s.db.tx(c, tx_id)
+    detail = resume(s, tx)
+    report = detail.pop("nix_report")
+    return Result(kind=kind, changed=bool(doomed or detail["objects"]), summary=(
+        f"removed {len(doomed)} states, {detail['objects']} objects, "
+        f"{detail['bytes_freed']} bytes"), nix=report, recovered=s.recovered, detail=detail)
+
+
+def resume(s: Session, tx: dict) -> dict:
+    """Run (or re-run after a crash) the steps of a prune journal row. Idempotent."""
+    kind = tx["kind"]
+    doomed: list[int] = json.loads(tx["detail"])["states"]
+    faults.point(kind, "forget")
+    with s.db.write() as c:
+        for sid in doomed:
+            s.db.delete_state(c, sid)
+        s.db.tx_step(c, tx["id"], "trash")
+    faults.point(kind, "trash")
+    s.paths.trash.mkdir(exist_ok=True)
+    for sid in doomed:
+        d = s.paths.states / str(sid)
+        if d.exists():
+            os.rename(d, s.paths.trash / f"{sid}-{tx['id']}")
+    for d in list(s.paths.trash.iterdir()):
+        fsutil.remove_tree(d)
+    faults.point(kind, "gc")
+    objects, freed = collect_garbage(s)
+    faults.point(kind, "done")
+    nix_before = json.loads(tx["nix_before"]) if tx["nix_before"] else {}
+    nix_after = ownership.nix_fingerprint(s.paths.root)
+    report = ownership.report(nix_before, nix_after)
+    detail = {"states": doomed, "objects": objects, "bytes_freed": freed}
+    with s.db.write() as c:
+        s.db.end_tx(c, tx["id"], "done", detail=detail, nix_after=nix_after, nix_report=report)
+    return {**detail, "nix_report": report}
+
+
+def collect_garbage(s: Session) -> tuple[int, int]:
+    """Delete what no remaining state can reach. Returns (objects removed, bytes freed)."""
+    with s.db.write() as c:
+        s.db.delete_stones(c, s.db.unused_stones(c))
+        keep = s.db.referenced_objects(c)
+        known = set(c.execute(select(stones_t.c.digest)).scalars())
+    objects = object_bytes = 0
+    for key, _path in list(s.store.objects()):
+        if (key.digest, key.mode, key.uid, key.gid) not in keep:
+            object_bytes += s.store.remove(key)
+            objects += 1
+    cache_bytes = 0
+    for cached in s.paths.stone_cache.glob("*.stone"):
+        if cached.stem not in known:
+            cache_bytes += cached.stat().st_size
+            cached.unlink()
+    s.store.clean_tmp()
+    with s.db.write() as c:
+        _bump_store_bytes(s, c, -object_bytes)
+    return objects, object_bytes + cache_bytes

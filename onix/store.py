@@ -1,0 +1,209 @@
+"""The content-addressed store under <root>/.onix/store.
+
+On-disk format
+--------------
+    store/<d0d1>/<digest>.<mode>.<uid>.<gid>
+
+`digest` is the blake3 hex digest of the file's content, `mode` the installed
+permission bits in four octal digits (write bits already stripped), `uid` and
+`gid` the owner. The object *is* the file every state hardlinks into its /usr,
+so everything an inode carries is part of its name: a file that two stones ship
+with different modes becomes two objects with the same content (like OSTree's
+file objects, whose checksum covers mode and owner). One level of 256 shards
+keeps directories small without paying a mkdir per object.
+
+Empty files are never stored: the blit makes each one fresh, because a single
+shared empty inode would hit ext4's 65,000-link limit (moss issue #372).
+
+Writes: content is written under store/.tmp/<batch>/, hashed while written,
+flushed with one syncfs(), then renamed into place; a digest that does not
+match is never admitted. A crash leaves only .tmp/ debris, removed by the next
+import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from onix import fsutil
+from onix.paths import RootPaths
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectKey:
+    digest: str
+    mode: int
+    uid: int = 0
+    gid: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.digest}.{self.mode:04o}.{self.uid}.{self.gid}"
+
+    @classmethod
+    def parse(cls, name: str) -> ObjectKey | None:
+        parts = name.split(".")
+        if len(parts) != 4 or len(parts[0]) != 64:
+            return None
+        try:
+            return cls(parts[0], int(parts[1], 8), int(parts[2]), int(parts[3]))
+        except ValueError:
+            return None
+
+
+def hash_file(path: Path) -> str:
+    import blake3
+
+    size = path.stat().st_size
+    if size >= 1 << 20:
+        # Large files: let blake3 map the file and hash on all cores.
+        return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
+    with open(path, "rb") as f:
+        return blake3.blake3(f.read()).hexdigest()
+
+
+class Store:
+    def __init__(self, paths: RootPaths):
+        self.paths = paths
+        self.dir = paths.store
+
+    def path(self, key: ObjectKey) -> Path:
+        return self.dir / key.digest[:2] / key.name
+
+    def has(self, key: ObjectKey) -> bool:
+        return os.path.exists(self.path(key))
+
+    def objects(self) -> Iterator[tuple[ObjectKey, Path]]:
+        if not self.dir.is_dir():
+            return
+        for shard in sorted(self.dir.iterdir()):
+            if shard.name.startswith(".") or not shard.is_dir():
+                continue
+            for obj in sorted(shard.iterdir()):
+                key = ObjectKey.parse(obj.name)
+                if key is not None:
+                    yield key, obj
+
+    def size_bytes(self) -> int:
+        total = 0
+        for _key, p in self.objects():
+            with contextlib.suppress(FileNotFoundError):
+                total += p.stat().st_size
+        return total
+
+    def remove(self, key: ObjectKey) -> int:
+        p = self.path(key)
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def clean_tmp(self) -> None:
+        """Drop debris of imports that never finished (they admitted nothing)."""
+        if self.paths.store_tmp.exists():
+            for d in self.paths.store_tmp.iterdir():
+                fsutil.remove_tree(d)
+
+    def batch(self) -> ImportBatch:
+        return ImportBatch(self)
+
+
+class DigestMismatch(Exception):
+    def __init__(self, expected: str, actual: str):
+        super().__init__(f"content hashes to {actual[:16]}…, layout says {expected[:16]}…")
+        self.expected = expected
+        self.actual = actual
+
+
+class ImportBatch:
+    """Objects written and verified together, admitted together, or not at all."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.tmp = store.paths.store_tmp / uuid.uuid4().hex
+        self.tmp.mkdir(parents=True)
+        self.content: dict[str, Path] = {}
+        self.admitted: list[Path] = []
+        self.new_shards: list[Path] = []
+        self.bytes_written = 0
+
+    def write(self, digest: str, chunks: Iterable[bytes]) -> None:
+        """Write one content blob, hashing as it goes; raise DigestMismatch if it lies."""
+        import blake3
+
+        if digest in self.content:
+            return
+        h = blake3.blake3()
+        p = self.tmp / digest
+        with open(p, "wb") as f:
+            for chunk in chunks:
+                h.update(chunk)
+                f.write(chunk)
+                self.bytes_written += len(chunk)
+        actual = h.hexdigest()
+        if actual != digest:
+            raise DigestMismatch(digest, actual)
+        self.content[digest] = p
+
+    def admit(self, keys: Iterable[ObjectKey]) -> list[Path]:
+        """Turn written content into store objects for every key; returns new object paths.
+
+        Keys whose object already exists are skipped; the batch's content for
+        them was only needed to check the stone.
+        """
+        is_root = os.geteuid() == 0
+        pending: list[tuple[Path, Path]] = []
+        used: dict[str, int] = {}
+        for key in sorted(set(keys)):
+            dest = self.store.path(key)
+            if dest.exists():
+                continue
+            src = self.content[key.digest]
+            n = used.get(key.digest, 0)
+            used[key.digest] = n + 1
+            staged = src if n == 0 else src.with_name(f"{src.name}.{n}")
+            if n:
+                shutil.copyfile(src, staged)
+            os.chmod(staged, key.mode)
+            if is_root:
+                os.chown(staged, key.uid, key.gid)
+            pending.append((staged, dest))
+        # Before any rename: content must be on disk, so an admitted object is never torn.
+        fsutil.syncfs(self.tmp)
+        shards = set()
+        for staged, dest in pending:
+            if dest.parent not in shards:
+                if not dest.parent.exists():
+                    dest.parent.mkdir()
+                    self.new_shards.append(dest.parent)
+                shards.add(dest.parent)
+            os.rename(staged, dest)
+            self.admitted.append(dest)
+        fsutil.syncfs(self.store.dir)
+        return list(self.admitted)
+
+    def undo(self) -> None:
+        """Remove what this batch admitted (the DB commit that should follow failed)."""
+        for p in self.admitted:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.admitted.clear()
+        for shard in self.new_shards:
+            # Shards this batch created go too, so a failed import leaves no trace.
+            with contextlib.suppress(OSError):
+                shard.rmdir()
+        self.close()
+
+    def close(self) -> None:
+        fsutil.remove_tree(self.tmp)
+

@@ -1,0 +1,591 @@
+"""Transactions: every change to the machine plane goes through here.
+
+Shape (after conda's link transaction): *prepare* (read and check the stones,
+merge layouts, resolve dependencies — nothing written), *verify* (conflicts,
+symlink escapes, unknown states — still nothing written), *execute* (the
+named steps below, each recorded in the journal). A crash at any step leaves
+the journal row `running`; the next onix that takes the lock calls
+`recover()`, which looks at what /usr/.stateID says and either finishes the
+transaction (the exchange happened) or undoes it (it did not). The root is
+then exactly the old state or exactly the new one.
+
+Steps of a transaction that builds a new state (install, remove):
+
+    import    stream stones into store/.tmp, hash every blob, admit, record
+    journal   pending state row + running journal row, /nix fingerprint
+    blit      build .onix/staging/usr by hardlinking from the store
+    stateid   write usr/.stateID and usr/lib/os-release into staging
+    sync      syncfs, so the tree we swap in is on disk
+    exchange  renameat2(RENAME_EXCHANGE) staging/usr <-> /usr   (the commit point)
+    archive   move the old tree to .onix/states/<old>/usr
+    links     /bin, /sbin, /lib, /lib64 -> usr/...
+    activate  mark the state active, close the journal row
+    done      (crash point after the last step, before unlock)
+
+Activating an archived state (activate, rollback) needs no blit: its tree is
+exchanged straight from .onix/states/<id>/usr, which is why rollback costs the
+same at 20k files as at 200k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onix import faults, fsutil, ownership
+from onix.errors import ConflictError, DiskFullError, OnixError, StateError, StoneError
+from onix.layout import DIR, FILE, SYMLINK, Entry, canonical_digest, implicit_dirs, merge
+from onix.lock import root_lock
+from onix.paths import OS_RELEASE_FILE, ROOT_LINKS, STATE_ID_FILE, RootPaths, read_state_id
+from onix.progress import SILENT, Progress
+from onix.store import DigestMismatch, ObjectKey, Store
+
+BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "archive", "links",
+               "activate", "done")
+ACTIVATE_STEPS = ("journal", "exchange", "archive", "links", "activate", "done")
+PRUNE_STEPS = ("journal", "forget", "trash", "gc", "done")
+NEW_STATE_KINDS = ("install", "remove")
+SWITCH_KINDS = ("activate", "rollback")
+
+
+@dataclass
+class Result:
+    """What a command did, for --json and for the human summary."""
+
+    kind: str
+    changed: bool = True
+    from_state: int | None = None
+    to_state: int | None = None
+    fstx: str | None = None
+    summary: str = ""
+    nix: str | None = None
+    recovered: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("kind", "changed", "from_state", "to_state", "fstx",
+                                              "summary", "nix", "recovered", "warnings", "detail")}
+
+
+def fstx_of(state_id: int, layout_digest: str) -> str:
+    return f"{state_id}-{layout_digest[:4]}"
+
+
+def os_release(state_id: int, fstx: str) -> bytes:
+    return (f'NAME="ONIX"\nID=onix\nPRETTY_NAME="ONIX ({fstx})"\nVERSION_ID="{state_id}"\n'
+            f"BUILD_ID={fstx}\nONIX_STATE={state_id}\nONIX_FSTX={fstx}\n").encode()
+
+
+# -- session: lock, database, recovery ------------------------------------------
+
+
+class Session:
+    """What a mutating command holds: the root lock, the database, the store."""
+
+    def __init__(self, paths: RootPaths, progress: Progress):
+        from onix.db import Database
+
+        self.paths = paths
+        self.progress = progress
+        created = not paths.db.exists()
+        self.db = Database(paths, create=True)
+        self.store = Store(paths)
+        if created:
+            with self.db.write() as c:
+                self.db.seed_ownership(c, ownership.TABLE)
+        self.recovered: list[str] = []
+
+    def live_state(self) -> int | None:
+        return read_state_id(self.paths.usr)
+
+
+@contextmanager
+def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
+            create: bool = True):
+    paths = RootPaths.of(root)
+    if not create and not paths.db.exists():
+        raise StateError("this root has no ONIX database", path=paths.db,
+                         hint="install a stone first: onix install --root DIR X.stone")
+    with root_lock(paths, wait=wait, on_wait=progress.note):
+        s = Session(paths, progress)
+        try:
+            s.recovered = recover(s)
+            yield s
+        finally:
+            s.db.close()
+
+
+# -- prepare: read stones and plan a selection ---------------------------------
+
+
+@dataclass
+class Candidate:
+    """A stone named on the command line, checked but not yet imported."""
+
+    path: Path
+    digest: str
+    meta: dict
+    layout: list[Entry]
+
+
+def read_candidates(files: list[Path]) -> list[Candidate]:
+    from onix.stone import Stone, digest_file
+
+    out: list[Candidate] = []
+    seen: dict[str, Path] = {}
+    for f in files:
+        with Stone(Path(f)) as s:
+            meta = s.meta.as_dict()
+            layout = list(s.layout)
+        if meta["name"] in seen:
+            raise ConflictError(f"two stones named {meta['name']} given ({seen[meta['name']]} "
+                                f"and {f})", path=f, hint="pass only one version of a stone")
+        seen[meta["name"]] = Path(f)
+        out.append(Candidate(Path(f).absolute(), digest_file(Path(f)), meta, layout))
+    return out
+
+
+def unmet_dependencies(selection: dict[str, dict]) -> list[str]:
+    """Depends no stone of the selection provides; a stone provides its own name."""
+    provided: set[str] = set()
+    for name, meta in selection.items():
+        provided.add(name)
+        provided.update(json.loads(meta["provides"]) if isinstance(meta["provides"], str)
+                        else meta["provides"])
+    out = []
+    for name, meta in sorted(selection.items()):
+        deps = json.loads(meta["depends"]) if isinstance(meta["depends"], str) else meta["depends"]
+        out.extend(f"{name} needs {d}" for d in deps if d not in provided)
+    return out
+
+
+def check_usr_is_ours(paths: RootPaths) -> None:
+    usr = paths.usr
+    if usr.is_symlink() or (usr.exists() and not usr.is_dir()):
+        raise StateError("is not a directory onix can swap", path=usr,
+                         hint="move it away; onix owns /usr")
+    if usr.is_dir() and read_state_id(usr) is None and any(usr.iterdir()):
+        raise StateError("exists but was not made by onix (no .stateID)", path=usr,
+                         hint="move it aside (e.g. to usr.orig) so onix can own /usr")
+
+
+# -- execute: build a new state --------------------------------------------------
+
+
+def _objects_for(entries: list[Entry]) -> set[ObjectKey]:
+    return {ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
+            for e in entries if e.kind == FILE and e.size > 0}
+
+
+def import_stones(s: Session, cands: list[Candidate]) -> dict[str, int]:
+    """Import new stones: store objects + cached stone + DB rows, all or nothing.
+
+    Returns stone name → stone id for every candidate.
+    """
+    from onix.stone import Stone
+
+    ids: dict[str, int] = {}
+    fresh: list[Candidate] = []
+    with s.db.read() as c:
+        for cand in cands:
+            row = s.db.stone_by_digest(c, cand.digest)
+            if row:
+                ids[cand.meta["name"]] = row["id"]
+            else:
+                fresh.append(cand)
+    if not fresh:
+        return ids
+    s.store.clean_tmp()
+    batch = s.store.batch()
+    cached: list[Path] = []
+    total = sum(e.size for cand in fresh for e in cand.layout if e.kind == FILE)
+    s.progress.start("importing", total)
+    try:
+        keys: set[ObjectKey] = set()
+        for cand in fresh:
+            need = _objects_for(cand.layout)
+            keys |= need
+            missing = {k.digest for k in need if not s.store.has(k)}
+            with Stone(cand.path) as stone:
+                try:
+                    for digest, length, chunks in stone.contents():
+                        if digest in missing:
+                            batch.write(digest, chunks)
+                        s.progress.advance(length)
+                except DigestMismatch as e:
+                    raise StoneError(f"content {e.expected[:16]}… is corrupt ({e})",
+                                     path=cand.path, hint="the stone is damaged; fetch or "
+                                     "rebuild it") from None
+        faults.point("install", "admit")
+        new_objects = batch.admit(keys)
+        for cand in fresh:
+            dest = s.paths.stone_cache / f"{cand.digest}.stone"
+            if not dest.exists():
+                try:
+                    os.link(cand.path, dest)
+                except OSError:
+                    shutil.copyfile(cand.path, dest)
+                cached.append(dest)
+        faults.point("install", "record")
+        added = sum(p.stat().st_size for p in new_objects)
+        with s.db.write() as c:
+            for cand in fresh:
+                ids[cand.meta["name"]] = s.db.add_stone(c, cand.digest, cand.meta, cand.layout)
+            _bump_store_bytes(s, c, added)
+    except BaseException as exc:
+        batch.undo()
+        for p in cached:
+            p.unlink(missing_ok=True)
+        if fsutil.disk_full(exc):
+            raise DiskFullError("no space left while importing stones", path=s.paths.store,
+                                hint="free space on that file system (onix prune helps) and "
+                                "retry; nothing was changed") from None
+        raise
+    finally:
+        batch.close()
+        s.progress.finish()
+    return ids
+
+
+def _bump_store_bytes(s: Session, c: Any, delta: int) -> None:
+    from sqlalchemy import select
+
+    from onix.db import meta_t
+
+    cur = int(c.execute(select(meta_t.c.value).where(meta_t.c.key == "store_bytes")).scalar()
+              or 0)
+    s.db.set_meta(c, "store_bytes", str(max(0, cur + delta)))
+
+
+def blit(s: Session, entries: list[Entry], dest: Path) -> None:
+    """Build a /usr tree at `dest` from the store: dirs, then links in two threads."""
+    if dest.exists() or dest.is_symlink():
+        fsutil.remove_tree(dest)
+    dest.mkdir(mode=0o755)
+    is_root = os.geteuid() == 0
+    dirs = [e for e in entries if e.kind == DIR]
+    for d in implicit_dirs(entries):
+        os.mkdir(dest / d, 0o755)
+    for e in dirs:
+        os.mkdir(dest / e.path, 0o755)
+    files = [e for e in entries if e.kind == FILE]
+    s.progress.start("linking", len(files))
+    store = s.store
+
+    def place(chunk: list[Entry]) -> None:
+        for e in chunk:
+            target = dest / e.path
+            if e.size == 0:
+                # A fresh inode per empty file: one shared one would hit EMLINK.
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, e.installed_mode))
+                os.chmod(target, e.installed_mode)
+                if is_root:
+                    os.chown(target, e.uid, e.gid)
+                continue
+            src = store.path(ObjectKey(e.digest, e.installed_mode, e.uid, e.gid))
+            try:
+                os.link(src, target)
+            except OSError as err:
+                if err.errno != 31:  # EMLINK: the inode is full of links; copy instead
+                    raise
+                shutil.copy2(src, target)
+        s.progress.advance(len(chunk))
+
+    step = 512
+    chunks = [files[i:i + step] for i in range(0, len(files), step)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in pool.map(place, chunks):
+            pass
+    for e in entries:
+        if e.kind == SYMLINK:
+            os.symlink(e.target, dest / e.path)
+            if is_root:
+                os.lchown(dest / e.path, e.uid, e.gid)
+    # Directory modes last: a 0555 directory would refuse its own children otherwise.
+    for e in reversed(dirs):
+        os.chmod(dest / e.path, e.installed_mode)
+        if is_root:
+            os.chown(dest / e.path, e.uid, e.gid)
+    s.progress.finish()
+
+
+def write_generated(tree: Path, state_id: int, fstx: str) -> None:
+    (tree / "lib").mkdir(exist_ok=True)
+    for rel, data in ((STATE_ID_FILE, f"{state_id}\n".encode()),
+                      (OS_RELEASE_FILE, os_release(state_id, fstx))):
+        p = tree / rel
+        with open(p, "wb") as f:
+            f.write(data)
+        os.chmod(p, 0o444)
+
+
+def root_links(paths: RootPaths) -> list[str]:
+    """Point /bin, /sbin, /lib, /lib64 into usr/; never replace something that is not a link."""
+    warnings = []
+    for name, target in ROOT_LINKS.items():
+        p = paths.root / name
+        if p.is_symlink():
+            if os.readlink(p) != target:
+                fsutil.atomic_symlink(target, p)
+        elif p.exists():
+            warnings.append(f"{p} is a real {'directory' if p.is_dir() else 'file'}, not a link "
+                            f"to {target}; left as it is")
+        else:
+            fsutil.atomic_symlink(target, p)
+    return warnings
+
+
+def _archive_old_tree(paths: RootPaths, where: Path, old_state: int | None) -> None:
+    """After the exchange, `where` holds the previous /usr: file it under its state id."""
+    if not where.exists():
+        return
+    if old_state is None:
+        fsutil.remove_tree(where)  # the empty placeholder a first install swapped out
+        return
+    dest = paths.state_tree(old_state)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        fsutil.remove_tree(dest)
+    os.rename(where, dest)
+    fsutil.fsync_dir(dest.parent)
+
+
+def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) -> tuple[str, list]:
+    faults.point(kind, "links")
+    warnings = root_links(s.paths)
+    faults.point(kind, "activate")
+    nix_after = ownership.nix_fingerprint(s.paths.root)
+    report = ownership.report(nix_before, nix_after)
+    with s.db.write() as c:
+        s.db.mark_active(c, to_state)
+        s.db.end_tx(c, tx_id, "done", nix_after=nix_after, nix_report=report)
+    faults.point(kind, "done")
+    return report, warnings
+
+
+def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[Entry],
+                summary: str) -> Result:
+    paths = s.paths
+    from_state = s.live_state()
+    digest = canonical_digest(entries)
+    files = [e for e in entries if e.kind == FILE]
+    faults.point(kind, "journal")
+    nix_before = ownership.nix_fingerprint(paths.root)
+    with s.db.write() as c:
+        state_id = s.db.next_state_id(c)
+        fstx = fstx_of(state_id, digest)
+        s.db.add_state(c, state_id=state_id, fstx=fstx, summary=summary, parent=from_state,
+                       layout_digest=digest, stone_ids=stone_ids, files=len(files),
+                       nbytes=sum(e.size for e in files))
+        tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
+                              detail={"source": "staging"}, nix_before=nix_before)
+    faults.point(kind, "blit")
+    blit(s, entries, paths.staging_usr)
+    faults.point(kind, "stateid")
+    write_generated(paths.staging_usr, state_id, fstx)
+    faults.point(kind, "sync")
+    fsutil.syncfs(paths.staging)
+    faults.point(kind, "exchange")
+    if paths.usr.is_dir():
+        fsutil.exchange(paths.staging_usr, paths.usr)
+    else:
+        os.rename(paths.staging_usr, paths.usr)
+    fsutil.fsync_dir(paths.root)
+    faults.point(kind, "archive")
+    _archive_old_tree(paths, paths.staging_usr, from_state)
+    report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
+    return Result(kind=kind, from_state=from_state, to_state=state_id, fstx=fstx,
+                  summary=summary, nix=report, warnings=warnings, recovered=s.recovered)
+
+
+def _selection(s: Session) -> dict[str, dict]:
+    """Stone name → stone row for the live state (empty on a fresh root)."""
+    live = s.live_state()
+    if live is None:
+        return {}
+    with s.db.read() as c:
+        if s.db.maybe_state(c, live) is None:
+            raise StateError(f"/usr/.stateID names state {live}, which the database does not "
+                             "know", path=s.paths.state_id_file,
+                             hint="restore the database or reinstall; onix will not guess")
+        return {r["name"]: r for r in s.db.stones(c, s.db.state_stone_ids(c, live))}
+
+
+def _plan(s: Session, selection: dict[str, dict], new: dict[str, Candidate]) -> list[Entry]:
+    layouts: dict[str, list[Entry]] = {}
+    with s.db.read() as c:
+        for name, row in selection.items():
+            layouts[name] = new[name].layout if name in new else s.db.stone_layout(c, row["id"])
+    return merge(layouts)
+
+
+def install(root: Path | str, files: list[Path], *, wait: bool = True,
+            progress: Progress = SILENT) -> Result:
+    """Install or replace stones by file; one transaction, one new state."""
+    if not files:
+        raise OnixError("nothing to install", hint="name one or more .stone files")
+    cands = read_candidates(files)  # every stone fully checked before anything is written
+    paths = RootPaths.of(root)
+    check_usr_is_ours(paths)
+    with session(paths.root, wait=wait, progress=progress) as s:
+        faults.point("install", "import")
+        current = _selection(s)
+        selection = dict(current)
+        new = {cand.meta["name"]: cand for cand in cands}
+        changes = []
+        for name, cand in new.items():
+            old = current.get(name)
+            if old and old["digest"] == cand.digest:
+                continue
+            evr = f"{cand.meta['version']}-{cand.meta['release']}"
+            changes.append(f"{name} {old['version']}-{old['release']} → {evr}" if old
+                           else f"{name} {evr}")
+            selection[name] = {**cand.meta, "provides": cand.meta["provides"],
+                               "depends": cand.meta["depends"]}
+        if not changes:
+            return Result(kind="install", changed=False, from_state=s.live_state(),
+                          summary="already installed", recovered=s.recovered)
+        unmet = unmet_dependencies(selection)
+        if unmet:
+            raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
+                                hint="install the stones that provide them in the same command")
+        entries = _plan(s, selection, new)
+        ids = import_stones(s, [new[n] for n in new if selection[n] is not current.get(n)])
+        stone_ids = [ids.get(n) or selection[n]["id"] for n in sorted(selection)]
+        return build_state(s, kind="install", stone_ids=stone_ids, entries=entries,
+                           summary="install " + ", ".join(changes))
+
+
+def remove(root: Path | str, names: list[str], *, wait: bool = True,
+           progress: Progress = SILENT) -> Result:
+    if not names:
+        raise OnixError("nothing to remove", hint="name one or more installed stones")
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        faults.point("remove", "import")
+        current = _selection(s)
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
+                             hint="see onix state show for what the active state holds")
+        selection = {n: r for n, r in current.items() if n not in names}
+        unmet = unmet_dependencies(selection)
+        if unmet:
+            raise ConflictError("removal would break dependencies: " + "; ".join(unmet),
+                                path=s.paths.usr, hint="remove the dependents too")
+        entries = _plan(s, selection, {})
+        return build_state(s, kind="remove", stone_ids=[r["id"] for r in selection.values()],
+                           entries=entries, summary="remove " + ", ".join(sorted(names)))
+
+
+# -- execute: switch to an archived state ----------------------------------------
+
+
+def activate(root: Path | str, state_id: int, *, kind: str = "activate", wait: bool = True,
+             progress: Progress = SILENT) -> Result:
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return _activate(s, state_id, kind)
+
+
+def rollback(root: Path | str, *, to: int | None = None, wait: bool = True,
+             progress: Progress = SILENT) -> Result:
+    """Activate the newest state older than the live one (or `to`)."""
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        if to is None:
+            live = s.live_state()
+            with s.db.read() as c:
+                older = [st["id"] for st in s.db.states(c) if live is not None and st["id"] < live]
+            if not older:
+                raise StateError("there is no older state to roll back to", path=s.paths.db,
+                                 hint="see onix state list")
+            to = max(older)
+        return _activate(s, to, "rollback")
+
+
+def _activate(s: Session, state_id: int, kind: str) -> Result:
+    paths = s.paths
+    live = s.live_state()
+    with s.db.read() as c:
+        target = s.db.state(c, state_id)
+    if state_id == live:
+        raise StateError(f"state {state_id} is already active", path=paths.state_id_file,
+                         hint="nothing to do")
+    tree = paths.state_tree(state_id)
+    if read_state_id(tree) != state_id:
+        raise StateError(f"the archived tree of state {state_id} is missing or damaged",
+                         path=tree, hint="run onix verify; prune it with onix state remove")
+    faults.point(kind, "journal")
+    nix_before = ownership.nix_fingerprint(paths.root)
+    with s.db.write() as c:
+        tx_id = s.db.begin_tx(c, kind=kind, from_state=live, to_state=state_id,
+                              detail={"source": "archive"}, nix_before=nix_before)
+    faults.point(kind, "exchange")
+    fsutil.exchange(tree, paths.usr)
+    fsutil.fsync_dir(paths.root)
+    faults.point(kind, "archive")
+    _archive_old_tree(paths, tree, live)
+    _remove_empty(tree.parent)
+    report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
+    return Result(kind=kind, from_state=live, to_state=state_id, fstx=target["fstx"],
+                  summary=f"{kind} to state {state_id}", nix=report, warnings=warnings,
+                  recovered=s.recovered)
+
+
+def _remove_empty(d: Path) -> None:
+    with suppress(OSError):
+        d.rmdir()
+
+
+# -- recovery ------------------------------------------------------------------
+
+
+def recover(s: Session) -> list[str]:
+    """Finish or undo whatever a crashed onix left; returns what it did, for the user."""
+    with s.db.read() as c:
+        tx = s.db.running_tx(c)
+    done: list[str] = []
+    if tx is None:
+        # No journal: any staging tree is debris of a crash before the journal row.
+        if s.paths.staging_usr.exists() or s.paths.staging_usr.is_symlink():
+            fsutil.remove_tree(s.paths.staging_usr)
+            done.append("removed an unfinished staging tree")
+        s.store.clean_tmp()
+        return done
+    kind = tx["kind"]
+    if kind == "prune" or kind == "state-remove":
+        from onix.prune import resume
+
+        resume(s, tx)
+        return [f"completed interrupted {kind} (journal {tx['id']})"]
+    detail = json.loads(tx["detail"] or "{}")
+    live = s.live_state()
+    frm, to = tx["from_state"], tx["to_state"]
+    source = s.paths.staging_usr if detail.get("source") == "staging" else s.paths.state_tree(to)
+    nix_before = json.loads(tx["nix_before"]) if tx["nix_before"] else {}
+    if live == to:
+        _archive_old_tree(s.paths, source, frm)
+        if detail.get("source") != "staging":
+            _remove_empty(source.parent)
+        _finish(s, tx["id"], to, kind, nix_before)
+        done.append(f"completed interrupted {kind} to state {to} (journal {tx['id']})")
+    elif live == frm:
+        if detail.get("source") == "staging":
+            fsutil.remove_tree(s.paths.staging_usr)
+        with s.db.write() as c:
+            if kind in NEW_STATE_KINDS:
+                s.db.delete_state(c, to)
+            s.db.end_tx(c, tx["id"], "undone")
+        # Links may be missing if the first install crashed before creating them; harmless.
+        done.append(f"undid interrupted {kind} (state {to} discarded; state {frm} kept)")
+    else:
+        raise StateError(f"/usr/.stateID says {live}, but the interrupted {kind} went from "
+                         f"{frm} to {to}", path=s.paths.state_id_file,
+                         hint="this needs a human: inspect .onix/states and /usr")
+    s.store.clean_tmp()
+    return done
