@@ -1,0 +1,240 @@
+"""Install, remove, rollback, activate, pin, prune and verify on real scratch roots."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import fake_nix, onix, onix_json, snapshot
+
+from onix import prune, states, transaction, verify
+from onix.errors import ConflictError, StateError
+from onix.paths import RootPaths, read_state_id
+from onix.store import ObjectKey, Store
+
+
+def base_files(tag: str = "1") -> dict:
+    return {
+        "bin/hello": (f"#!/bin/sh\necho hello {tag}\n", 0o755),
+        "bin/hi": ("symlink", "hello"),
+        "lib/libhello.so.1": f"ELF {tag}" * 100,
+        "lib/empty-a": b"",
+        "lib/empty-b": b"",
+        "share/doc/hello/README": "read me",
+    }
+
+
+def test_install_builds_state_from_store(root: Path, make_stone) -> None:
+    s1 = make_stone("hello", base_files())
+    r = transaction.install(root, [s1])
+    assert r.to_state == 1 and r.from_state is None
+    assert re.fullmatch(r"1-[0-9a-f]{4}", r.fstx)
+    usr = root / "usr"
+    assert read_state_id(usr) == 1
+    assert (usr / "bin/hello").read_text().endswith("hello 1\n")
+    assert os.readlink(usr / "bin/hi") == "hello"
+    # hardlinked from the store, write bits stripped
+    st = (usr / "bin/hello").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o555
+    store = Store(RootPaths.of(root))
+    objs = {p.stat().st_ino for _k, p in store.objects()}
+    assert st.st_ino in objs and st.st_nlink >= 2
+    # empty files are fresh inodes, never store objects
+    a, b = (usr / "lib/empty-a").stat(), (usr / "lib/empty-b").stat()
+    assert a.st_ino != b.st_ino and a.st_nlink == 1
+    # generated files and root links
+    assert "ONIX_FSTX=" + r.fstx in (usr / "lib/os-release").read_text()
+    for name in ("bin", "sbin", "lib", "lib64"):
+        assert os.readlink(root / name) == f"usr/{name}"
+    assert verify.verify(root).clean
+
+
+def test_upgrade_replaces_by_name_and_rollback(root: Path, make_stone) -> None:
+    fake_nix(root)
+    transaction.install(root, [make_stone("hello", base_files("1"), version="1.0")])
+    r2 = transaction.install(root, [make_stone("hello", base_files("2"), version="2.0")])
+    assert r2.summary == "install hello 1.0-1 → 2.0-1"
+    assert (root / "usr/bin/hello").read_text().endswith("hello 2\n")
+    show = states.show_state(root, 2)
+    assert [(s["name"], s["version"]) for s in show["stones"]] == [("hello", "2.0")]
+    # rollback through the real CLI prints the product page's lines
+    out = onix("rollback", "--root", root, check=True).stdout
+    assert "plane: machine" in out and "/nix: untouched" in out
+    assert read_state_id(root / "usr") == 1
+    assert (root / "usr/bin/hello").read_text().endswith("hello 1\n")
+    assert (root / ".onix/states/2/usr/.stateID").read_text() == "2\n"
+    assert verify.verify(root).clean
+    # activate forward again
+    transaction.activate(root, 2)
+    assert read_state_id(root / "usr") == 2 and verify.verify(root).clean
+
+
+def test_same_stone_again_is_a_no_op(root: Path, make_stone) -> None:
+    s1 = make_stone("hello", base_files())
+    transaction.install(root, [s1])
+    before = snapshot(root)
+    r = transaction.install(root, [s1])
+    assert not r.changed
+    assert snapshot(root) == before
+
+
+def test_remove_and_diff(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files())])
+    transaction.install(root, [make_stone("extra", {"share/extra/x": "x", "bin/extra": "e"})])
+    r = transaction.remove(root, ["extra"])
+    assert r.to_state == 3
+    assert not (root / "usr/share/extra").exists()
+    d = states.diff_states(root, 2, 3)
+    assert d["stones"]["removed"] == ["extra 1.0-1"]
+    assert "/usr/bin/extra" in d["files"]["removed"]
+    assert d["files"]["added"] == [] and d["stones"]["added"] == []
+    d = states.diff_states(root, 1, 2)
+    assert "/usr/share/extra/x" in d["files"]["added"]
+    with pytest.raises(StateError, match="not installed: nope"):
+        transaction.remove(root, ["nope"])
+
+
+def test_file_conflict_names_both_stones(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files())])
+    clash = make_stone("clash", {"bin/hello": "not hello"})
+    with pytest.raises(ConflictError) as e:
+        transaction.install(root, [clash])
+    assert "hello" in e.value.message and "clash" in e.value.message
+    assert "/usr/bin/hello" in e.value.message
+
+
+def test_dependencies_are_checked(root: Path, make_stone) -> None:
+    app = make_stone("app", {"bin/app": "a"}, depends=["libfoo"])
+    with pytest.raises(ConflictError, match="app needs libfoo"):
+        transaction.install(root, [app])
+    lib = make_stone("foo", {"lib/libfoo.so": "f"}, provides=["libfoo"])
+    transaction.install(root, [app, lib])
+    with pytest.raises(ConflictError, match="would break"):
+        transaction.remove(root, ["foo"])
+
+
+def test_state_ids_never_reused_and_list_order(root: Path, make_stone) -> None:
+    for i in range(4):
+        transaction.install(root, [make_stone("hello", base_files(str(i)), version=f"{i}.0")])
+    listed = states.list_states(root)
+    assert [s["id"] for s in listed] == [4, 3, 2, 1]
+    assert [s["active"] for s in listed] == [True, False, False, False]
+    transaction.rollback(root)
+    prune.prune(root, keep=1)  # keeps 4 (newest) and 3 (active)
+    assert [s["id"] for s in states.list_states(root)] == [4, 3]
+    transaction.install(root, [make_stone("hello", base_files("x"), version="9.0")])
+    assert read_state_id(root / "usr") == 5
+
+
+def test_prune_respects_active_pinned_and_frees_store(root: Path, make_stone) -> None:
+    fake_nix(root)
+    for i in range(5):
+        transaction.install(root, [make_stone("hello", base_files(str(i)), version=f"{i}.0")])
+    states.set_pinned(root, 1, True)
+    transaction.activate(root, 2)
+    store = Store(RootPaths.of(root))
+    before = {k.digest for k, _ in store.objects()}
+    r = prune.prune(root, keep=2)  # keep 5, 4 (newest), 2 (active), 1 (pinned)
+    assert r.detail["states"] == [3]
+    assert r.nix == "untouched"
+    assert r.detail["bytes_freed"] > 0 and r.detail["objects"] > 0
+    assert not (root / ".onix/states/3").exists()
+    after = {k.digest for k, _ in store.objects()}
+    assert after < before
+    assert [s["id"] for s in states.list_states(root)] == [5, 4, 2, 1]
+    assert verify.verify(root).clean
+    # every remaining archived state can still be activated and verifies clean
+    for sid in (5, 4, 1):
+        transaction.activate(root, sid)
+        assert verify.verify(root).clean
+
+
+def test_prune_cli_prints_bytes_and_nix(root: Path, make_stone) -> None:
+    fake_nix(root)
+    for i in range(3):
+        transaction.install(root, [make_stone("hello", base_files(str(i)), version=f"{i}.0")])
+    out = onix("prune", "--keep", "1", "--root", root, check=True).stdout
+    assert "removed states: 1, 2" in out
+    assert re.search(r"freed \d", out)
+    assert "/nix: untouched" in out
+
+
+def test_state_remove_refuses_active_and_pinned(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files("1"))])
+    transaction.install(root, [make_stone("hello", base_files("2"), version="2")])
+    with pytest.raises(StateError, match="active"):
+        prune.remove_states(root, [2])
+    states.set_pinned(root, 1, True)
+    with pytest.raises(StateError, match="pinned"):
+        prune.remove_states(root, [1])
+    states.set_pinned(root, 1, False)
+    prune.remove_states(root, [1])
+    assert [s["id"] for s in states.list_states(root)] == [2]
+
+
+def test_verify_detects_and_fixes(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files())])
+    usr = root / "usr"
+    # a stray write through the hardlink corrupts the store object too (OSTree's hazard)
+    os.chmod(usr / "lib/libhello.so.1", 0o644)
+    (usr / "lib/libhello.so.1").write_text("tampered")
+    os.chmod(usr / "lib/libhello.so.1", 0o444)
+    (usr / "share/doc/hello/README").unlink()
+    (usr / "bin/stray").write_text("no stone owns me")
+    os.unlink(usr / "bin/hi")
+    os.symlink("elsewhere", usr / "bin/hi")
+    report = verify.verify(root)
+    problems = {(p.path, p.problem) for p in report.problems}
+    assert ("/usr/share/doc/hello/README", "missing") in problems
+    assert ("/usr/bin/stray", "extra") in problems
+    assert ("/usr/bin/hi", "target") in problems
+    assert ("/usr/lib/libhello.so.1", "corrupt") in problems
+    assert any(p.problem == "corrupt" and p.path.startswith(".onix/store") for p in
+               report.problems)
+    # the CLI exits non-zero when not clean
+    assert onix("verify", "--root", root).returncode == 1
+    fixed = verify.verify(root, fix=True)
+    assert fixed.clean, fixed.problems
+    assert (usr / "lib/libhello.so.1").read_text().startswith("ELF 1")
+    assert not (usr / "bin/stray").exists()
+
+
+def test_status_and_json(root: Path, make_stone) -> None:
+    r = onix("status", "--root", root, check=True)
+    assert "not an ONIX root yet" in r.stdout
+    transaction.install(root, [make_stone("hello", base_files())])
+    st = onix_json("status", "--root", root)
+    assert st["active_state"] == 1 and st["states"] == 1 and st["store_bytes"] > 0
+    out = onix("status", "--root", root, check=True).stdout
+    assert f"active fstx: {st['active_fstx']}" in out
+    listed = onix_json("state", "list", "--root", root)
+    assert listed[0]["fstx"] == st["active_fstx"] and listed[0]["active"] is True
+    own = onix_json("ownership", "--root", root)
+    assert {"surface": "/nix", "owner": "Nix",
+            "reason": "persistent store, daemon, profiles"} in own
+
+
+def test_status_does_not_import_sqlalchemy(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files())])
+    code = ("import sys; from onix.cli import main; sys.argv=['onix','status','--root',"
+            f"{str(root)!r},'--json']\ntry:\n main()\nexcept SystemExit: pass\n"
+            "assert 'sqlalchemy' not in sys.modules and 'zstandard' not in sys.modules, "
+            "'heavy module imported'")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_store_objects_keyed_by_mode(root: Path, make_stone) -> None:
+    same = "identical content"
+    transaction.install(root, [make_stone("hello", {"bin/x": (same, 0o755),
+                                                    "share/x": (same, 0o644)})])
+    keys = [k for k, _ in Store(RootPaths.of(root)).objects()]
+    assert sorted(k.mode for k in keys) == [0o444, 0o555]
+    assert len({k.digest for k in keys}) == 1
+    assert isinstance(keys[0], ObjectKey)
