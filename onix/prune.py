@@ -25,6 +25,8 @@ from onix.errors import StateError
 from onix.progress import SILENT, Progress
 from onix.transaction import Result, Session, _bump_store_bytes, session
 
+PRUNE_STEPS = ("journal", "forget", "trash", "gc", "done")
+
 
 def plan(states: list[dict], *, active: int | None, keep: int) -> list[int]:
     """Ids to prune: all but the `keep` newest, the active one and pinned ones."""

@@ -49,7 +49,6 @@ from onix.store import DigestMismatch, ObjectKey, Store
 BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "archive", "links",
                "activate", "done")
 ACTIVATE_STEPS = ("journal", "exchange", "archive", "links", "activate", "done")
-PRUNE_STEPS = ("journal", "forget", "trash", "gc", "done")
 NEW_STATE_KINDS = ("install", "remove")
 SWITCH_KINDS = ("activate", "rollback")
 

@@ -1,0 +1,130 @@
+"""Crash matrix: kill onix at every named step, then status and verify must see old-or-new.
+
+The kill is ONIX_FAULT=<kind>:<step>, which makes the engine call os._exit()
+at that point (see onix/faults.py): no cleanup handlers run, as in a crash.
+A real power cut cannot be injected on demand; that is what issue 6's VM
+tests are for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import fake_nix, onix, onix_json
+
+from onix import transaction
+from onix.faults import CRASH_EXIT
+from onix.ownership import nix_fingerprint
+from onix.paths import read_state_id
+from onix.prune import PRUNE_STEPS
+from onix.transaction import ACTIVATE_STEPS, BUILD_STEPS
+
+IMPORT_POINTS = ("admit", "record")  # inside the import step
+
+
+def v(tag: str) -> dict:
+    return {"bin/hello": (f"hello {tag}", 0o755), "lib/libhello.so": f"lib {tag}" * 300,
+            "share/doc/hello": f"doc {tag}", "lib/empty": b"", "bin/hi": ("symlink", "hello")}
+
+
+def setup_root(root: Path, make_stone) -> dict:
+    fake_nix(root)
+    stones = {
+        "v1": make_stone("hello", v("1"), version="1"),
+        "v2": make_stone("hello", v("2"), version="2"),
+        "extra": make_stone("extra", {"share/extra/data": "extra" * 100}),
+        "v3": make_stone("hello", v("3"), version="3"),
+    }
+    transaction.install(root, [stones["v1"]])
+    transaction.install(root, [stones["v2"], stones["extra"]])
+    transaction.install(root, [stones["v1"]])  # state 3: hello 1 + extra
+    return stones
+
+
+def check_consistent(root: Path, allowed: set[int]) -> int:
+    """status recovers; verify is clean; trees on disk match the state log."""
+    st = onix_json("status", "--root", root)
+    assert not any("pending" in n for n in st["notes"]), st["notes"]
+    live = read_state_id(root / "usr")
+    assert live in allowed, f"live state {live}, expected one of {allowed}"
+    assert st["active_state"] == live
+    rep = onix_json("verify", "--root", root)
+    assert rep["clean"], rep["problems"]
+    listed = onix_json("state", "list", "--root", root)
+    ids = {s["id"] for s in listed}
+    assert [s["id"] for s in listed if s["active"]] == [live]
+    for sid in ids - {live}:
+        assert read_state_id(root / ".onix/states" / str(sid) / "usr") == sid
+    on_disk = {int(p.name) for p in (root / ".onix/states").iterdir()}
+    assert on_disk == ids - {live}, (on_disk, ids)
+    assert not (root / ".onix/staging/usr").exists()
+    assert not any((root / ".onix/store/.tmp").iterdir())
+    return live
+
+
+def crash(root: Path, args: list, fault: str) -> None:
+    r = onix(*args, "--root", root, env={"ONIX_FAULT": fault})
+    assert r.returncode == CRASH_EXIT, (fault, r.returncode, r.stdout, r.stderr)
+
+
+BUILD_POINTS = [*BUILD_STEPS[:1], *IMPORT_POINTS, *BUILD_STEPS[1:]]
+
+
+@pytest.mark.parametrize("step", BUILD_POINTS)
+def test_crash_install(root: Path, make_stone, step: str) -> None:
+    stones = setup_root(root, make_stone)
+    nix = nix_fingerprint(root)
+    crash(root, ["install", stones["v3"]], f"install:{step}")
+    committed = BUILD_POINTS.index(step) > BUILD_POINTS.index("exchange")
+    live = check_consistent(root, {4} if committed else {3})
+    if live == 4:
+        assert (root / "usr/bin/hello").read_text() == "hello 3"
+    else:
+        assert (root / "usr/bin/hello").read_text() == "hello 1"
+    assert nix_fingerprint(root) == nix
+    # the root keeps working: the same install now completes (or is already done)
+    onix("install", stones["v3"], "--root", root, check=True)
+    assert (root / "usr/bin/hello").read_text() == "hello 3"
+    check_consistent(root, {4, 5})
+
+
+@pytest.mark.parametrize("step", BUILD_STEPS)
+def test_crash_remove(root: Path, make_stone, step: str) -> None:
+    setup_root(root, make_stone)  # state 3: hello 1 + extra
+    crash(root, ["remove", "extra"], f"remove:{step}")
+    committed = BUILD_STEPS.index(step) > BUILD_STEPS.index("exchange")
+    live = check_consistent(root, {4} if committed else {3})
+    assert (root / "usr/share/extra").exists() == (live == 3)
+
+
+@pytest.mark.parametrize("kind", ["activate", "rollback"])
+@pytest.mark.parametrize("step", ACTIVATE_STEPS)
+def test_crash_activate(root: Path, make_stone, kind: str, step: str) -> None:
+    setup_root(root, make_stone)
+    nix = nix_fingerprint(root)
+    args = ["state", "activate", "2"] if kind == "activate" else ["rollback"]
+    crash(root, args, f"{kind}:{step}")
+    committed = ACTIVATE_STEPS.index(step) > ACTIVATE_STEPS.index("exchange")
+    live = check_consistent(root, {2} if committed else {3})
+    assert (root / "usr/bin/hello").read_text() == ("hello 2" if live == 2 else "hello 1")
+    assert nix_fingerprint(root) == nix
+
+
+@pytest.mark.parametrize("step", PRUNE_STEPS)
+def test_crash_prune(root: Path, make_stone, step: str) -> None:
+    setup_root(root, make_stone)
+    nix = nix_fingerprint(root)
+    crash(root, ["prune", "--keep", "1"], f"prune:{step}")
+    onix("status", "--root", root, check=True)
+    live = check_consistent(root, {3})
+    assert live == 3
+    listed = [s["id"] for s in onix_json("state", "list", "--root", root)]
+    # a prune journalled before the crash is finished; one that never journalled left all
+    assert listed == ([3, 2, 1] if step == "journal" else [3])
+    assert nix_fingerprint(root) == nix
+    # nothing the remaining states need was collected
+    out = json.loads(onix("verify", "--root", root, "--json").stdout)
+    assert out["clean"] and out["unreferenced_objects"] == (0 if step != "journal" else
+                                                             out["unreferenced_objects"])
