@@ -286,8 +286,9 @@ class Database:
             id=state_id, fstx=fstx, created=now(), summary=summary, pinned=False,
             status="pending", parent=parent, layout_digest=layout_digest, files=files,
             bytes=nbytes))
-        c.execute(insert(state_stones_t), [{"state_id": state_id, "stone_id": s}
-                                           for s in stone_ids])
+        if stone_ids:  # an empty state (every stone removed) is legal
+            c.execute(insert(state_stones_t), [{"state_id": state_id, "stone_id": s}
+                                               for s in stone_ids])
 
     def set_status(self, c: Connection, state_id: int, status: str) -> None:
         c.execute(update(states_t).where(states_t.c.id == state_id).values(status=status))
