@@ -33,7 +33,7 @@ NoWait = Annotated[bool, typer.Option("--no-wait",
                                       help="Fail at once if another onix holds the lock.")]
 
 
-def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> None:
+def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> Any:
     try:
         result = fn()
     except OnixError as e:
@@ -47,6 +47,7 @@ def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> 
         print_json(data)
     else:
         human(data)
+    return data
 
 
 def _progress(as_json: bool) -> Any:
@@ -156,18 +157,9 @@ def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the sto
         if not r["clean"] and not fix:
             out.print("run onix verify --fix to restore from the store")
 
-    def go() -> Any:
-        report = verify_mod.verify(root, fix=fix, wait=not no_wait, progress=_progress(json))
-        return report
-
-    report: dict = {}
-
-    def capture(r: dict) -> None:
-        report.update(r)
-        human(r)
-
-    _run(json, go, capture)
-    if report and not report["clean"]:
+    report = _run(json, lambda: verify_mod.verify(root, fix=fix, wait=not no_wait,
+                                                  progress=_progress(json)), human)
+    if not report["clean"]:
         raise typer.Exit(1)
 
 
@@ -193,8 +185,8 @@ def status(root: Root = Path("/"), json: Json = False) -> None:
 
 @app.command("ownership")
 def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
-    """The ownership contract: which plane owns which surface."""
-    from onix.ownership import TABLE
+    """The ownership contract: which plane owns which surface (as recorded in the root)."""
+    from onix.ownership import table
 
     def human(rows: list) -> None:
         from rich.table import Table
@@ -206,7 +198,7 @@ def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
             t.add_row(r["surface"], r["owner"], r["reason"])
         console().print(t)
 
-    _run(json, lambda: [{"surface": s, "owner": o, "reason": r} for s, o, r in TABLE], human)
+    _run(json, lambda: table(root), human)
 
 
 # -- states ------------------------------------------------------------------------
@@ -342,13 +334,18 @@ def stone_pack(
 @stone_app.command("inspect")
 def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
                   files: Annotated[bool, typer.Option("--files", help="List the layout.")] = False,
+                  verify_content: Annotated[bool, typer.Option(
+                      "--verify/--no-verify", help="Hash every content blob (default).")] = True,
                   json: Json = False) -> None:
     """Check a stone and print its metadata and payloads."""
     from onix.stone import Stone
 
     def read() -> dict:
         with Stone(stone) as s:
+            if verify_content:
+                s.check_content()
             d = s.describe()
+            d["content_verified"] = verify_content
             if files:
                 d["layout"] = [e.as_record() for e in s.layout]
             return d
@@ -361,6 +358,8 @@ def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
                   f"depends: {', '.join(m['depends']) or '-'}")
         out.print(f"{d['entries']} entries, {d['files']} files, {d['unique_contents']} unique "
                   f"contents, {human_bytes(d['installed_size'])} installed")
+        if d["content_verified"]:
+            out.print("content: every blob matches its digest")
         for kind, p in d["payloads"].items():
             out.print(f"  {kind:8} {human_bytes(p['stored']):>10} stored  "
                       f"{human_bytes(p['plain']):>10} plain  {p['records']} records")

@@ -10,9 +10,10 @@ Schema (version 1)
                   layout digest, file count and bytes
                   status: pending (journalled, not yet live), active, archived
     state_stones  which stones make up a state
-    transactions  the journal: kind, from/to state, last step reached,
-                  status running|done|undone, detail, and the /nix
-                  fingerprints taken before and after
+    transactions  the journal: kind, from/to state, step ("journal" while
+                  running — prune also records "trash" — and "end" once
+                  closed), status running|done|undone, detail, and the /nix
+                  fingerprints taken before and after with their verdict
     ownership     surface → owner, reason (the contract in docs/ownership.md)
 
 The database runs in WAL mode with synchronous=FULL so a committed row

@@ -7,6 +7,7 @@ state's layout is the merge of its stones' layouts; its canonical form
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,15 @@ FILE, DIR, SYMLINK = "file", "dir", "symlink"
 KINDS = (FILE, DIR, SYMLINK)
 PERM_MASK = 0o7777
 WRITE_BITS = 0o222
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+# onix writes usr/lib/os-release into every state, so usr/lib must be a real directory:
+# a stone that made it a symlink would have onix write through the link, out of /usr.
+RESERVED_DIRS = frozenset(p.rpartition("/")[0] for p in GENERATED if "/" in p)
+
+
+def is_digest(value: object) -> bool:
+    """Digests name files in the store, so anything but 64 lowercase hex is hostile."""
+    return isinstance(value, str) and DIGEST_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +89,21 @@ def check_path(path: str, *, where: str) -> None:
 
 def check_entry(e: Entry, *, where: str) -> None:
     check_path(e.path, where=where)
+    ints = (e.mode, e.uid, e.gid, e.size)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+        raise StoneError(f"layout entry {e.path!r} has a non-integer or negative mode, owner "
+                         "or size", path=where, hint="rebuild the stone")
+    if e.mode > PERM_MASK or e.uid >= 2**32 or e.gid >= 2**32:
+        raise StoneError(f"layout entry {e.path!r} has an out-of-range mode or owner",
+                         path=where, hint="rebuild the stone")
+    if e.path in RESERVED_DIRS and e.kind != DIR:
+        raise StoneError(f"/usr/{e.path} must be a directory (onix writes "
+                         f"{', '.join(GENERATED)} into it)", path=where,
+                         hint="ship it as a directory")
     if e.kind not in KINDS:
         raise StoneError(f"layout entry {e.path!r} has unknown type {e.kind!r}", path=where,
                          hint="rebuild the stone")
-    if e.kind == FILE and (len(e.digest) != 64 or e.size < 0):
+    if e.kind == FILE and not is_digest(e.digest):
         raise StoneError(f"layout entry {e.path!r} has no valid digest", path=where,
                          hint="rebuild the stone")
     if e.kind == SYMLINK and (not e.target or "\0" in e.target):

@@ -5,7 +5,8 @@ the database on every init so `onix ownership` and scripts read one source.
 
 `nix_fingerprint()` is the proof side: a cheap description of <root>/nix
 (store path names, where profile and GC-root links point, the identity of
-Nix's db.sqlite) taken before and after every rollback and prune. If the two
+Nix's db.sqlite) taken before and after every machine transaction (install,
+remove, activate, rollback, prune) and stored in its journal row. If the two
 differ the command says exactly what moved instead of printing "untouched".
 """
 
@@ -27,6 +28,24 @@ TABLE: list[tuple[str, str, str]] = [
     ("/nix", NIX, "persistent store, daemon, profiles"),
     ("/run/opengl-driver", SEAM, "host graphics bridge for Nix apps"),
 ]
+
+
+def table(root: Path | str) -> list[dict]:
+    """The table as recorded in the root's database, or the built-in one for a fresh root."""
+    import sqlite3
+    from urllib.parse import quote
+
+    db = Path(root) / ".onix" / "db" / "onix.db"
+    rows = [(s, o, r) for s, o, r in TABLE]
+    if db.exists():
+        con = sqlite3.connect(f"file:{quote(str(db.absolute()))}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT surface, owner, reason FROM ownership").fetchall() or rows
+        finally:
+            con.close()
+    order = {s: i for i, (s, _o, _r) in enumerate(TABLE)}
+    rows.sort(key=lambda r: order.get(r[0], len(order)))
+    return [{"surface": s, "owner": o, "reason": r} for s, o, r in rows]
 
 
 def owner_of(path: str) -> str | None:

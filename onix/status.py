@@ -9,14 +9,18 @@ the next onix run after a crash must repair the root, whichever command it is.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
+from onix.errors import OnixError
 from onix.paths import RootPaths, read_state_id
 
 
 def _query(db: Path) -> dict:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=5)
     try:
         running = con.execute("SELECT id, kind, from_state, to_state FROM transactions "
                               "WHERE status = 'running' ORDER BY id LIMIT 1").fetchone()
@@ -32,6 +36,20 @@ def _query(db: Path) -> dict:
             "last_nix": {"kind": last[0], "nix": last[1]} if last else None}
 
 
+def _lock_held(paths: RootPaths) -> bool:
+    try:
+        fd = os.open(paths.lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def status(root: Path | str) -> dict:
     paths = RootPaths.of(root)
     if not paths.db.exists():
@@ -40,19 +58,26 @@ def status(root: Path | str) -> dict:
                     "no ONIX database here yet; onix install creates one"]}
     info = _query(paths.db)
     recovered: list[str] = []
+    in_progress = False
     if info["running"]:
-        from onix.transaction import session
+        # A running journal row is either a transaction in progress (its onix holds the
+        # lock) or one a crash interrupted (nobody does). Only the second is ours to repair.
+        in_progress = _lock_held(paths)
+        if not in_progress:
+            from onix.transaction import session
 
-        try:
-            with session(paths.root, create=False) as s:
-                recovered = s.recovered
-        except PermissionError:
-            pass  # not allowed to repair; report what we see
-        info = _query(paths.db)
+            try:
+                with session(paths.root, create=False, wait=False) as s:
+                    recovered = s.recovered
+            except (PermissionError, OnixError):
+                pass  # not allowed to repair, or someone else just started: report what we see
+            info = _query(paths.db)
     live = read_state_id(paths.usr)
     st = info["states"].get(live) if live is not None else None
     notes = list(recovered)
-    if info["running"]:
+    if info["running"] and in_progress:
+        notes.append(f"a {info['running'][1]} is in progress (journal {info['running'][0]})")
+    elif info["running"]:
         notes.append(f"an interrupted {info['running'][1]} is pending; run onix as root to "
                      "recover it")
     if live is not None and st is None:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from onix.errors import StoneError
-from onix.layout import DIR, FILE, SYMLINK, Entry, check_entry
+from onix.layout import DIR, FILE, SYMLINK, Entry, check_entry, is_digest
 
 MAGIC = b"\x00ONIXstn"
 VERSION = 1
@@ -130,22 +130,25 @@ class Stone:
         raw = self._f.read(FILE_HEADER.size)
         if len(raw) < FILE_HEADER.size:
             raise self._bad("file too short for a stone header")
-        magic, version, count, _ = FILE_HEADER.unpack(raw)
+        magic, version, count, reserved = FILE_HEADER.unpack(raw)
         if magic != MAGIC:
             raise StoneError("not a stone (wrong magic)", path=self.path,
                              hint="pass a .stone file made by onix stone pack or the builder")
         if version != VERSION:
             raise StoneError(f"stone format version {version} is not supported (this onix reads "
                              f"version {VERSION})", path=self.path, hint="upgrade onix")
+        if any(reserved):
+            raise self._bad("reserved header bytes are not zero")
         pos = FILE_HEADER.size
         for _ in range(count):
             self._f.seek(pos)
             raw = self._f.read(PAYLOAD_HEADER.size)
             if len(raw) < PAYLOAD_HEADER.size:
                 raise self._bad("truncated payload header")
-            kind, comp, _r, records, stored, plain, checksum = PAYLOAD_HEADER.unpack(raw)
+            kind, comp, reserved, records, stored, plain, checksum = PAYLOAD_HEADER.unpack(raw)
             pos += PAYLOAD_HEADER.size
-            if kind not in KIND_NAMES or comp not in (NONE, ZSTD) or kind in self.payloads:
+            if kind not in KIND_NAMES or comp not in (NONE, ZSTD) or kind in self.payloads \
+                    or reserved:
                 raise self._bad(f"unknown or repeated payload kind {kind}")
             if pos + stored > size:
                 raise self._bad(f"{KIND_NAMES[kind]} payload runs past the end of the file "
@@ -181,12 +184,19 @@ class Stone:
 
     def _read_meta(self) -> StoneMeta:
         raw = self._read_small(META)
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
-            raise self._bad("metadata has no name")
-        try:
-            meta = StoneMeta(**{k: raw[k] for k in META_KEYS if k in raw})
-        except TypeError:
-            raise self._bad("metadata has unexpected fields") from None
+        if not isinstance(raw, dict):
+            raise self._bad("metadata is not an object")
+        missing = [k for k in META_KEYS if k not in raw]
+        if missing:
+            raise self._bad(f"metadata lacks {', '.join(missing)}")
+        meta = StoneMeta(**{k: raw[k] for k in META_KEYS})
+        types_ok = (all(isinstance(getattr(meta, k), str) for k in
+                        ("name", "version", "arch", "summary", "license"))
+                    and isinstance(meta.release, int)
+                    and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                            for v in (meta.provides, meta.depends)))
+        if not types_ok or not meta.name or not meta.version:
+            raise self._bad("metadata fields have the wrong types or are empty")
         if not all(c.isalnum() or c in "-_.+" for c in meta.name):
             raise StoneError(f"stone name {meta.name!r} has characters outside [A-Za-z0-9-_.+]",
                              path=self.path, hint="rebuild the stone")
@@ -194,12 +204,14 @@ class Stone:
 
     def _read_layout(self) -> list[Entry]:
         raw = self._read_small(LAYOUT)
-        if not isinstance(raw, list):
-            raise self._bad("layout payload is not a list")
+        if not isinstance(raw, list) or len(raw) != self.payloads[LAYOUT].records:
+            raise self._bad("layout payload is not a list of the declared length")
         entries = []
         where = str(self.path)
         for rec in raw:
             try:
+                if not isinstance(rec, list):
+                    raise TypeError
                 e = Entry.from_record(rec)
             except (TypeError, ValueError):
                 raise self._bad(f"malformed layout record {str(rec)[:80]}") from None
@@ -215,11 +227,14 @@ class Stone:
     def _read_index(self) -> list[tuple[str, int, int]]:
         raw = self._read_small(INDEX)
         plain = self.payloads[CONTENT].plain_size
+        if not isinstance(raw, list) or len(raw) != self.payloads[INDEX].records:
+            raise self._bad("content index is not a list of the declared length")
         out = []
         expect = 0
         try:
             for digest, offset, length in raw:
-                if offset != expect or length <= 0 or len(digest) != 64:
+                if offset != expect or not isinstance(length, int) or length <= 0 \
+                        or not is_digest(digest):
                     raise ValueError
                 expect = offset + length
                 out.append((str(digest), int(offset), int(length)))
@@ -227,10 +242,12 @@ class Stone:
             raise self._bad("content index is malformed") from None
         if expect != plain:
             raise self._bad("content index does not cover the content payload")
-        have = {d for d, _, _ in out}
+        lengths = {d: n for d, _, n in out}
+        if len(lengths) != len(out):
+            raise self._bad("content index lists a digest twice")
         for e in self.layout:
-            if e.kind == FILE and e.size > 0 and e.digest not in have:
-                raise self._bad(f"/usr/{e.path} has no content in the stone")
+            if e.kind == FILE and e.size > 0 and lengths.get(e.digest) != e.size:
+                raise self._bad(f"/usr/{e.path} has no content of its size in the stone")
         return out
 
     def contents(self) -> Iterator[tuple[str, int, Iterator[bytes]]]:
@@ -287,6 +304,17 @@ class Stone:
             pass
         if summer.digest() != h.checksum:
             raise self._bad("content payload checksum mismatch")
+
+    def check_content(self) -> None:
+        """Hash every content blob against the index (what install does, without writing)."""
+        import blake3
+
+        for digest, _length, chunks in self.contents():
+            h = blake3.blake3()
+            for chunk in chunks:
+                h.update(chunk)
+            if h.hexdigest() != digest:
+                raise self._bad(f"content {digest[:16]}… does not match its digest")
 
     def close(self) -> None:
         self._f.close()
@@ -406,7 +434,7 @@ def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
             for digest, _off, _len in index:
                 with open(src / "usr" / by_digest[digest].path, "rb") as blob:
                     data = blob.read()
-                if len(data) != by_digest[digest].size:
+                if blake3.blake3(data).hexdigest() != digest:
                     raise StoneError("file changed while packing", path=by_digest[digest].path,
                                      hint="pack again from a quiet tree")
                 zw.write(data)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onix import fsutil
+from onix.layout import is_digest
 from onix.paths import RootPaths
 
 CHUNK = 1 << 20
@@ -51,7 +52,7 @@ class ObjectKey:
     @classmethod
     def parse(cls, name: str) -> ObjectKey | None:
         parts = name.split(".")
-        if len(parts) != 4 or len(parts[0]) != 64:
+        if len(parts) != 4 or not is_digest(parts[0]):
             return None
         try:
             return cls(parts[0], int(parts[1], 8), int(parts[2]), int(parts[3]))
@@ -141,6 +142,8 @@ class ImportBatch:
         """Write one content blob, hashing as it goes; raise DigestMismatch if it lies."""
         import blake3
 
+        if not is_digest(digest):
+            raise ValueError(f"not a blake3 digest: {digest[:80]!r}")
         if digest in self.content:
             return
         h = blake3.blake3()
@@ -162,7 +165,7 @@ class ImportBatch:
         them was only needed to check the stone.
         """
         is_root = os.geteuid() == 0
-        pending: list[tuple[Path, Path]] = []
+        pending: list[tuple[Path, Path, ObjectKey]] = []
         used: dict[str, int] = {}
         for key in sorted(set(keys)):
             dest = self.store.path(key)
@@ -174,14 +177,16 @@ class ImportBatch:
             staged = src if n == 0 else src.with_name(f"{src.name}.{n}")
             if n:
                 shutil.copyfile(src, staged)
+            pending.append((staged, dest, key))
+        # Modes last: a copy must not read a blob already made unreadable (mode 0111).
+        for staged, _dest, key in pending:
             os.chmod(staged, key.mode)
             if is_root:
                 os.chown(staged, key.uid, key.gid)
-            pending.append((staged, dest))
         # Before any rename: content must be on disk, so an admitted object is never torn.
         fsutil.syncfs(self.tmp)
         shards = set()
-        for staged, dest in pending:
+        for staged, dest, _key in pending:
             if dest.parent not in shards:
                 if not dest.parent.exists():
                     dest.parent.mkdir()

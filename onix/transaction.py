@@ -112,13 +112,20 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
     if not create and not paths.db.exists():
         raise StateError("this root has no ONIX database", path=paths.db,
                          hint="install a stone first: onix install --root DIR X.stone")
-    with root_lock(paths, wait=wait, on_wait=progress.note):
-        s = Session(paths, progress)
-        try:
-            s.recovered = recover(s)
-            yield s
-        finally:
-            s.db.close()
+    fresh = not paths.onix.exists()
+    try:
+        with root_lock(paths, wait=wait, on_wait=progress.note):
+            s = Session(paths, progress)
+            try:
+                s.recovered = recover(s)
+                yield s
+            finally:
+                s.db.close()
+    except BaseException:
+        # A first command that failed leaves no .onix behind: the root is as it was.
+        if fresh and paths.onix.exists() and read_state_id(paths.usr) is None:
+            fsutil.remove_tree(paths.onix)
+        raise
 
 
 # -- prepare: read stones and plan a selection ---------------------------------
@@ -316,13 +323,23 @@ def blit(s: Session, entries: list[Entry], dest: Path) -> None:
 
 
 def write_generated(tree: Path, state_id: int, fstx: str) -> None:
-    (tree / "lib").mkdir(exist_ok=True)
+    """Write usr/.stateID and usr/lib/os-release, never through a symlink."""
+    lib = tree / "lib"
+    if lib.is_symlink():  # layouts reserve lib as a directory; this is a second guard
+        raise StateError("is a symlink; onix will not write through it", path=lib,
+                         hint="the stone that ships it is unsafe")
+    lib.mkdir(exist_ok=True)
     for rel, data in ((STATE_ID_FILE, f"{state_id}\n".encode()),
                       (OS_RELEASE_FILE, os_release(state_id, fstx))):
         p = tree / rel
-        with open(p, "wb") as f:
-            f.write(data)
-        os.chmod(p, 0o444)
+        if p.is_symlink() or p.exists():
+            p.unlink()
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
 
 
 def root_links(paths: RootPaths) -> list[str]:
@@ -385,23 +402,41 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                        nbytes=sum(e.size for e in files))
         tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
                               detail={"source": "staging"}, nix_before=nix_before)
-    faults.point(kind, "blit")
-    blit(s, entries, paths.staging_usr)
-    faults.point(kind, "stateid")
-    write_generated(paths.staging_usr, state_id, fstx)
-    faults.point(kind, "sync")
-    fsutil.syncfs(paths.staging)
-    faults.point(kind, "exchange")
-    if paths.usr.is_dir():
-        fsutil.exchange(paths.staging_usr, paths.usr)
-    else:
-        os.rename(paths.staging_usr, paths.usr)
-    fsutil.fsync_dir(paths.root)
-    faults.point(kind, "archive")
-    _archive_old_tree(paths, paths.staging_usr, from_state)
-    report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
+    try:
+        faults.point(kind, "blit")
+        blit(s, entries, paths.staging_usr)
+        faults.point(kind, "stateid")
+        write_generated(paths.staging_usr, state_id, fstx)
+        faults.point(kind, "sync")
+        fsutil.syncfs(paths.staging)
+        faults.point(kind, "exchange")
+        if paths.usr.is_dir():
+            fsutil.exchange(paths.staging_usr, paths.usr)
+        else:
+            os.rename(paths.staging_usr, paths.usr)
+        fsutil.fsync_dir(paths.root)
+        faults.point(kind, "archive")
+        _archive_old_tree(paths, paths.staging_usr, from_state)
+        report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
+    except BaseException as exc:
+        _settle_after_failure(s, exc)
+        raise
     return Result(kind=kind, from_state=from_state, to_state=state_id, fstx=fstx,
                   summary=summary, nix=report, warnings=warnings, recovered=s.recovered)
+
+
+def _settle_after_failure(s: Session, exc: BaseException) -> None:
+    """An error (not a crash) mid-transaction: settle now exactly as the next run would.
+
+    Before the exchange that means undo (drop staging, forget the pending
+    state); after it, finish. Then report a full disk as such.
+    """
+    with suppress(Exception):  # the original error matters more; the next run retries
+        s.recovered += recover(s)
+    if fsutil.disk_full(exc):
+        raise DiskFullError("no space left while building the new /usr", path=s.paths.staging,
+                            hint="free space on that file system (onix prune helps) and retry; "
+                            "the previous state is still active") from None
 
 
 def _selection(s: Session) -> dict[str, dict]:
@@ -581,7 +616,10 @@ def recover(s: Session) -> list[str]:
                 s.db.delete_state(c, to)
             s.db.end_tx(c, tx["id"], "undone")
         # Links may be missing if the first install crashed before creating them; harmless.
-        done.append(f"undid interrupted {kind} (state {to} discarded; state {frm} kept)")
+        if kind in NEW_STATE_KINDS:
+            done.append(f"undid interrupted {kind} (state {to} discarded; state {frm} kept)")
+        else:
+            done.append(f"undid interrupted {kind} to state {to} (state {frm} stays active)")
     else:
         raise StateError(f"/usr/.stateID says {live}, but the interrupted {kind} went from "
                          f"{frm} to {to}", path=s.paths.state_id_file,

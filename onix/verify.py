@@ -27,7 +27,7 @@ from onix.transaction import Session, os_release, session
 @dataclass
 class Problem:
     path: str
-    problem: str  # corrupt | missing | extra | mode | owner | type | target | size
+    problem: str  # corrupt | missing | extra | mode | owner | type | target
     detail: str = ""
 
     def as_dict(self) -> dict:
@@ -119,6 +119,8 @@ def _verify(s: Session) -> VerifyReport:
         report.problems.append(Problem(str(s.store.path(key).relative_to(s.paths.root)),
                                        "missing", "store object"))
 
+    _check_archived(s, report, good_inodes)
+
     # 2. the live tree
     if live is None:
         return report
@@ -183,6 +185,37 @@ def _verify(s: Session) -> VerifyReport:
     return report
 
 
+def _check_archived(s: Session, report: VerifyReport, good_inodes: dict[ObjectKey, int]) -> None:
+    """Archived trees: every file present and still the store's inode (or hashing right).
+
+    A corrupt store object restored by --fix gets a new inode; archived trees
+    that shared the old one are caught here and relinked too.
+    """
+    with s.db.read() as c:
+        archived = [st["id"] for st in s.db.states(c) if st["status"] == "archived"]
+        layouts = {sid: s.db.state_layout(c, sid) for sid in archived}
+    for sid, entries in layouts.items():
+        tree = s.paths.state_tree(sid)
+        prefix = str(tree.relative_to(s.paths.root))
+        if read_state_id(tree) != sid:
+            report.problems.append(Problem(prefix, "missing", f"archived tree of state {sid}"))
+            continue
+        for e in entries:
+            p = tree / e.path
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                report.problems.append(Problem(f"{prefix}/{e.path}", "missing"))
+                continue
+            if stat.S_IFMT(st.st_mode) != e.st_type:
+                report.problems.append(Problem(f"{prefix}/{e.path}", "type", f"expected {e.kind}"))
+            elif e.kind == FILE and e.size:
+                key = ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
+                if good_inodes.get(key) != st.st_ino and hash_file(p) != e.digest:
+                    report.problems.append(Problem(f"{prefix}/{e.path}", "corrupt",
+                                                   "content changed"))
+
+
 def _restore_object(s: Session, key: ObjectKey) -> bool:
     """Rewrite one store object from a healthy sibling or from a cached stone."""
     from onix.stone import Stone
@@ -220,34 +253,50 @@ def _restore_object(s: Session, key: ObjectKey) -> bool:
 
 def _fix(s: Session, report: VerifyReport) -> None:
     store_dir = str(s.store.dir.relative_to(s.paths.root))
-    for p in report.problems:
-        if p.path.startswith(store_dir):
-            key = ObjectKey.parse(Path(p.path).name)
+    states_dir = str(s.paths.states.relative_to(s.paths.root))
+    paths = sorted({p.path for p in report.problems})  # one repair per path, however many faults
+    for path in paths:
+        if path.startswith(store_dir):
+            key = ObjectKey.parse(Path(path).name)
             if key is not None:
                 _restore_object(s, key)
     live = s.live_state()
     with s.db.read() as c:
-        entries = {e.path: e for e in s.db.state_layout(c, live)} if live else {}
         fstx = s.db.state(c, live)["fstx"] if live else ""
-    usr = s.paths.usr
-    for p in report.problems:
-        if not p.path.startswith("/usr/"):
-            continue
-        rel = p.path[len("/usr/"):]
-        target = usr / rel
-        if rel in GENERATED:
-            data = f"{live}\n".encode() if rel == STATE_ID_FILE else os_release(live, fstx)
-            target.unlink(missing_ok=True)
-            target.write_bytes(data)
-            os.chmod(target, 0o444)
-            continue
-        e = entries.get(rel)
-        if e is None:  # extra
-            fsutil.remove_tree(target)
-            continue
-        _replace(s, e, target)
-    if live is not None and read_state_id(usr) != live:
+        layouts: dict[int, dict[str, Entry]] = {}
+
+        def layout(sid: int) -> dict[str, Entry]:
+            if sid not in layouts:
+                layouts[sid] = {e.path: e for e in s.db.state_layout(c, sid)}
+            return layouts[sid]
+
+        for path in paths:
+            if path.startswith("/usr/"):
+                rel = path[len("/usr/"):]
+                if rel in GENERATED:
+                    _rewrite_generated(s.paths.usr, rel, live, fstx)
+                    continue
+                e = layout(live).get(rel)
+                if e is None:  # extra: no stone owns it
+                    fsutil.remove_tree(s.paths.usr / rel)
+                else:
+                    _replace(s, e, s.paths.usr / rel)
+            elif path.startswith(states_dir + "/"):
+                sid_text, _, rest = path[len(states_dir) + 1:].partition("/")
+                rel = rest.partition("/")[2]  # drop the leading "usr"
+                e = layout(int(sid_text)).get(rel) if rel else None
+                if e is not None:
+                    _replace(s, e, s.paths.state_tree(int(sid_text)) / rel)
+    if live is not None and read_state_id(s.paths.usr) != live:
         raise AssertionError("verify --fix changed the live state id")
+
+
+def _rewrite_generated(usr: Path, rel: str, live: int, fstx: str) -> None:
+    target = usr / rel
+    data = f"{live}\n".encode() if rel == STATE_ID_FILE else os_release(live, fstx)
+    target.unlink(missing_ok=True)
+    target.write_bytes(data)
+    os.chmod(target, 0o444)
 
 
 def _replace(s: Session, e: Entry, target: Path) -> None:

@@ -214,3 +214,53 @@ def test_foreign_usr_is_not_swapped(root: Path, make_stone) -> None:
     (root / "usr/bin/precious").write_text("not ours")
     s = make_stone("hello", {"bin/hello": "hi"})
     assert_clean_failure(root, ["install", s], match="not made by onix")
+
+
+@pytest.mark.parametrize("digest", ["../../../../../PWNED".ljust(64, "a"), "A" * 64, "g" * 64])
+def test_hostile_digest_rejected(installed: Path, tmp_path: Path, digest: str) -> None:
+    """A digest names a file in the store; anything but lowercase hex must never reach it."""
+    rec = ["share/x", "file", 0o644, 0, 0, 5, digest]
+    bad = craft(tmp_path / "digest.stone", layout=[rec], blobs=[])
+    assert_clean_failure(installed, ["install", bad], match="digest.stone")
+    assert not list(tmp_path.parent.glob("**/PWNED*"))
+
+
+def test_lib_symlink_rejected(installed: Path, tmp_path: Path) -> None:
+    """onix writes usr/lib/os-release; a stone must not turn usr/lib into a way out."""
+    bad = craft(tmp_path / "lib.stone", layout=[["lib", "symlink", 0o777, 0, 0, 0, "/etc"]],
+                blobs=[])
+    assert_clean_failure(installed, ["install", bad], match="must be a directory")
+
+
+@pytest.mark.parametrize("rec", [
+    ["share/x", "file", "0644", 0, 0, 1, None],
+    ["share/x", "file", 0o644, -1, 0, 1, None],
+    ["share/x", "file", 0o644, 0, 0, 999, None],  # size disagrees with the content index
+    ["share/x", "file", 0o644, 0, 0],
+    "share/x",
+])
+def test_malformed_layout_records(installed: Path, tmp_path: Path, rec) -> None:
+    import blake3
+
+    if isinstance(rec, list) and len(rec) == 7:
+        rec[6] = blake3.blake3(b"x").hexdigest()
+    bad = craft(tmp_path / "rec.stone", layout=[rec], blobs=[b"x"])
+    assert_clean_failure(installed, ["install", bad], match="rec.stone")
+
+
+def test_failed_first_install_leaves_nothing(root: Path, tmp_path: Path, make_stone) -> None:
+    a = make_stone("a", {"bin/x": "a"})
+    clash = make_stone("b", {"bin/x": "b"})
+    assert_clean_failure(root, ["install", a, clash], match="/usr/bin/x")
+    assert list(root.iterdir()) == []
+
+
+def test_inspect_checks_content(tmp_path: Path, make_stone) -> None:
+    good = make_stone("big", {"share/blob": os.urandom(50_000)})
+    data = bytearray(good.read_bytes())
+    data[-100] ^= 0xFF
+    bad = tmp_path / "flipped.stone"
+    bad.write_bytes(bytes(data))
+    r = onix("stone", "inspect", bad)
+    assert r.returncode != 0 and "flipped.stone" in r.stderr
+    assert onix("stone", "inspect", good).returncode == 0

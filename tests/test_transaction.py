@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -238,3 +239,55 @@ def test_store_objects_keyed_by_mode(root: Path, make_stone) -> None:
     assert sorted(k.mode for k in keys) == [0o444, 0o555]
     assert len({k.digest for k in keys}) == 1
     assert isinstance(keys[0], ObjectKey)
+
+
+def test_verify_fix_two_problems_one_path_and_archived_trees(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files("1"))])
+    transaction.install(root, [make_stone("extra", {"share/e": "e"})])  # state 1 archived
+    lib = root / "usr/lib/libhello.so.1"
+    os.chmod(lib, 0o644)
+    lib.write_text("tampered")  # corrupts the store object and state 1's archived copy too
+    r = onix("verify", "--root", root, "--json")
+    assert r.returncode == 1
+    problems = {(p["path"], p["problem"]) for p in json.loads(r.stdout)["problems"]}
+    assert ("/usr/lib/libhello.so.1", "mode") in problems
+    assert ("/usr/lib/libhello.so.1", "corrupt") in problems
+    assert (".onix/states/1/usr/lib/libhello.so.1", "corrupt") in problems
+    fixed = verify.verify(root, fix=True)
+    assert fixed.clean, fixed.problems
+    assert not list((root / "usr/lib").glob(".*onix-fix"))
+    transaction.rollback(root)
+    assert (root / "usr/lib/libhello.so.1").read_text().startswith("ELF 1")
+    assert verify.verify(root).clean
+
+
+def test_status_does_not_wait_for_a_running_transaction(root: Path, make_stone) -> None:
+    import fcntl
+
+    transaction.install(root, [make_stone("hello", base_files())])
+    s2 = make_stone("hello", base_files("2"), version="2")
+    crashed = onix("install", s2, "--root", root, env={"ONIX_FAULT": "install:blit"})
+    assert crashed.returncode == 86
+    fd = os.open(root / ".onix/lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as if that install were still running
+    try:
+        st = onix_json("status", "--root", root)
+        assert any("in progress" in n for n in st["notes"]), st["notes"]
+        assert st["active_state"] == 1
+    finally:
+        os.close(fd)
+    st = onix_json("status", "--root", root)  # now nobody holds it: status recovers
+    assert any("undid interrupted install" in n for n in st["notes"]), st["notes"]
+
+
+def test_ownership_reads_the_root(root: Path, make_stone) -> None:
+    import sqlite3
+
+    transaction.install(root, [make_stone("hello", base_files())])
+    con = sqlite3.connect(root / ".onix/db/onix.db")
+    con.execute("UPDATE ownership SET reason = 'edited' WHERE surface = '/boot'")
+    con.commit()
+    con.close()
+    rows = onix_json("ownership", "--root", root)
+    assert {"surface": "/boot", "owner": "machine", "reason": "edited"} in rows
+    assert rows[0]["surface"] == "/usr"
