@@ -1,3 +1,3 @@
-from onix.cli import main
+from onix.main import main
 
 main()

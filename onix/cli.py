@@ -166,21 +166,11 @@ def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the sto
 @app.command()
 def status(root: Root = Path("/"), json: Json = False) -> None:
     """What is live: active fstx, state count, store size."""
+    from onix.status import format_status
     from onix.status import status as get
 
-    def human(r: dict) -> None:
-        out = console()
-        if not r["initialized"]:
-            out.print(f"{r['root']}: not an ONIX root yet")
-            return
-        out.print(f"active fstx: {r['active_fstx'] or 'none'}")
-        out.print(f"states: {r['states']}" + (f" (pinned: {', '.join(map(str, r['pinned']))})"
-                                              if r["pinned"] else ""))
-        out.print(f"store: {human_bytes(r['store_bytes'])}")
-        for n in r["notes"]:
-            out.print(f"[yellow]note:[/] {n}")
-
-    _run(json, lambda: get(root), human)
+    _run(json, lambda: get(root), lambda r: sys.stdout.write("".join(
+        line + "\n" for line in format_status(r))))
 
 
 @app.command("ownership")
@@ -370,11 +360,6 @@ def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
 
 
 def main() -> None:
-    try:
-        app()
-    except BrokenPipeError:
-        sys.exit(1)
+    from onix.main import main as entry
 
-
-if __name__ == "__main__":
-    main()
+    entry()

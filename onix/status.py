@@ -97,3 +97,17 @@ def status(root: Path | str) -> dict:
         "last_nix_check": info["last_nix"],
         "notes": notes,
     }
+
+
+def format_status(r: dict) -> list[str]:
+    """The human lines of `onix status` (plain text: this path must not import rich)."""
+    from onix.ui import human_bytes
+
+    if not r["initialized"]:
+        return [f"{r['root']}: not an ONIX root yet"]
+    lines = [f"active fstx: {r['active_fstx'] or 'none'}"]
+    pinned = f" (pinned: {', '.join(map(str, r['pinned']))})" if r["pinned"] else ""
+    lines.append(f"states: {r['states']}{pinned}")
+    lines.append(f"store: {human_bytes(r['store_bytes'])}")
+    lines.extend(f"note: {n}" for n in r["notes"])
+    return lines
