@@ -40,7 +40,7 @@ def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> 
         error(e.line(), as_json=as_json, data=e.as_dict())
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        error("interrupted; the next onix command recovers the root")
+        error("interrupted; the root holds the old or the new state (onix status tells which)")
         raise typer.Exit(130) from None
     data = result.as_dict() if hasattr(result, "as_dict") else result
     if as_json:

@@ -9,9 +9,9 @@ class OnixError(Exception):
     """A failure the user can act on.
 
     `path` names what was wrong, `hint` says what to do. The CLI prints
-    ``error: <path>: <message>; <hint>`` and exits non-zero. Library code
-    raises it only after undoing whatever it had started, so the root is as
-    it was before the command.
+    ``error: <path>: <message>; <hint>`` and exits non-zero. Checks run before
+    anything is written, and an error after that settles the journal on the
+    way out (transaction.session), so the root holds the old or the new state.
     """
 
     exit_code = 1

@@ -97,17 +97,22 @@ def check_entry(e: Entry, *, where: str) -> None:
         raise StoneError(f"layout entry {e.path!r} has an out-of-range mode or owner",
                          path=where, hint="rebuild the stone")
     if e.path in RESERVED_DIRS and e.kind != DIR:
-        raise StoneError(f"/usr/{e.path} must be a directory (onix writes "
-                         f"{', '.join(GENERATED)} into it)", path=where,
-                         hint="ship it as a directory")
+        inside = ", ".join(g for g in GENERATED if g.startswith(e.path + "/"))
+        raise StoneError(f"/usr/{e.path} must be a directory (onix writes {inside} into it)",
+                         path=where, hint="ship it as a directory")
     if e.kind not in KINDS:
         raise StoneError(f"layout entry {e.path!r} has unknown type {e.kind!r}", path=where,
                          hint="rebuild the stone")
     if e.kind == FILE and not is_digest(e.digest):
         raise StoneError(f"layout entry {e.path!r} has no valid digest", path=where,
                          hint="rebuild the stone")
-    if e.kind == SYMLINK and (not e.target or "\0" in e.target):
+    if e.kind == SYMLINK and (not isinstance(e.target, str) or not e.target
+                              or "\0" in e.target or len(e.target.encode()) > 4000):
         raise StoneError(f"symlink {e.path!r} has no valid target", path=where,
+                         hint="rebuild the stone")
+    if e.kind == DIR and (e.target or e.digest):
+        # the last field feeds the fstx hash; a directory must not smuggle data into it
+        raise StoneError(f"directory {e.path!r} carries a digest or target", path=where,
                          hint="rebuild the stone")
 
 

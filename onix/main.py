@@ -26,6 +26,10 @@ def _fast_status(args: list[str]) -> int | None:
             root = a.split("=", 1)[1]
         else:
             return None  # let typer handle --help and mistakes
+    import os
+
+    if os.path.exists(root) and not os.path.isdir(root):
+        return None  # typer reports the usage error, as for every other command
     from onix.errors import OnixError
     from onix.status import format_status, status
 

@@ -72,7 +72,7 @@ def _links(base: Path) -> dict[str, str]:
 
 
 def nix_fingerprint(root: Path) -> dict:
-    """Describe <root>/nix cheaply enough to take around every rollback and prune."""
+    """Describe <root>/nix cheaply enough to take around every machine transaction."""
     nix = Path(root) / "nix"
     if not nix.exists() and not nix.is_symlink():
         return {"present": False}

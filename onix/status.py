@@ -76,7 +76,7 @@ def status(root: Path | str) -> dict:
     st = info["states"].get(live) if live is not None else None
     notes = list(recovered)
     if info["running"] and in_progress:
-        notes.append(f"a {info['running'][1]} is in progress (journal {info['running'][0]})")
+        notes.append(f"{info['running'][1]} in progress (journal {info['running'][0]})")
     elif info["running"]:
         notes.append(f"an interrupted {info['running'][1]} is pending; run onix as root to "
                      "recover it")

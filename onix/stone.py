@@ -147,8 +147,9 @@ class Stone:
                 raise self._bad("truncated payload header")
             kind, comp, reserved, records, stored, plain, checksum = PAYLOAD_HEADER.unpack(raw)
             pos += PAYLOAD_HEADER.size
-            if kind not in KIND_NAMES or comp not in (NONE, ZSTD) or kind in self.payloads \
-                    or reserved:
+            if reserved:
+                raise self._bad(f"reserved bytes of payload kind {kind} are not zero")
+            if kind not in KIND_NAMES or comp not in (NONE, ZSTD) or kind in self.payloads:
                 raise self._bad(f"unknown or repeated payload kind {kind}")
             if pos + stored > size:
                 raise self._bad(f"{KIND_NAMES[kind]} payload runs past the end of the file "
@@ -192,12 +193,13 @@ class Stone:
         meta = StoneMeta(**{k: raw[k] for k in META_KEYS})
         types_ok = (all(isinstance(getattr(meta, k), str) for k in
                         ("name", "version", "arch", "summary", "license"))
-                    and isinstance(meta.release, int)
+                    and isinstance(meta.release, int) and not isinstance(meta.release, bool)
+                    and meta.release >= 0
                     and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                             for v in (meta.provides, meta.depends)))
         if not types_ok or not meta.name or not meta.version:
             raise self._bad("metadata fields have the wrong types or are empty")
-        if not all(c.isalnum() or c in "-_.+" for c in meta.name):
+        if not all(c.isascii() and (c.isalnum() or c in "-_.+") for c in meta.name):
             raise StoneError(f"stone name {meta.name!r} has characters outside [A-Za-z0-9-_.+]",
                              path=self.path, hint="rebuild the stone")
         return meta

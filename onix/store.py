@@ -18,7 +18,7 @@ shared empty inode would hit ext4's 65,000-link limit (moss issue #372).
 Writes: content is written under store/.tmp/<batch>/, hashed while written,
 flushed with one syncfs(), then renamed into place; a digest that does not
 match is never admitted. A crash leaves only .tmp/ debris, removed by the next
-import.
+onix command that takes the root lock.
 """
 
 from __future__ import annotations

@@ -119,6 +119,9 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
             try:
                 s.recovered = recover(s)
                 yield s
+            except BaseException as exc:
+                _settle_after_failure(s, exc)
+                raise
             finally:
                 s.db.close()
     except BaseException:
@@ -402,41 +405,39 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                        nbytes=sum(e.size for e in files))
         tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
                               detail={"source": "staging"}, nix_before=nix_before)
-    try:
-        faults.point(kind, "blit")
-        blit(s, entries, paths.staging_usr)
-        faults.point(kind, "stateid")
-        write_generated(paths.staging_usr, state_id, fstx)
-        faults.point(kind, "sync")
-        fsutil.syncfs(paths.staging)
-        faults.point(kind, "exchange")
-        if paths.usr.is_dir():
-            fsutil.exchange(paths.staging_usr, paths.usr)
-        else:
-            os.rename(paths.staging_usr, paths.usr)
-        fsutil.fsync_dir(paths.root)
-        faults.point(kind, "archive")
-        _archive_old_tree(paths, paths.staging_usr, from_state)
-        report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
-    except BaseException as exc:
-        _settle_after_failure(s, exc)
-        raise
+    faults.point(kind, "blit")
+    blit(s, entries, paths.staging_usr)
+    faults.point(kind, "stateid")
+    write_generated(paths.staging_usr, state_id, fstx)
+    faults.point(kind, "sync")
+    fsutil.syncfs(paths.staging)
+    faults.point(kind, "exchange")
+    if paths.usr.is_dir():
+        fsutil.exchange(paths.staging_usr, paths.usr)
+    else:
+        os.rename(paths.staging_usr, paths.usr)
+    fsutil.fsync_dir(paths.root)
+    faults.point(kind, "archive")
+    _archive_old_tree(paths, paths.staging_usr, from_state)
+    report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
     return Result(kind=kind, from_state=from_state, to_state=state_id, fstx=fstx,
                   summary=summary, nix=report, warnings=warnings, recovered=s.recovered)
 
 
 def _settle_after_failure(s: Session, exc: BaseException) -> None:
-    """An error (not a crash) mid-transaction: settle now exactly as the next run would.
+    """An error (not a crash) inside a session: settle now exactly as the next run would.
 
-    Before the exchange that means undo (drop staging, forget the pending
-    state); after it, finish. Then report a full disk as such.
+    A journal row left running is undone if the exchange had not happened
+    (drop staging, forget the pending state) and finished if it had; a prune
+    is run forward. Then a full disk is reported as such.
     """
     with suppress(Exception):  # the original error matters more; the next run retries
         s.recovered += recover(s)
     if fsutil.disk_full(exc):
+        live = read_state_id(s.paths.usr)
         raise DiskFullError("no space left while building the new /usr", path=s.paths.staging,
                             hint="free space on that file system (onix prune helps) and retry; "
-                            "the previous state is still active") from None
+                            f"state {live} is active") from None
 
 
 def _selection(s: Session) -> dict[str, dict]:

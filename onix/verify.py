@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,17 +69,26 @@ def verify(root: Path | str, *, fix: bool = False, wait: bool = True,
         return report
 
 
-def _hash_many(paths: list[Path], progress: Progress) -> list[str | None]:
-    def one(p: Path) -> str | None:
-        try:
-            return hash_file(p)
-        except OSError:
-            return None
-        finally:
-            progress.advance(1)
+def _hash_path(path: str, size: int) -> str | None:
+    """blake3 of a file; plain reads for small files, all cores for large ones."""
+    import blake3
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(one, paths, chunksize=64))
+    try:
+        if size >= 1 << 20:
+            return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            data = os.read(fd, size + 1)
+            while len(data) <= size:  # a short read on a file that grew or a slow fs
+                more = os.read(fd, size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+        finally:
+            os.close(fd)
+        return blake3.blake3(data).hexdigest()
+    except OSError:
+        return None
 
 
 def _verify(s: Session) -> VerifyReport:
@@ -88,132 +96,141 @@ def _verify(s: Session) -> VerifyReport:
     report = VerifyReport(state=live)
     with s.db.read() as c:
         wanted = s.db.referenced_objects(c)
-        entries = s.db.state_layout(c, live) if live is not None else []
+        trees: list[tuple[int, list[Entry]]] = []
+        if live is not None:
+            trees.append((live, s.db.state_layout(c, live)))
+        for st in s.db.states(c):
+            if st["status"] == "archived":
+                trees.append((st["id"], s.db.state_layout(c, st["id"])))
+        fstx = {st["id"]: st["fstx"] for st in s.db.states(c)}
 
-    # 1. the store
-    objects = list(s.store.objects())
-    s.progress.start("hashing store", len(objects))
-    digests = _hash_many([p for _k, p in objects], s.progress)
-    s.progress.finish()
-    good_inodes: dict[ObjectKey, int] = {}
-    present = set()
-    for (key, path), actual in zip(objects, digests, strict=True):
-        ident = (key.digest, key.mode, key.uid, key.gid)
-        present.add(ident)
-        if ident not in wanted:
-            report.unreferenced_objects += 1
+    good_inodes = _check_store(s, report, wanted)
+    for sid, entries in trees:
+        if sid == live:
+            _check_tree(s, report, s.paths.usr, "/usr", sid, fstx.get(sid, ""), entries,
+                        good_inodes)
             continue
-        report.objects_checked += 1
-        st = path.lstat()
-        report.bytes_hashed += st.st_size
-        rel = str(path.relative_to(s.paths.root))
-        if actual != key.digest:
-            report.problems.append(Problem(rel, "corrupt", "store object content changed"))
-        elif stat.S_IMODE(st.st_mode) != key.mode:
-            report.problems.append(Problem(rel, "mode", f"{stat.S_IMODE(st.st_mode):o} "
-                                                        f"!= {key.mode:o}"))
-        else:
-            good_inodes[key] = st.st_ino
-    for d, m, u, g in sorted(wanted - present):
-        key = ObjectKey(d, m, u, g)
-        report.problems.append(Problem(str(s.store.path(key).relative_to(s.paths.root)),
-                                       "missing", "store object"))
-
-    _check_archived(s, report, good_inodes)
-
-    # 2. the live tree
-    if live is None:
-        return report
-    usr = s.paths.usr
-    is_root = os.geteuid() == 0
-    to_hash: list[tuple[Entry, Path]] = []
-    for e in entries:
-        p = usr / e.path
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            report.problems.append(Problem(f"/usr/{e.path}", "missing"))
-            continue
-        if stat.S_IFMT(st.st_mode) != e.st_type:
-            report.problems.append(Problem(f"/usr/{e.path}", "type", f"expected {e.kind}"))
-            continue
-        if e.kind != SYMLINK and stat.S_IMODE(st.st_mode) != e.installed_mode:
-            report.problems.append(Problem(f"/usr/{e.path}", "mode",
-                                           f"{stat.S_IMODE(st.st_mode):o} != {e.installed_mode:o}"))
-        if is_root and (st.st_uid, st.st_gid) != (e.uid, e.gid):
-            report.problems.append(Problem(f"/usr/{e.path}", "owner",
-                                           f"{st.st_uid}:{st.st_gid} != {e.uid}:{e.gid}"))
-        if e.kind == SYMLINK:
-            if os.readlink(p) != e.target:
-                report.problems.append(Problem(f"/usr/{e.path}", "target",
-                                               f"points to {os.readlink(p)}"))
-        elif e.kind == FILE:
-            report.files_checked += 1
-            if st.st_size != e.size:
-                report.problems.append(Problem(f"/usr/{e.path}", "corrupt", "size changed"))
-            elif e.size and good_inodes.get(ObjectKey(e.digest, e.installed_mode, e.uid,
-                                                      e.gid)) != st.st_ino:
-                to_hash.append((e, p))
-    s.progress.start("hashing /usr", len(to_hash))
-    for (e, _p), actual in zip(to_hash, _hash_many([p for _e, p in to_hash], s.progress),
-                              strict=True):
-        report.bytes_hashed += e.size
-        if actual != e.digest:
-            report.problems.append(Problem(f"/usr/{e.path}", "corrupt", "content changed"))
-    s.progress.finish()
-    fstx = None
-    with s.db.read() as c:
-        st_row = s.db.maybe_state(c, live)
-        fstx = st_row["fstx"] if st_row else None
-    expected_generated = {STATE_ID_FILE: f"{live}\n".encode(),
-                          OS_RELEASE_FILE: os_release(live, fstx or "")}
-    for rel, data in expected_generated.items():
-        try:
-            if (usr / rel).read_bytes() != data:
-                report.problems.append(Problem(f"/usr/{rel}", "corrupt", "generated file changed"))
-        except FileNotFoundError:
-            report.problems.append(Problem(f"/usr/{rel}", "missing", "generated file"))
-
-    known = {e.path for e in entries} | set(implicit_dirs(entries)) | set(GENERATED) | {"lib"}
-    for dirpath, dirnames, filenames in os.walk(usr):
-        for name in dirnames + filenames:
-            rel = (Path(dirpath) / name).relative_to(usr).as_posix()
-            if rel not in known:
-                report.problems.append(Problem(f"/usr/{rel}", "extra", "no stone owns it"))
-        dirnames[:] = [d for d in dirnames
-                       if (Path(dirpath) / d).relative_to(usr).as_posix() in known]
-    return report
-
-
-def _check_archived(s: Session, report: VerifyReport, good_inodes: dict[ObjectKey, int]) -> None:
-    """Archived trees: every file present and still the store's inode (or hashing right).
-
-    A corrupt store object restored by --fix gets a new inode; archived trees
-    that shared the old one are caught here and relinked too.
-    """
-    with s.db.read() as c:
-        archived = [st["id"] for st in s.db.states(c) if st["status"] == "archived"]
-        layouts = {sid: s.db.state_layout(c, sid) for sid in archived}
-    for sid, entries in layouts.items():
         tree = s.paths.state_tree(sid)
         prefix = str(tree.relative_to(s.paths.root))
         if read_state_id(tree) != sid:
             report.problems.append(Problem(prefix, "missing", f"archived tree of state {sid}"))
             continue
-        for e in entries:
-            p = tree / e.path
-            try:
-                st = p.lstat()
-            except FileNotFoundError:
-                report.problems.append(Problem(f"{prefix}/{e.path}", "missing"))
+        _check_tree(s, report, tree, prefix, sid, fstx.get(sid, ""), entries, good_inodes)
+    return report
+
+
+def _check_store(s: Session, report: VerifyReport, wanted: set) -> dict[ObjectKey, int]:
+    """Hash every store object; returns the inodes of the good ones."""
+    objects: list[tuple[ObjectKey, str, os.stat_result]] = []
+    if s.store.dir.is_dir():
+        for shard in os.scandir(s.store.dir):
+            if shard.name.startswith(".") or not shard.is_dir(follow_symlinks=False):
                 continue
-            if stat.S_IFMT(st.st_mode) != e.st_type:
-                report.problems.append(Problem(f"{prefix}/{e.path}", "type", f"expected {e.kind}"))
-            elif e.kind == FILE and e.size:
-                key = ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
-                if good_inodes.get(key) != st.st_ino and hash_file(p) != e.digest:
-                    report.problems.append(Problem(f"{prefix}/{e.path}", "corrupt",
-                                                   "content changed"))
+            for entry in os.scandir(shard.path):
+                key = ObjectKey.parse(entry.name)
+                if key is not None:
+                    objects.append((key, entry.path, entry.stat(follow_symlinks=False)))
+    s.progress.start("hashing store", len(objects))
+    good: dict[ObjectKey, int] = {}
+    present = set()
+    root = str(s.paths.root) + "/"
+    for key, path, st in objects:
+        ident = (key.digest, key.mode, key.uid, key.gid)
+        present.add(ident)
+        s.progress.advance(1)
+        if ident not in wanted:
+            report.unreferenced_objects += 1
+            continue
+        report.objects_checked += 1
+        report.bytes_hashed += st.st_size
+        rel = path.removeprefix(root)
+        if not stat.S_ISREG(st.st_mode) or _hash_path(path, st.st_size) != key.digest:
+            report.problems.append(Problem(rel, "corrupt", "store object content changed"))
+        elif stat.S_IMODE(st.st_mode) != key.mode:
+            report.problems.append(Problem(rel, "mode", f"{stat.S_IMODE(st.st_mode):o} "
+                                                        f"!= {key.mode:o}"))
+        else:
+            good[key] = st.st_ino
+    s.progress.finish()
+    for d, m, u, g in sorted(wanted - present):
+        key = ObjectKey(d, m, u, g)
+        report.problems.append(Problem(str(s.store.path(key).relative_to(s.paths.root)),
+                                       "missing", "store object"))
+    return good
+
+
+def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state_id: int,
+                fstx: str, entries: list[Entry], good_inodes: dict[ObjectKey, int]) -> None:
+    """One state's tree against its layout: every entry, generated files, nothing extra.
+
+    A file that is the very inode of a verified store object is not hashed again.
+    """
+    base = str(tree) + "/"
+    is_root = os.geteuid() == 0
+    problems = report.problems
+    expected: list[Entry] = [*entries, *(Entry(d, DIR, 0o755) for d in implicit_dirs(entries))]
+    if "lib" not in {e.path for e in expected}:
+        expected.append(Entry("lib", DIR, 0o755))  # made for lib/os-release
+    s.progress.start(f"checking {prefix}", len(expected))
+    for e in expected:
+        path = base + e.path
+        where = f"{prefix}/{e.path}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            problems.append(Problem(where, "missing"))
+            continue
+        if stat.S_IFMT(st.st_mode) != e.st_type:
+            problems.append(Problem(where, "type", f"expected {e.kind}"))
+            continue
+        if e.kind != SYMLINK and stat.S_IMODE(st.st_mode) != e.installed_mode:
+            problems.append(Problem(where, "mode",
+                                    f"{stat.S_IMODE(st.st_mode):o} != {e.installed_mode:o}"))
+        if is_root and (st.st_uid, st.st_gid) != (e.uid, e.gid):
+            problems.append(Problem(where, "owner",
+                                    f"{st.st_uid}:{st.st_gid} != {e.uid}:{e.gid}"))
+        if e.kind == SYMLINK:
+            if os.readlink(path) != e.target:
+                problems.append(Problem(where, "target", f"points to {os.readlink(path)}"))
+        elif e.kind == FILE:
+            report.files_checked += 1
+            if st.st_size != e.size:
+                problems.append(Problem(where, "corrupt", "size changed"))
+            elif e.size and good_inodes.get(ObjectKey(e.digest, e.installed_mode, e.uid,
+                                                      e.gid)) != st.st_ino:
+                report.bytes_hashed += e.size
+                if _hash_path(path, e.size) != e.digest:
+                    problems.append(Problem(where, "corrupt", "content changed"))
+    s.progress.finish()
+    for rel, data in _generated(state_id, fstx).items():
+        try:
+            if Path(base + rel).read_bytes() != data or os.path.islink(base + rel):
+                problems.append(Problem(f"{prefix}/{rel}", "corrupt", "generated file changed"))
+        except (FileNotFoundError, NotADirectoryError):
+            problems.append(Problem(f"{prefix}/{rel}", "missing", "generated file"))
+    known = {e.path for e in expected} | set(GENERATED)
+    for rel in _walk(tree):
+        if rel not in known:
+            problems.append(Problem(f"{prefix}/{rel}", "extra", "no stone owns it"))
+
+
+def _walk(tree: Path) -> list[str]:
+    """Every path below `tree`, relative, without following symlinks."""
+    out: list[str] = []
+    stack = [("", str(tree))]
+    while stack:
+        rel, path = stack.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                out.append(child)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((child, entry.path))
+    return out
+
+
+def _generated(state_id: int, fstx: str) -> dict[str, bytes]:
+    return {STATE_ID_FILE: f"{state_id}\n".encode(), OS_RELEASE_FILE: os_release(state_id, fstx)}
 
 
 def _restore_object(s: Session, key: ObjectKey) -> bool:
@@ -262,41 +279,53 @@ def _fix(s: Session, report: VerifyReport) -> None:
                 _restore_object(s, key)
     live = s.live_state()
     with s.db.read() as c:
-        fstx = s.db.state(c, live)["fstx"] if live else ""
+        fstx = {st["id"]: st["fstx"] for st in s.db.states(c)}
         layouts: dict[int, dict[str, Entry]] = {}
 
         def layout(sid: int) -> dict[str, Entry]:
             if sid not in layouts:
-                layouts[sid] = {e.path: e for e in s.db.state_layout(c, sid)}
+                entries = s.db.state_layout(c, sid)
+                full = {e.path: e for e in entries}
+                for d in implicit_dirs(entries):
+                    full[d] = Entry(d, DIR, 0o755)
+                full.setdefault("lib", Entry("lib", DIR, 0o755))
+                layouts[sid] = full
             return layouts[sid]
 
-        for path in paths:
-            if path.startswith("/usr/"):
-                rel = path[len("/usr/"):]
-                if rel in GENERATED:
-                    _rewrite_generated(s.paths.usr, rel, live, fstx)
-                    continue
-                e = layout(live).get(rel)
-                if e is None:  # extra: no stone owns it
-                    fsutil.remove_tree(s.paths.usr / rel)
-                else:
-                    _replace(s, e, s.paths.usr / rel)
+        # parents before children, so a directory restored first can receive its files
+        for path in sorted(paths, key=lambda p: (p.count("/"), p)):
+            if path.startswith("/usr/") and live is not None:
+                sid, tree, rel = live, s.paths.usr, path[len("/usr/"):]
             elif path.startswith(states_dir + "/"):
                 sid_text, _, rest = path[len(states_dir) + 1:].partition("/")
-                rel = rest.partition("/")[2]  # drop the leading "usr"
-                e = layout(int(sid_text)).get(rel) if rel else None
-                if e is not None:
-                    _replace(s, e, s.paths.state_tree(int(sid_text)) / rel)
+                sid, tree, rel = int(sid_text), s.paths.state_tree(int(sid_text)), \
+                    rest.partition("/")[2]
+                if not rel:
+                    continue  # a whole archived tree is gone; nothing here to restore from
+            else:
+                continue
+            if rel in GENERATED:
+                _rewrite_generated(tree, rel, _generated(sid, fstx.get(sid, ""))[rel])
+                continue
+            e = layout(sid).get(rel)
+            if e is None:  # extra: no stone owns it
+                fsutil.remove_tree(tree / rel)
+            else:
+                _replace(s, e, tree / rel)
     if live is not None and read_state_id(s.paths.usr) != live:
         raise AssertionError("verify --fix changed the live state id")
 
 
-def _rewrite_generated(usr: Path, rel: str, live: int, fstx: str) -> None:
-    target = usr / rel
-    data = f"{live}\n".encode() if rel == STATE_ID_FILE else os_release(live, fstx)
-    target.unlink(missing_ok=True)
-    target.write_bytes(data)
-    os.chmod(target, 0o444)
+def _rewrite_generated(tree: Path, rel: str, data: bytes) -> None:
+    target = tree / rel
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
 
 
 def _replace(s: Session, e: Entry, target: Path) -> None:

@@ -264,3 +264,13 @@ def test_inspect_checks_content(tmp_path: Path, make_stone) -> None:
     r = onix("stone", "inspect", bad)
     assert r.returncode != 0 and "flipped.stone" in r.stderr
     assert onix("stone", "inspect", good).returncode == 0
+
+
+@pytest.mark.parametrize("rec", [
+    ["share/l", "symlink", 0o777, 0, 0, 0, 42],
+    ["share/l", "symlink", 0o777, 0, 0, 0, ["x"]],
+    ["share/d", "dir", 0o755, 0, 0, 0, "smuggled"],
+])
+def test_bad_symlink_or_dir_records(installed: Path, tmp_path: Path, rec) -> None:
+    bad = craft(tmp_path / "odd.stone", layout=[rec], blobs=[])
+    assert_clean_failure(installed, ["install", bad], match="odd.stone")
