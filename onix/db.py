@@ -212,11 +212,11 @@ class Database:
             release=int(meta["release"]), arch=meta["arch"], summary=meta["summary"],
             license=meta["license"], provides=json.dumps(meta["provides"]),
             depends=json.dumps(meta["depends"]), imported=now())).inserted_primary_key[0]
-        if entries:
-            c.execute(insert(layout_t), [
-                {"stone_id": sid, "path": e.path, "kind": e.kind, "mode": e.mode, "uid": e.uid,
-                 "gid": e.gid, "size": e.size, "digest": e.digest, "target": e.target}
-                for e in entries])
+        # Bulk rows through the DB-API cursor, inside the same transaction: building
+        # 20k+ parameter dicts for SQLAlchemy doubled the import's database time.
+        c.connection.dbapi_connection.executemany(
+            "INSERT INTO layout (stone_id, path, kind, mode, uid, gid, size, digest, target) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(sid, *e) for e in entries])
         return sid
 
     def stones(self, c: Connection, ids: Iterable[int]) -> list[dict]:
@@ -225,10 +225,12 @@ class Database:
         return sorted((dict(r) for r in rows), key=lambda r: r["name"])
 
     def stone_layout(self, c: Connection, stone_id: int) -> list[Entry]:
-        rows = c.execute(select(layout_t).where(layout_t.c.stone_id == stone_id)
-                         .order_by(layout_t.c.path)).mappings()
-        return [Entry(r["path"], r["kind"], r["mode"], r["uid"], r["gid"], r["size"],
-                      r["digest"], r["target"]) for r in rows]
+        # The hot path of every transaction's plan (20k+ rows): plain DB-API tuples
+        # straight into Entry cost a quarter of going through SQLAlchemy rows.
+        cur = c.connection.dbapi_connection.execute(
+            "SELECT path, kind, mode, uid, gid, size, digest, target FROM layout "
+            "WHERE stone_id = ? ORDER BY path", (stone_id,))
+        return [Entry(*row) for row in cur]
 
     def unused_stones(self, c: Connection) -> list[int]:
         used = select(state_stones_t.c.stone_id)

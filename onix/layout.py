@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from onix.errors import ConflictError, StoneError
 from onix.paths import GENERATED
@@ -30,8 +30,10 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST_RE.fullmatch(value) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One path of a layout. A named tuple: a transaction builds 20k+ of these from the
+    database, and a tuple is made several times faster than a frozen dataclass."""
+
     path: str
     kind: str
     mode: int
@@ -116,12 +118,6 @@ def check_entry(e: Entry, *, where: str) -> None:
                          hint="rebuild the stone")
 
 
-def parents(path: str) -> Iterable[str]:
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        yield "/".join(parts[:i])
-
-
 def merge(layouts: dict[str, list[Entry]]) -> list[Entry]:
     """Merge stones' layouts (keyed by stone name) into one state layout.
 
@@ -145,10 +141,14 @@ def merge(layouts: dict[str, list[Entry]]) -> list[Entry]:
                     path=f"/usr/{e.path}",
                     hint=f"remove one of the stones, or repack {name} without that path")
     for path in merged:
-        for parent in parents(path):
+        parent = path
+        while "/" in parent:
+            parent = parent.rpartition("/")[0]
             p = merged.get(parent)
             if p is None:
-                continue  # implicit parent directory, created 0755
+                continue  # implicit parent directory, created 0755; look further up
+            if p.kind == DIR:
+                break  # that directory's own entry checks the rest of the way up
             if p.kind == SYMLINK:
                 raise StoneError(
                     f"/usr/{path} ({owner[path]}) lies below the symlink /usr/{parent} "
@@ -167,14 +167,17 @@ def implicit_dirs(entries: list[Entry]) -> list[str]:
     have = {e.path for e in entries}
     need: set[str] = set()
     for e in entries:
-        need.update(p for p in parents(e.path) if p not in have)
+        parent = e.path
+        while "/" in parent:
+            parent = parent.rpartition("/")[0]
+            if parent in have or parent in need:
+                break  # declared, or already walked from a sibling
+            need.add(parent)
     return sorted(need)
 
 
 def canonical_digest(entries: Iterable[Entry]) -> str:
     import blake3
 
-    h = blake3.blake3()
-    for e in sorted(entries, key=lambda x: x.path):
-        h.update(e.canonical().encode())
-    return h.hexdigest()
+    text = "".join(e.canonical() for e in sorted(entries, key=lambda x: x.path))
+    return blake3.blake3(text.encode()).hexdigest()

@@ -133,13 +133,19 @@ class ImportBatch:
         self.store = store
         self.tmp = store.paths.store_tmp / uuid.uuid4().hex
         self.tmp.mkdir(parents=True)
-        self.content: dict[str, Path] = {}
+        self.content: dict[str, tuple[str, int]] = {}  # digest → (tmp path, its mode)
         self.admitted: list[Path] = []
         self.new_shards: list[Path] = []
         self.bytes_written = 0
+        self.sizes: dict[str, int] = {}
+        self.admitted_bytes = 0
 
-    def write(self, digest: str, chunks: Iterable[bytes]) -> None:
-        """Write one content blob, hashing as it goes; raise DigestMismatch if it lies."""
+    def write(self, digest: str, chunks: Iterable[bytes], *, mode: int = 0o444) -> None:
+        """Write one content blob, hashing as it goes; raise DigestMismatch if it lies.
+
+        `mode` is the mode of the first object this content becomes, set on the
+        open file so admitting it needs no chmod.
+        """
         import blake3
 
         if not is_digest(digest):
@@ -147,16 +153,23 @@ class ImportBatch:
         if digest in self.content:
             return
         h = blake3.blake3()
-        p = self.tmp / digest
-        with open(p, "wb") as f:
+        path = f"{self.tmp}/{digest}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
             for chunk in chunks:
                 h.update(chunk)
-                f.write(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
                 self.bytes_written += len(chunk)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
         actual = h.hexdigest()
         if actual != digest:
             raise DigestMismatch(digest, actual)
-        self.content[digest] = p
+        self.content[digest] = (path, mode)
+        self.sizes[digest] = os.path.getsize(path)
 
     def admit(self, keys: Iterable[ObjectKey]) -> list[Path]:
         """Turn written content into store objects for every key; returns new object paths.
@@ -164,36 +177,39 @@ class ImportBatch:
         Keys whose object already exists are skipped; the batch's content for
         them was only needed to check the stone.
         """
-        is_root = os.geteuid() == 0
-        pending: list[tuple[Path, Path, ObjectKey]] = []
-        used: dict[str, int] = {}
+        euid, egid = os.geteuid(), os.getegid()
+        store = str(self.store.dir)
+        shards = {e.name for e in os.scandir(store) if e.is_dir()}
+        pending: list[tuple[str, str, str]] = []
+        used: set[str] = set()
         for key in sorted(set(keys)):
-            dest = self.store.path(key)
-            if dest.exists():
+            shard = key.digest[:2]
+            dest = f"{store}/{shard}/{key.name}"
+            if shard in shards and os.path.exists(dest):
                 continue
-            src = self.content[key.digest]
-            n = used.get(key.digest, 0)
-            used[key.digest] = n + 1
-            staged = src if n == 0 else src.with_name(f"{src.name}.{n}")
-            if n:
+            src, written_mode = self.content[key.digest]
+            if key.digest in used:  # the same content with another mode or owner: a copy
+                staged = f"{src}.{key.mode:o}.{key.uid}.{key.gid}"
                 shutil.copyfile(src, staged)
-            pending.append((staged, dest, key))
-        # Modes last: a copy must not read a blob already made unreadable (mode 0111).
-        for staged, _dest, key in pending:
-            os.chmod(staged, key.mode)
-            if is_root:
+                os.chmod(staged, key.mode)
+            else:
+                staged = src
+                used.add(key.digest)
+                if written_mode != key.mode:
+                    os.chmod(staged, key.mode)
+            if (key.uid, key.gid) != (euid, egid):
                 os.chown(staged, key.uid, key.gid)
+            pending.append((staged, shard, dest))
         # Before any rename: content must be on disk, so an admitted object is never torn.
         fsutil.syncfs(self.tmp)
-        shards = set()
-        for staged, dest, _key in pending:
-            if dest.parent not in shards:
-                if not dest.parent.exists():
-                    dest.parent.mkdir()
-                    self.new_shards.append(dest.parent)
-                shards.add(dest.parent)
+        for staged, shard, dest in pending:
+            if shard not in shards:
+                os.mkdir(f"{store}/{shard}")
+                shards.add(shard)
+                self.new_shards.append(self.store.dir / shard)
             os.rename(staged, dest)
-            self.admitted.append(dest)
+            self.admitted.append(Path(dest))
+            self.admitted_bytes += self.sizes[Path(dest).name.partition(".")[0]]
         fsutil.syncfs(self.store.dir)
         return list(self.admitted)
 
