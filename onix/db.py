@@ -242,11 +242,13 @@ class Database:
             c.execute(delete(stones_t).where(stones_t.c.id.in_(ids)))
 
     def referenced_objects(self, c: Connection) -> set[tuple[str, int, int, int]]:
-        """(digest, installed mode, uid, gid) of every non-empty file any known stone ships."""
-        rows = c.execute(select(layout_t.c.digest, layout_t.c.mode, layout_t.c.uid,
-                                layout_t.c.gid).where(layout_t.c.kind == "file",
-                                                      layout_t.c.size > 0).distinct())
-        return {(d, m & 0o7777 & ~0o222, u, g) for d, m, u, g in rows}
+        """(digest, installed mode, uid, gid) of every non-empty file any known stone ships.
+
+        The tuples compare equal to store.ObjectKey."""
+        cur = c.connection.dbapi_connection.execute(
+            "SELECT DISTINCT digest, mode & 3949, uid, gid FROM layout "  # 0o7555: no write bits
+            "WHERE kind = 'file' AND size > 0")
+        return set(cur)
 
     # -- states ----------------------------------------------------------------
 

@@ -28,8 +28,8 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from onix import fsutil
 from onix.layout import is_digest
@@ -38,8 +38,10 @@ from onix.paths import RootPaths
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ObjectKey:
+class ObjectKey(NamedTuple):
+    """What names a store object: content digest, installed mode, owner. A tuple, so it
+    compares equal to the (digest, mode, uid, gid) rows the database hands back."""
+
     digest: str
     mode: int
     uid: int = 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from onix import fsutil
 from onix.layout import DIR, FILE, SYMLINK, Entry, implicit_dirs
+from onix.parallel import in_two_processes
 from onix.paths import GENERATED, OS_RELEASE_FILE, STATE_ID_FILE, read_state_id
 from onix.progress import SILENT, Progress
 from onix.store import ObjectKey, hash_file
@@ -69,13 +70,19 @@ def verify(root: Path | str, *, fix: bool = False, wait: bool = True,
         return report
 
 
-def _hash_path(path: str, size: int) -> str | None:
-    """blake3 of a file; plain reads for small files, all cores for large ones."""
+def _hash_path(path: str, size: int, *, threads: bool = True) -> str | None:
+    """blake3 of a file; plain reads for small files, mmap (on all cores) for large ones.
+
+    threads=False inside onix.parallel's split: the two processes already use
+    both cores, and blake3's thread pool does not survive a fork (the child
+    would wait on threads that do not exist).
+    """
     import blake3
 
     try:
         if size >= 1 << 20:
-            return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
+            h = blake3.blake3(max_threads=blake3.blake3.AUTO if threads else 1)
+            return h.update_mmap(path).hexdigest()
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             data = os.read(fd, size + 1)
@@ -104,66 +111,103 @@ def _verify(s: Session) -> VerifyReport:
                 trees.append((st["id"], s.db.state_layout(c, st["id"])))
         fstx = {st["id"]: st["fstx"] for st in s.db.states(c)}
 
-    good_inodes = _check_store(s, report, wanted)
-    for sid, entries in trees:
-        if sid == live:
-            _check_tree(s, report, s.paths.usr, "/usr", sid, fstx.get(sid, ""), entries,
-                        good_inodes)
-            continue
-        tree = s.paths.state_tree(sid)
-        prefix = str(tree.relative_to(s.paths.root))
-        if read_state_id(tree) != sid:
-            report.problems.append(Problem(prefix, "missing", f"archived tree of state {sid}"))
-            continue
-        _check_tree(s, report, tree, prefix, sid, fstx.get(sid, ""), entries, good_inodes)
+    todo, store_inodes = _scan_store(s, report, wanted)
+    shared: list[tuple[str, ObjectKey]] = []
+
+    def check_trees() -> None:
+        for sid, entries in trees:
+            tree = s.paths.usr if sid == live else s.paths.state_tree(sid)
+            prefix = "/usr" if sid == live else str(tree.relative_to(s.paths.root))
+            if sid != live and read_state_id(tree) != sid:
+                report.problems.append(Problem(prefix, "missing",
+                                               f"archived tree of state {sid}"))
+                continue
+            _check_tree(s, report, tree, prefix, sid, fstx.get(sid, ""), entries,
+                        store_inodes, shared)
+
+    # Hashing is split with a forked child; this process also walks the trees, so it
+    # takes a smaller share (weights: bytes, plus a fixed cost per file or entry).
+    tree_weight = sum(len(entries) for _sid, entries in trees) * 6000
+    s.progress.start("hashing store", len(todo))
+    if len(todo) < 1000:
+        check_trees()
+        bad = set(_bad_objects(todo, threads=True))
+    else:
+        total = sum(st.st_size + 8192 for _k, _p, st in todo)
+        mine, theirs, mine_weight = [], [], 0
+        for item in todo:
+            if mine_weight < (total - tree_weight) / 2:
+                mine.append(item)
+                mine_weight += item[2].st_size + 8192
+            else:
+                theirs.append(item)
+        mine_bad: list[ObjectKey] = []
+
+        def own_share() -> None:
+            check_trees()
+            mine_bad.extend(_bad_objects(mine, threads=False))
+
+        child = in_two_processes(
+            lambda: "\n".join(k.name for k in _bad_objects(theirs, threads=False)).encode(),
+            own_share)
+        bad = set(mine_bad) | {ObjectKey.parse(n) for n in child.decode().split()}
+    s.progress.advance(len(todo))
+    s.progress.finish()
+    root = str(s.paths.root) + "/"
+    for key, path, _st in todo:
+        if key in bad:
+            report.problems.append(Problem(path.removeprefix(root), "corrupt",
+                                           "store object content changed"))
+    for where, key in shared:  # the same inode as a corrupt object is the same corruption
+        if key in bad:
+            report.problems.append(Problem(where, "corrupt", "content changed"))
     return report
 
 
-def _check_store(s: Session, report: VerifyReport, wanted: set) -> dict[ObjectKey, int]:
-    """Hash every store object; returns the inodes of the good ones."""
-    objects: list[tuple[ObjectKey, str, os.stat_result]] = []
+def _bad_objects(items: list, *, threads: bool) -> list[ObjectKey]:
+    return [key for key, path, st in items
+            if not stat.S_ISREG(st.st_mode)
+            or _hash_path(path, st.st_size, threads=threads) != key.digest]
+
+
+def _scan_store(s: Session, report: VerifyReport, wanted: set
+                ) -> tuple[list[tuple[ObjectKey, str, os.stat_result]], dict[ObjectKey, int]]:
+    """List the store: referenced objects to hash, their inodes, and what is missing."""
+    by_name = {ObjectKey(*k).name: ObjectKey(*k) for k in wanted}
+    todo: list[tuple[ObjectKey, str, os.stat_result]] = []
     if s.store.dir.is_dir():
         for shard in os.scandir(s.store.dir):
             if shard.name.startswith(".") or not shard.is_dir(follow_symlinks=False):
                 continue
             for entry in os.scandir(shard.path):
-                key = ObjectKey.parse(entry.name)
-                if key is not None:
-                    objects.append((key, entry.path, entry.stat(follow_symlinks=False)))
-    s.progress.start("hashing store", len(objects))
-    good: dict[ObjectKey, int] = {}
-    present = set()
+                key = by_name.get(entry.name)
+                if key is None:
+                    report.unreferenced_objects += 1
+                else:
+                    todo.append((key, entry.path, entry.stat(follow_symlinks=False)))
+    report.objects_checked = len(todo)
+    report.bytes_hashed += sum(st.st_size for _k, _p, st in todo)
+    inodes: dict[ObjectKey, int] = {}
     root = str(s.paths.root) + "/"
-    for key, path, st in objects:
-        ident = (key.digest, key.mode, key.uid, key.gid)
-        present.add(ident)
-        s.progress.advance(1)
-        if ident not in wanted:
-            report.unreferenced_objects += 1
-            continue
-        report.objects_checked += 1
-        report.bytes_hashed += st.st_size
-        rel = path.removeprefix(root)
-        if not stat.S_ISREG(st.st_mode) or _hash_path(path, st.st_size) != key.digest:
-            report.problems.append(Problem(rel, "corrupt", "store object content changed"))
-        elif stat.S_IMODE(st.st_mode) != key.mode:
-            report.problems.append(Problem(rel, "mode", f"{stat.S_IMODE(st.st_mode):o} "
-                                                        f"!= {key.mode:o}"))
-        else:
-            good[key] = st.st_ino
-    s.progress.finish()
-    for d, m, u, g in sorted(wanted - present):
-        key = ObjectKey(d, m, u, g)
-        report.problems.append(Problem(str(s.store.path(key).relative_to(s.paths.root)),
+    for key, path, st in todo:
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != key.mode:
+            report.problems.append(Problem(path.removeprefix(root), "mode",
+                                           f"{stat.S_IMODE(st.st_mode):o} != {key.mode:o}"))
+        elif stat.S_ISREG(st.st_mode):
+            inodes[key] = st.st_ino
+    for missing in sorted(set(by_name.values()) - {k for k, _p, _st in todo}):
+        report.problems.append(Problem(str(s.store.path(missing).relative_to(s.paths.root)),
                                        "missing", "store object"))
-    return good
+    return todo, inodes
 
 
 def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state_id: int,
-                fstx: str, entries: list[Entry], good_inodes: dict[ObjectKey, int]) -> None:
+                fstx: str, entries: list[Entry], store_inodes: dict[ObjectKey, int],
+                shared: list[tuple[str, ObjectKey]]) -> None:
     """One state's tree against its layout: every entry, generated files, nothing extra.
 
-    A file that is the very inode of a verified store object is not hashed again.
+    A file that is the very inode of its store object is not hashed again: it is
+    noted in `shared` and is corrupt exactly when that object is.
     """
     base = str(tree) + "/"
     is_root = os.geteuid() == 0
@@ -171,7 +215,6 @@ def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state
     expected: list[Entry] = [*entries, *(Entry(d, DIR, 0o755) for d in implicit_dirs(entries))]
     if "lib" not in {e.path for e in expected}:
         expected.append(Entry("lib", DIR, 0o755))  # made for lib/os-release
-    s.progress.start(f"checking {prefix}", len(expected))
     for e in expected:
         path = base + e.path
         where = f"{prefix}/{e.path}"
@@ -196,12 +239,14 @@ def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state
             report.files_checked += 1
             if st.st_size != e.size:
                 problems.append(Problem(where, "corrupt", "size changed"))
-            elif e.size and good_inodes.get(ObjectKey(e.digest, e.installed_mode, e.uid,
-                                                      e.gid)) != st.st_ino:
-                report.bytes_hashed += e.size
-                if _hash_path(path, e.size) != e.digest:
-                    problems.append(Problem(where, "corrupt", "content changed"))
-    s.progress.finish()
+            elif e.size:
+                key = ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
+                if store_inodes.get(key) == st.st_ino:
+                    shared.append((where, key))
+                else:
+                    report.bytes_hashed += e.size
+                    if _hash_path(path, e.size, threads=False) != e.digest:
+                        problems.append(Problem(where, "corrupt", "content changed"))
     for rel, data in _generated(state_id, fstx).items():
         try:
             if Path(base + rel).read_bytes() != data or os.path.islink(base + rel):
