@@ -114,6 +114,7 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
         raise StateError("this root has no ONIX database", path=paths.db,
                          hint="install a stone first: onix install --root DIR X.stone")
     fresh = not paths.onix.exists()
+    root_existed = paths.root.exists()
     try:
         with root_lock(paths, wait=wait, on_wait=progress.note):
             s = Session(paths, progress)
@@ -129,6 +130,9 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
         # A first command that failed leaves no .onix behind: the root is as it was.
         if fresh and paths.onix.exists() and read_state_id(paths.usr) is None:
             fsutil.remove_tree(paths.onix)
+            if not root_existed:
+                with suppress(OSError):
+                    paths.root.rmdir()  # only if still empty
         raise
 
 

@@ -63,9 +63,10 @@ def verify(root: Path | str, *, fix: bool = False, wait: bool = True,
         report = _verify(s)
         if fix and report.problems:
             _fix(s, report)
-            fixed = report.problems
+            before = report.problems
             report = _verify(s)
-            report.fixed = fixed
+            left = {(p.path, p.problem) for p in report.problems}
+            report.fixed = [p for p in before if (p.path, p.problem) not in left]
         report.recovered = s.recovered
         return report
 
