@@ -59,7 +59,10 @@ def status(root: Path | str) -> dict:
     info = _query(paths.db)
     recovered: list[str] = []
     in_progress = False
-    if info["running"]:
+    live = read_state_id(paths.usr)
+    db_active = [i for i, s in info["states"].items() if s["status"] == "active"]
+    drifted = live in info["states"] and db_active != [live]
+    if info["running"] or drifted:
         # A running journal row is either a transaction in progress (its onix holds the
         # lock) or one a crash interrupted (nobody does). Only the second is ours to repair.
         in_progress = _lock_held(paths)
@@ -72,7 +75,6 @@ def status(root: Path | str) -> dict:
             except (PermissionError, OnixError):
                 pass  # not allowed to repair, or someone else just started: report what we see
             info = _query(paths.db)
-    live = read_state_id(paths.usr)
     st = info["states"].get(live) if live is not None else None
     notes = list(recovered)
     if info["running"] and in_progress:

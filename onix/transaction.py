@@ -632,6 +632,38 @@ def _remove_empty(d: Path) -> None:
 # -- recovery ------------------------------------------------------------------
 
 
+def reconcile(s: Session) -> list[str]:
+    """Make the log follow /usr when a known state was made live outside onix.
+
+    The initrd does this on purpose (booting an older entry with onix.fstx=
+    exchanges that archived state into /usr, exactly as `activate` would), and
+    leaves no journal. The exchange put the previously live tree where the
+    booted one was archived; file it under its own id, mark the booted state
+    active, and log a `reconcile` transaction.
+    """
+    live = s.live_state()
+    if live is None:
+        return []
+    with s.db.read() as c:
+        active = s.db.active_state(c)
+        known = s.db.maybe_state(c, live)
+    if known is None or (active is not None and active["id"] == live):
+        return []  # an unknown state is reported by status and refused by _selection
+    old = active["id"] if active is not None else None
+    misfiled = s.paths.state_tree(live)
+    if old is not None and read_state_id(misfiled) == old:
+        _archive_old_tree(s.paths, misfiled, old)
+        _remove_empty(misfiled.parent)
+    with s.db.write() as c:
+        tx_id = s.db.begin_tx(c, kind="reconcile", from_state=old, to_state=live,
+                              detail={"source": "outside onix"})
+        s.db.mark_active(c, live)
+        s.db.end_tx(c, tx_id, "done")
+    root_links(s.paths)
+    return [f"state {live} was made live outside onix (from state {old}); the log now "
+            "follows /usr"]
+
+
 def recover(s: Session) -> list[str]:
     """Finish or undo whatever a crashed onix left; returns what it did, for the user."""
     with s.db.read() as c:
@@ -643,7 +675,7 @@ def recover(s: Session) -> list[str]:
             fsutil.remove_tree(s.paths.staging_usr)
             done.append("removed an unfinished staging tree")
         s.store.clean_tmp()
-        return done
+        return done + reconcile(s)
     kind = tx["kind"]
     if kind == "prune" or kind == "state-remove":
         from onix.prune import resume

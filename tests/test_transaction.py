@@ -313,3 +313,24 @@ def test_verify_fix_archived_mode_and_lib_symlink(root: Path, make_stone, tmp_pa
     assert not usr_lib.is_symlink() and (usr_lib / "libhello.so.1").exists()
     transaction.rollback(root)
     assert verify.verify(root).clean
+
+
+def test_state_made_live_outside_onix_is_reconciled(root: Path, make_stone) -> None:
+    """What the initrd does for onix.fstx= (issue 3): exchange an archived state into /usr
+    with renameat2, outside onix and without a journal. The next onix follows the disk."""
+    from onix import fsutil
+
+    fake_nix(root)
+    transaction.install(root, [make_stone("hello", base_files("1"))])
+    transaction.install(root, [make_stone("hello", base_files("2"), version="2")])
+    fsutil.exchange(root / ".onix/states/1/usr", root / "usr")  # the "initrd"
+    st = onix_json("status", "--root", root)
+    assert st["active_state"] == 1 and st["active_fstx"].startswith("1-")
+    assert any("outside onix" in n for n in st["notes"]), st["notes"]
+    assert read_state_id(root / ".onix/states/2/usr") == 2
+    assert not (root / ".onix/states/1").exists()
+    listed = states.list_states(root)
+    assert [s["id"] for s in listed if s["active"]] == [1]
+    assert verify.verify(root).clean
+    transaction.activate(root, 2)  # and onix carries on from there
+    assert verify.verify(root).clean
