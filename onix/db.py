@@ -172,25 +172,25 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One write transaction; SQLite's 'database is locked' becomes a LockedError."""
+    def _locked_is_locked_error(self) -> Iterator[None]:
+        """SQLite's 'database is locked' (busy past the timeout) becomes a LockedError."""
         try:
-            with self.engine.begin() as c:
-                yield c
+            yield
         except OperationalError as e:
             if "locked" in str(e) or "busy" in str(e):
                 raise locked(self.paths.db) from None
             raise
 
     @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, committed when the block ends."""
+        with self._locked_is_locked_error(), self.engine.begin() as c:
+            yield c
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as c:
-                yield c
-        except OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise locked(self.paths.db) from None
-            raise
+        with self._locked_is_locked_error(), self.engine.connect() as c:
+            yield c
 
     # -- meta ------------------------------------------------------------------
 

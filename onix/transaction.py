@@ -380,17 +380,26 @@ def write_generated(tree: Path, state_id: int, fstx: str) -> None:
         raise StateError("is a symlink; onix will not write through it", path=lib,
                          hint="the stone that ships it is unsafe")
     lib.mkdir(exist_ok=True)
-    for rel, data in ((STATE_ID_FILE, f"{state_id}\n".encode()),
-                      (OS_RELEASE_FILE, os_release(state_id, fstx))):
-        p = tree / rel
-        if p.is_symlink() or p.exists():
-            p.unlink()
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o444)
-        finally:
-            os.close(fd)
+    for rel, data in generated_files(state_id, fstx).items():
+        write_generated_file(tree, rel, data)
+
+
+def generated_files(state_id: int, fstx: str) -> dict[str, bytes]:
+    """What onix writes into every state's tree (relative to usr/) besides its stones."""
+    return {STATE_ID_FILE: f"{state_id}\n".encode(), OS_RELEASE_FILE: os_release(state_id, fstx)}
+
+
+def write_generated_file(tree: Path, rel: str, data: bytes) -> None:
+    """Replace one generated file, read-only, never writing through a symlink."""
+    p = tree / rel
+    if p.is_symlink() or p.exists():
+        p.unlink()
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
 
 
 def root_links(paths: RootPaths) -> list[str]:

@@ -18,10 +18,10 @@ from pathlib import Path
 from onix import fsutil
 from onix.layout import DIR, FILE, SYMLINK, Entry, implicit_dirs
 from onix.parallel import in_two_processes
-from onix.paths import GENERATED, OS_RELEASE_FILE, STATE_ID_FILE, read_state_id
+from onix.paths import GENERATED, read_state_id
 from onix.progress import SILENT, Progress
 from onix.store import ObjectKey, hash_file
-from onix.transaction import Session, os_release, session
+from onix.transaction import Session, generated_files, session, write_generated_file
 
 
 @dataclass
@@ -248,7 +248,7 @@ def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state
                     report.bytes_hashed += e.size
                     if _hash_path(path, e.size, threads=False) != e.digest:
                         problems.append(Problem(where, "corrupt", "content changed"))
-    for rel, data in _generated(state_id, fstx).items():
+    for rel, data in generated_files(state_id, fstx).items():
         try:
             if Path(base + rel).read_bytes() != data or os.path.islink(base + rel):
                 problems.append(Problem(f"{prefix}/{rel}", "corrupt", "generated file changed"))
@@ -273,10 +273,6 @@ def _walk(tree: Path) -> list[str]:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append((child, entry.path))
     return out
-
-
-def _generated(state_id: int, fstx: str) -> dict[str, bytes]:
-    return {STATE_ID_FILE: f"{state_id}\n".encode(), OS_RELEASE_FILE: os_release(state_id, fstx)}
 
 
 def _restore_object(s: Session, key: ObjectKey) -> bool:
@@ -351,7 +347,7 @@ def _fix(s: Session, report: VerifyReport) -> None:
             else:
                 continue
             if rel in GENERATED:
-                _rewrite_generated(tree, rel, _generated(sid, fstx.get(sid, ""))[rel])
+                write_generated_file(tree, rel, generated_files(sid, fstx.get(sid, ""))[rel])
                 continue
             e = layout(sid).get(rel)
             if e is None:  # extra: no stone owns it
@@ -360,18 +356,6 @@ def _fix(s: Session, report: VerifyReport) -> None:
                 _replace(s, e, tree / rel)
     if live is not None and read_state_id(s.paths.usr) != live:
         raise AssertionError("verify --fix changed the live state id")
-
-
-def _rewrite_generated(tree: Path, rel: str, data: bytes) -> None:
-    target = tree / rel
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o444)
-    finally:
-        os.close(fd)
 
 
 def _replace(s: Session, e: Entry, target: Path) -> None:
