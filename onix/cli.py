@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from onix.errors import OnixError
+from onix.errors import OnixError, from_exception
 from onix.ui import RichProgress, console, error, human_bytes, print_json
 
 app = typer.Typer(help="ONIX machine plane: stones, states, rollback.", no_args_is_help=True,
@@ -42,6 +42,12 @@ def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> 
     except KeyboardInterrupt:
         error("interrupted; the root holds the old or the new state (onix status tells which)")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        known = from_exception(exc)
+        if known is None:
+            raise  # a bug: the traceback is the useful report
+        error(known.line(), as_json=as_json, data=known.as_dict())
+        raise typer.Exit(known.exit_code) from None
     data = result.as_dict() if hasattr(result, "as_dict") else result
     if as_json:
         print_json(data)

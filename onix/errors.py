@@ -50,3 +50,33 @@ class LockedError(OnixError):
 
 class DiskFullError(OnixError):
     exit_code = 4
+
+
+def from_exception(exc: BaseException) -> OnixError | None:
+    """Turn an environment failure that reached the CLI into one clear OnixError.
+
+    Library code checks what it can up front; what is left (permissions, a disk
+    that vanished, a database file that is not one) still deserves one line
+    naming the path, not a traceback.
+    """
+    import errno as errnos
+    import sqlite3
+
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the DB-API error
+    if isinstance(orig, sqlite3.DatabaseError):
+        exc = orig
+    if isinstance(exc, sqlite3.DatabaseError):
+        return OnixError(f"the ONIX database is unreadable ({exc})",
+                         hint="restore <root>/.onix/db/onix.db from a backup; the store and "
+                         "states are untouched")
+    if isinstance(exc, OSError):
+        where = exc.filename or None
+        what = exc.strerror or str(exc)
+        if exc.errno in (errnos.EACCES, errnos.EPERM, errnos.EROFS):
+            hint = "run as root, or point --root at a tree you own"
+        elif exc.errno in (errnos.ENOSPC, errnos.EDQUOT):
+            return DiskFullError(what, path=where, hint="free space and retry")
+        else:
+            hint = "check the path and retry"
+        return OnixError(what, path=where, hint=hint)
+    return None

@@ -30,11 +30,17 @@ def _fast_status(args: list[str]) -> int | None:
 
     if os.path.exists(root) and not os.path.isdir(root):
         return None  # typer reports the usage error, as for every other command
-    from onix.errors import OnixError
+    from onix.errors import OnixError, from_exception
     from onix.status import format_status, status
 
     try:
-        r = status(root)
+        try:
+            r = status(root)
+        except Exception as exc:
+            known = from_exception(exc)
+            if known is None:
+                raise
+            raise known from None
     except OnixError as e:
         if as_json:
             sys.stdout.write(json.dumps(e.as_dict(), indent=2, sort_keys=True) + "\n")

@@ -274,3 +274,31 @@ def test_inspect_checks_content(tmp_path: Path, make_stone) -> None:
 def test_bad_symlink_or_dir_records(installed: Path, tmp_path: Path, rec) -> None:
     bad = craft(tmp_path / "odd.stone", layout=[rec], blobs=[])
     assert_clean_failure(installed, ["install", bad], match="odd.stone")
+
+
+def test_corrupt_database_is_one_line(installed: Path) -> None:
+    db = installed / ".onix/db/onix.db"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    for args in (["status"], ["state", "list"], ["rollback"]):
+        r = onix(*args, "--root", installed)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 1 and len(lines) == 1, (args, r.stderr)
+        assert "database is unreadable" in lines[0]
+
+
+def test_unwritable_root_is_one_line(tmp_path: Path, make_stone) -> None:
+    """A read-only file system (a real ro bind mount) instead of a permission check."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                                            str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    try:
+        r = onix("install", make_stone("x", {"bin/x": "x"}), "--root", ro)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert str(ro) in lines[0] and "Read-only file system" in lines[0]
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
