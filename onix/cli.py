@@ -145,7 +145,7 @@ def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to kee
 @app.command()
 def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the store.")] = False,
            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
-    """Re-hash the store and check /usr against the active state's layout."""
+    """Re-hash the store; check /usr and every archived state against their layouts."""
     from onix import verify as verify_mod
 
     def human(r: dict) -> None:

@@ -1,9 +1,10 @@
-"""Verify: re-hash the store and check the live /usr against its state's layout.
+"""Verify: re-hash the store and check every state's tree against its layout.
 
-Store objects are hashed once each. A /usr file that is the very inode of a
-verified store object needs no second hash (that is the point of
-hardlinking); anything else is hashed on its own. Problems are reported per
-path; `fix=True` restores from the store (or, for a damaged store object,
+Store objects are hashed once each (in two processes). The live /usr and every
+archived .onix/states/<id>/usr are checked entry by entry; a file that is the
+very inode of its store object needs no second hash (that is the point of
+hardlinking) and is corrupt exactly when the object is. Problems are reported
+per path; `fix=True` restores from the store (or, for a damaged store object,
 from a sibling object or the cached stone) and removes files no stone owns.
 """
 
