@@ -210,11 +210,31 @@ def _objects_for(entries: list[Entry]) -> set[ObjectKey]:
             for e in entries if e.kind == FILE and e.size > 0}
 
 
-def import_stones(s: Session, cands: list[Candidate]) -> dict[str, int]:
-    """Import new stones: store objects + cached stone + DB rows, all or nothing.
+@dataclass
+class Imported:
+    """What one import added, so a transaction that then fails can take it back."""
 
-    Returns stone name → stone id for every candidate.
-    """
+    ids: dict[str, int] = field(default_factory=dict)  # stone name → id, every candidate
+    new_ids: list[int] = field(default_factory=list)  # rows this import created
+    objects: list[Path] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)
+    cached: list[Path] = field(default_factory=list)
+    nbytes: int = 0
+
+    def undo(self, s: Session) -> None:
+        """Forget the new stones and delete what only they brought (state rows first)."""
+        with s.db.write() as c:
+            s.db.delete_stones(c, [i for i in self.new_ids if i in s.db.unused_stones(c)])
+            _bump_store_bytes(s, c, -self.nbytes)
+        for p in self.objects + self.cached:
+            p.unlink(missing_ok=True)
+        for shard in self.shards:
+            with suppress(OSError):
+                shard.rmdir()
+
+
+def import_stones(s: Session, cands: list[Candidate]) -> Imported:
+    """Import new stones: store objects + cached stone + DB rows, all or nothing."""
     ids: dict[str, int] = {}
     fresh: list[Candidate] = []
     with s.db.read() as c:
@@ -225,7 +245,7 @@ def import_stones(s: Session, cands: list[Candidate]) -> dict[str, int]:
             else:
                 fresh.append(cand)
     if not fresh:
-        return ids
+        return Imported(ids=ids)
     s.store.clean_tmp()
     batch = s.store.batch()
     cached: list[Path] = []
@@ -260,9 +280,11 @@ def import_stones(s: Session, cands: list[Candidate]) -> dict[str, int]:
                     shutil.copyfile(cand.path, dest)
                 cached.append(dest)
         faults.point("install", "record")
+        new_ids = []
         with s.db.write() as c:
             for cand in fresh:
                 ids[cand.meta["name"]] = s.db.add_stone(c, cand.digest, cand.meta, cand.layout)
+                new_ids.append(ids[cand.meta["name"]])
             _bump_store_bytes(s, c, batch.admitted_bytes)
     except BaseException as exc:
         batch.undo()
@@ -276,7 +298,8 @@ def import_stones(s: Session, cands: list[Candidate]) -> dict[str, int]:
     finally:
         batch.close()
         s.progress.finish()
-    return ids
+    return Imported(ids=ids, new_ids=new_ids, objects=list(batch.admitted),
+                    shards=list(batch.new_shards), cached=cached, nbytes=batch.admitted_bytes)
 
 
 def _bump_store_bytes(s: Session, c: Any, delta: int) -> None:
@@ -553,10 +576,21 @@ def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
             raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
                                 hint="install the stones that provide them in the same command")
         entries = _plan(s, selection, new)
-        ids = import_stones(s, [new[n] for n in new if selection[n] is not current.get(n)])
-        stone_ids = [ids.get(n) or selection[n]["id"] for n in sorted(selection)]
-        return build_state(s, kind="install", stone_ids=stone_ids, entries=entries,
-                           summary="install " + ", ".join(changes))
+        imported = import_stones(s, [new[n] for n in new
+                                     if selection[n] is not current.get(n)])
+        stone_ids = [imported.ids.get(n) or selection[n]["id"] for n in sorted(selection)]
+        before = s.live_state()
+        try:
+            return build_state(s, kind="install", stone_ids=stone_ids, entries=entries,
+                               summary="install " + ", ".join(changes))
+        except BaseException:
+            # Settle the journal now (the session would too), and if the old state is still
+            # live, take the import back as well: a failed install leaves no new stones.
+            with suppress(Exception):
+                s.recovered += recover(s)
+                if s.live_state() == before:
+                    imported.undo(s)
+            raise
 
 
 def remove(root: Path | str, names: list[str], *, wait: bool = True,

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import onix, write_tree
+from conftest import onix, snapshot, write_tree
 
 from onix import transaction, verify
 from onix.paths import read_state_id
@@ -61,7 +61,9 @@ def test_out_of_inodes_during_blit(tmp_path: Path, make_stone) -> None:
         pytest.skip("needs root to mount a tmpfs")
     try:
         transaction.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755)})])
-        empties = make_stone("empties", {f"share/e/{i}": b"" for i in range(600)})
+        empties = make_stone("empties", {f"share/e/{i}": b"" for i in range(600)}
+                             | {"share/e/data": "new content"})
+        before = snapshot(root)
         r = onix("install", empties, "--root", root)
         assert r.returncode == 4, (r.stdout, r.stderr)
         assert "no space left while building the new /usr" in r.stderr
@@ -70,5 +72,10 @@ def test_out_of_inodes_during_blit(tmp_path: Path, make_stone) -> None:
         assert verify.verify(root).clean
         st = onix("status", "--root", root, "--json", check=True).stdout
         assert '"states": 1' in st
+        # The import is taken back too: only the database file's bytes may differ.
+        after = snapshot(root)
+        db = {k for k in before | after if k.startswith(".onix/db/")}
+        assert {k: v for k, v in after.items() if k not in db} == \
+            {k: v for k, v in before.items() if k not in db}
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
