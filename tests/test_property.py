@@ -77,3 +77,71 @@ def test_random_sequences_keep_root_sound(sequence: list[tuple]) -> None:
         assert snapshot(root / "nix") == nix_before
     finally:
         shutil.rmtree(root)
+
+
+CRASH_POINTS = {
+    "install": ("import", "admit", "record", "journal", "blit", "stateid", "sync", "exchange",
+                "archive", "links", "activate", "done"),
+    "remove": ("journal", "blit", "sync", "exchange", "archive", "links", "activate", "done"),
+    "rollback": ("journal", "exchange", "archive", "links", "activate", "done"),
+    "prune": ("journal", "forget", "trash", "gc", "done"),
+}
+
+crashing_ops = st.lists(st.one_of(
+    st.tuples(st.just("install"), st.sampled_from(NAMES), st.sampled_from((1, 2))),
+    st.tuples(st.just("remove"), st.sampled_from(NAMES)),
+    st.tuples(st.just("rollback")),
+    st.tuples(st.just("prune"), st.integers(min_value=1, max_value=2)),
+).flatmap(lambda op: st.tuples(st.just(op), st.one_of(
+    st.none(), st.sampled_from(CRASH_POINTS[op[0]])))), min_size=1, max_size=6)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crashing_ops)
+def test_random_sequences_with_crashes(sequence: list[tuple]) -> None:
+    """The real CLI, killed (ONIX_FAULT → os._exit) at random steps of random operations:
+    after each, status recovers to the old or the new state and verify is clean."""
+    from conftest import onix, onix_json
+
+    root = Path(tempfile.mkdtemp(prefix="onix-prop-crash-"))
+    try:
+        fake_nix(root)
+        nix_before = snapshot(root / "nix")
+        for op, fault in sequence:
+            if op[0] == "install":
+                args = ["install", STONES[(op[1], op[2])]]
+            elif op[0] == "remove":
+                args = ["remove", op[1]]
+            elif op[0] == "rollback":
+                args = ["rollback"]
+            else:
+                args = ["prune", "--keep", str(op[1])]
+            before = read_state_id(root / "usr")
+            ids_before = ({s["id"] for s in onix_json("state", "list", "--root", root)}
+                          if (root / ".onix/db/onix.db").exists() else set())
+            env = {"ONIX_FAULT": f"{op[0]}:{fault}"} if fault else None
+            r = onix(*args, "--root", root, env=env)
+            assert r.returncode in (0, 1, 86), (op, fault, r.stderr)
+            if r.returncode == 1:
+                assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+            if not (root / ".onix/db/onix.db").exists():
+                continue
+            st_ = onix_json("status", "--root", root)
+            live = read_state_id(root / "usr")
+            assert st_["active_state"] == live
+            assert not any("pending" in n for n in st_["notes"]), st_["notes"]
+            ids_after = {s["id"] for s in onix_json("state", "list", "--root", root)}
+            if op[0] in ("install", "remove"):
+                new = ids_after - ids_before  # at most the one state this command built
+                assert len(new) <= 1 and live in {before, *new}, (op, fault, before, live)
+            elif op[0] == "rollback":
+                older = [i for i in ids_before if before is not None and i < before]
+                assert live in {before, max(older, default=before)}, (op, fault, live)
+            else:
+                assert live == before and before in ids_after  # prune never moves /usr
+            if live is not None:
+                report = onix_json("verify", "--root", root)
+                assert report["clean"], (op, fault, report["problems"])
+        assert snapshot(root / "nix") == nix_before
+    finally:
+        shutil.rmtree(root)
