@@ -11,8 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from onix.stone import StoneMeta, pack
+
+# CI runs the same examples every time (a red CI must be reproducible); local runs explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 
