@@ -33,7 +33,21 @@ NoWait = Annotated[bool, typer.Option("--no-wait",
                                       help="Fail at once if another onix holds the lock.")]
 
 
-def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> Any:
+def _escaped(data: Any) -> Any:
+    """Data with rich markup neutralised: a stone's summary like 'x [/b]' is text, not a tag."""
+    from rich.markup import escape
+
+    if isinstance(data, str):
+        return escape(data)
+    if isinstance(data, dict):
+        return {k: _escaped(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_escaped(v) for v in data]
+    return data
+
+
+def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None], *,
+         rich_output: bool = True) -> Any:
     try:
         result = fn()
     except OnixError as e:
@@ -52,7 +66,7 @@ def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None]) -> 
     if as_json:
         print_json(data)
     else:
-        human(data)
+        human(_escaped(data) if rich_output else data)
     return data
 
 
@@ -176,7 +190,7 @@ def status(root: Root = Path("/"), json: Json = False) -> None:
     from onix.status import status as get
 
     _run(json, lambda: get(root), lambda r: sys.stdout.write("".join(
-        line + "\n" for line in format_status(r))))
+        line + "\n" for line in format_status(r))), rich_output=False)
 
 
 @app.command("ownership")

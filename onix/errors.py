@@ -65,6 +65,13 @@ def from_exception(exc: BaseException) -> OnixError | None:
     orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the DB-API error
     if isinstance(orig, sqlite3.DatabaseError):
         exc = orig
+    if isinstance(exc, sqlite3.DatabaseError) and any(
+            m in str(exc) for m in ("disk is full", "disk I/O error")):
+        # SQLITE_FULL, or the I/O error SQLite reports when its WAL cannot grow
+        return DiskFullError(f"the database could not be written ({exc})",
+                             path="<root>/.onix/db/onix.db",
+                             hint="free space on that file system and retry; the database "
+                             "itself is intact")
     if isinstance(exc, sqlite3.DatabaseError):
         return OnixError(f"the ONIX database is unreadable ({exc})",
                          hint="restore <root>/.onix/db/onix.db from a backup; the store and "

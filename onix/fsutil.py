@@ -101,3 +101,20 @@ def remove_tree(path: Path) -> None:
 
 def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def set_owner_and_mode(target: int | str | Path, *, uid: int, gid: int, mode: int) -> None:
+    """chown, then chmod, of an fd or a path (not followed if it is a symlink).
+
+    The order matters: Linux clears setuid and setgid on every chown, root's
+    included, so chmod-then-chown silently installs /usr/bin/wall without its
+    setgid bit. Only root can give files away; others keep their own uid.
+    """
+    if isinstance(target, int):
+        if os.geteuid() == 0:
+            os.fchown(target, uid, gid)
+        os.fchmod(target, mode)
+    else:
+        if os.geteuid() == 0:
+            os.chown(target, uid, gid, follow_symlinks=False)
+        os.chmod(target, mode)

@@ -95,7 +95,7 @@ def check_entry(e: Entry, *, where: str) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
         raise StoneError(f"layout entry {e.path!r} has a non-integer or negative mode, owner "
                          "or size", path=where, hint="rebuild the stone")
-    if e.mode > PERM_MASK or e.uid >= 2**32 or e.gid >= 2**32:
+    if e.mode > PERM_MASK or e.uid >= 2**32 or e.gid >= 2**32 or e.size >= 2**62:
         raise StoneError(f"layout entry {e.path!r} has an out-of-range mode or owner",
                          path=where, hint="rebuild the stone")
     if e.path in RESERVED_DIRS and e.kind != DIR:
@@ -112,10 +112,17 @@ def check_entry(e: Entry, *, where: str) -> None:
                               or "\0" in e.target or len(e.target.encode()) > 4000):
         raise StoneError(f"symlink {e.path!r} has no valid target", path=where,
                          hint="rebuild the stone")
-    if e.kind == DIR and (e.target or e.digest):
-        # the last field feeds the fstx hash; a directory must not smuggle data into it
-        raise StoneError(f"directory {e.path!r} carries a digest or target", path=where,
+    if e.kind != FILE and (e.size != 0 or e.digest != ""):
+        raise StoneError(f"{e.kind} {e.path!r} carries a size or digest", path=where,
                          hint="rebuild the stone")
+    if e.kind == DIR and e.target != "":
+        # the last field feeds the fstx hash; a directory must not smuggle data into it
+        raise StoneError(f"directory {e.path!r} carries a target", path=where,
+                         hint="rebuild the stone")
+    if "\t" in e.path or "\n" in e.path or (e.kind == SYMLINK and "\n" in e.target):
+        # tabs and newlines delimit the canonical layout that names the state (fstx)
+        raise StoneError(f"layout path {e.path[:80]!r} contains a tab or newline", path=where,
+                         hint="rename the file")
 
 
 def merge(layouts: dict[str, list[Entry]]) -> list[Entry]:

@@ -18,19 +18,36 @@ from onix.paths import RootPaths
 @contextmanager
 def root_lock(paths: RootPaths, *, wait: bool = True,
               on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    paths.ensure()
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    told = False
+    while True:
+        paths.ensure()
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise LockedError("another onix is working on this root", path=paths.lock,
-                                  hint="wait for it to finish, or run without --no-wait to "
-                                  "queue behind it") from None
-            if on_wait:
-                on_wait(f"waiting for another onix to release {paths.lock} …")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise LockedError("another onix is working on this root", path=paths.lock,
+                                      hint="wait for it to finish, or run without --no-wait to "
+                                      "queue behind it") from None
+                if on_wait and not told:
+                    on_wait(f"waiting for another onix to release {paths.lock} …")
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        # A failed first command discards its .onix (lock file included) while holding the
+        # lock; whoever queued on that old file must lock the new one instead.
+        try:
+            held, now = os.fstat(fd), os.lstat(paths.lock)
+            current = (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)  # closing drops the flock

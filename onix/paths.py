@@ -98,13 +98,25 @@ class RootPaths:
         return self.db.exists()
 
     def ensure(self) -> None:
-        """Create the .onix skeleton (idempotent)."""
+        """Create the .onix skeleton (idempotent); refuse one made of symlinks.
+
+        A symlinked .onix (or part of it) would put the store, the database and
+        every write onix makes outside the root.
+        """
+        from onix.errors import StateError
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.onix.exists() and not self.onix.is_symlink():
+            self.onix.mkdir(mode=0o755)
+        for d in (self.onix, self.store, self.store_tmp, self.db_dir, self.states,
+                  self.staging, self.cache, self.stone_cache, self.trash, self.lock, self.usr,
+                  self.staging_usr):
+            if d.is_symlink():
+                raise StateError("is a symlink; onix keeps everything it writes inside the root",
+                                 path=d, hint="replace it with a real directory")
         for d in (self.store, self.store_tmp, self.db_dir, self.states, self.staging,
-                  self.stone_cache, self.trash):
-            d.mkdir(parents=True, exist_ok=True)
-        self.onix.chmod(0o755)
-        if not self.lock.exists():
-            self.lock.touch(mode=0o600)
+                  self.cache, self.stone_cache, self.trash):
+            d.mkdir(exist_ok=True)
 
 
 def read_state_id(usr: Path) -> int | None:
@@ -113,4 +125,4 @@ def read_state_id(usr: Path) -> int | None:
         text = (usr / STATE_ID_FILE).read_text().strip()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from sqlalchemy import select
@@ -117,7 +118,8 @@ def collect_garbage(s: Session) -> tuple[int, int]:
             object_bytes += s.store.remove(key)
             objects += 1
         else:
-            kept_bytes += path.stat().st_size
+            with suppress(FileNotFoundError):  # verify reports it missing; nothing to count
+                kept_bytes += path.lstat().st_size
     cache_bytes = 0
     for cached in s.paths.stone_cache.glob("*.stone"):
         if cached.stem not in known:

@@ -72,8 +72,9 @@ def status(root: Path | str) -> dict:
             try:
                 with session(paths.root, create=False, wait=False) as s:
                     recovered = s.recovered
-            except (PermissionError, OnixError):
-                pass  # not allowed to repair, or someone else just started: report what we see
+            except (OSError, OnixError):
+                pass  # not allowed to repair (read-only, not root), or someone else just
+                # started, or the repair needs a human: report what we see
             info = _query(paths.db)
     st = info["states"].get(live) if live is not None else None
     notes = list(recovered)

@@ -54,6 +54,9 @@ META, LAYOUT, INDEX, CONTENT = 1, 2, 3, 4
 KIND_NAMES = {META: "meta", LAYOUT: "layout", INDEX: "index", CONTENT: "content"}
 NONE, ZSTD = 0, 1
 READ_CHUNK = 1 << 20
+# Metadata, layout and index are read whole; a header may not make the reader allocate
+# more than this (a 1M-entry layout is ~100 MiB of JSON). Content is always streamed.
+MAX_SMALL_PAYLOAD = 512 << 20
 META_KEYS = ("name", "version", "release", "arch", "summary", "license", "provides", "depends")
 
 
@@ -164,6 +167,9 @@ class Stone:
 
     def _read_small(self, kind: int) -> object:
         h = self.payloads[kind]
+        if h.plain_size > MAX_SMALL_PAYLOAD or h.stored_size > MAX_SMALL_PAYLOAD:
+            raise self._bad(f"{KIND_NAMES[kind]} payload claims {h.plain_size} bytes, more than "
+                            f"this reader accepts ({MAX_SMALL_PAYLOAD})")
         self._f.seek(h.offset)
         stored = self._f.read(h.stored_size)
         if _blake3(stored) != h.checksum:
@@ -194,7 +200,7 @@ class Stone:
         types_ok = (all(isinstance(getattr(meta, k), str) for k in
                         ("name", "version", "arch", "summary", "license"))
                     and isinstance(meta.release, int) and not isinstance(meta.release, bool)
-                    and meta.release >= 0
+                    and 0 <= meta.release < 2**31
                     and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                             for v in (meta.provides, meta.depends)))
         if not types_ok or not meta.name or not meta.version:
@@ -382,9 +388,6 @@ def scan_tree(usr: Path) -> list[Entry]:
 def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
          progress: Callable[[int], None] | None = None) -> dict:
     """Pack DESTDIR `src` (which must hold only usr/) into a stone at `out`."""
-    import blake3
-    import zstandard
-
     src = Path(src)
     if not (src / "usr").is_dir():
         raise StoneError("no usr/ directory to pack", path=src,
@@ -405,6 +408,25 @@ def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
     for digest in sorted(by_digest):
         index.append([digest, offset, by_digest[digest].size])
         offset += by_digest[digest].size
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        _write_stone(tmp, src, meta, entries, index, by_digest, offset, level, progress)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # no half-written stone next to the real one
+        if isinstance(exc, OSError) and exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise StoneError("no space left while packing", path=out,
+                             hint="free space or write the stone elsewhere with -o") from None
+        raise
+    os.replace(tmp, out)
+    with Stone(out) as s:
+        return s.describe()
+
+
+def _write_stone(tmp: Path, src: Path, meta: StoneMeta, entries: list[Entry], index: list[list],
+                 by_digest: dict[str, Entry], content_size: int, level: int,
+                 progress: Callable[[int], None] | None) -> None:
+    import blake3
+    import zstandard
 
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=False)
 
@@ -414,7 +436,6 @@ def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
         return PAYLOAD_HEADER.pack(kind, ZSTD, 0, records, len(stored), len(plain),
                                    _blake3(stored)) + stored
 
-    tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(FILE_HEADER.pack(MAGIC, VERSION, 4, bytes(20)))
         f.write(payload(META, meta.as_dict(), 1))
@@ -434,17 +455,17 @@ def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
 
         with cctx.stream_writer(Sink(), closefd=False) as zw:
             for digest, _off, _len in index:
+                # Streamed in chunks: a multi-GiB file must not need multi-GiB of memory.
+                h = blake3.blake3()
                 with open(src / "usr" / by_digest[digest].path, "rb") as blob:
-                    data = blob.read()
-                if blake3.blake3(data).hexdigest() != digest:
+                    while chunk := blob.read(READ_CHUNK):
+                        h.update(chunk)
+                        zw.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                if h.hexdigest() != digest:
                     raise StoneError("file changed while packing", path=by_digest[digest].path,
                                      hint="pack again from a quiet tree")
-                zw.write(data)
-                if progress:
-                    progress(len(data))
         f.seek(header_at)
-        f.write(PAYLOAD_HEADER.pack(CONTENT, ZSTD, 0, len(index), stored, offset,
+        f.write(PAYLOAD_HEADER.pack(CONTENT, ZSTD, 0, len(index), stored, content_size,
                                     summer.digest()))
-    os.replace(tmp, out)
-    with Stone(out) as s:
-        return s.describe()

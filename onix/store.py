@@ -193,14 +193,12 @@ class ImportBatch:
             if key.digest in used:  # the same content with another mode or owner: a copy
                 staged = f"{src}.{key.mode:o}.{key.uid}.{key.gid}"
                 shutil.copyfile(src, staged)
-                os.chmod(staged, key.mode)
+                fsutil.set_owner_and_mode(staged, uid=key.uid, gid=key.gid, mode=key.mode)
             else:
                 staged = src
                 used.add(key.digest)
-                if written_mode != key.mode:
-                    os.chmod(staged, key.mode)
-            if (key.uid, key.gid) != (euid, egid):
-                os.chown(staged, key.uid, key.gid)
+                if (key.uid, key.gid) != (euid, egid) or written_mode != key.mode:
+                    fsutil.set_owner_and_mode(staged, uid=key.uid, gid=key.gid, mode=key.mode)
             pending.append((staged, shard, dest))
         # Before any rename: content must be on disk, so an admitted object is never torn.
         fsutil.syncfs(self.tmp)

@@ -105,6 +105,39 @@ class Session:
     def live_state(self) -> int | None:
         return read_state_id(self.paths.usr)
 
+    def is_empty(self) -> bool:
+        """No state was ever recorded here (a fresh root whose first command failed)."""
+        from sqlalchemy import func, select
+
+        from onix.db import states_t
+
+        with self.db.read() as c:
+            return not c.execute(select(func.count()).select_from(states_t)).scalar()
+
+
+def check_live_state(s: Session) -> None:
+    """Refuse to act on a /usr whose state onix cannot name.
+
+    A missing or unreadable .stateID in a non-empty /usr, or one naming a state
+    the database does not know (a database restored from an older backup), would
+    make verify --fix "repair" /usr against nothing and prune or activate treat
+    the live tree as disposable. A human has to look first.
+    """
+    usr = s.paths.usr
+    live = s.live_state()
+    if live is None:
+        if usr.is_dir() and any(usr.iterdir()):
+            raise StateError("/usr has no readable .stateID, so onix cannot tell which state "
+                             "is live", path=s.paths.state_id_file,
+                             hint="restore usr/.stateID (see onix state list) before any change")
+        return
+    with s.db.read() as c:
+        if s.db.maybe_state(c, live) is None:
+            raise StateError(f"/usr/.stateID names state {live}, which the database does not "
+                             "know", path=s.paths.state_id_file,
+                             hint="restore the matching database, or reinstall; onix will "
+                             "not guess")
+
 
 @contextmanager
 def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
@@ -113,27 +146,34 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
     if not create and not paths.db.exists():
         raise StateError("this root has no ONIX database", path=paths.db,
                          hint="install a stone first: onix install --root DIR X.stone")
-    fresh = not paths.onix.exists()
+    fresh = not paths.onix.exists() and not paths.onix.is_symlink()
     root_existed = paths.root.exists()
+    discard = paths.root / f".onix.discard-{os.getpid()}"
     try:
         with root_lock(paths, wait=wait, on_wait=progress.note):
             s = Session(paths, progress)
             try:
                 s.recovered = recover(s)
+                check_live_state(s)
                 yield s
             except BaseException as exc:
-                _settle_after_failure(s, exc)
+                translated = _settle_after_failure(s, exc)
+                # A first command that failed leaves no .onix behind. It is moved aside while
+                # the lock is held (anyone queued on its lock file re-locks, see lock.py).
+                if fresh and read_state_id(paths.usr) is None and s.is_empty():
+                    s.db.close()
+                    os.rename(paths.onix, discard)
+                if translated is not None:
+                    raise translated from None
                 raise
             finally:
                 s.db.close()
-    except BaseException:
-        # A first command that failed leaves no .onix behind: the root is as it was.
-        if fresh and paths.onix.exists() and read_state_id(paths.usr) is None:
-            fsutil.remove_tree(paths.onix)
+    finally:
+        if discard.exists():
+            fsutil.remove_tree(discard)
             if not root_existed:
                 with suppress(OSError):
                     paths.root.rmdir()  # only if still empty
-        raise
 
 
 # -- prepare: read stones and plan a selection ---------------------------------
@@ -272,12 +312,15 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
         faults.point("install", "admit")
         batch.admit(keys)
         for cand in fresh:
+            # A copy, never a hardlink: the user's file may be overwritten later, and the
+            # cache is what verify --fix restores from. Temp, fsync, rename, as everywhere.
             dest = s.paths.stone_cache / f"{cand.digest}.stone"
             if not dest.exists():
-                try:
-                    os.link(cand.path, dest)
-                except OSError:
-                    shutil.copyfile(cand.path, dest)
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                shutil.copyfile(cand.path, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(tmp, dest)
                 cached.append(dest)
         faults.point("install", "record")
         new_ids = []
@@ -323,11 +366,10 @@ def blit(s: Session, entries: list[Entry], dest: Path) -> None:
         fsutil.remove_tree(dest)
     os.mkdir(dest, 0o755)
     base = str(dest)
-    for d in implicit_dirs(entries):
-        os.mkdir(f"{base}/{d}", 0o755)
     dirs = [e for e in entries if e.kind == DIR]
-    for e in dirs:
-        os.mkdir(f"{base}/{e.path}", 0o755)
+    # Declared and implicit directories together, parents first ("a" sorts before "a/b").
+    for d in sorted([*implicit_dirs(entries), *(e.path for e in dirs)]):
+        os.mkdir(f"{base}/{d}", 0o755)
     groups: dict[str, list[Entry]] = {}
     for e in entries:
         if e.kind == FILE:
@@ -350,15 +392,13 @@ def blit(s: Session, entries: list[Entry], dest: Path) -> None:
                 os.lchown(f"{base}/{e.path}", e.uid, e.gid)
     # Directory modes last: a 0555 directory would refuse its own children otherwise.
     for e in reversed(dirs):
-        os.chmod(f"{base}/{e.path}", e.installed_mode)
-        if is_root:
-            os.chown(f"{base}/{e.path}", e.uid, e.gid)
+        fsutil.set_owner_and_mode(f"{base}/{e.path}", uid=e.uid, gid=e.gid,
+                                  mode=e.installed_mode)
     s.progress.finish()
 
 
 def _link_files(store: str, base: str, groups: list[tuple[str, list[Entry]]]) -> None:
     """Hardlink (or, for empty files, create) every file of `groups` below `base`."""
-    chown = os.geteuid() == 0
     shard_fds: dict[str, int] = {}
     try:
         for parent, files in groups:
@@ -371,10 +411,10 @@ def _link_files(store: str, base: str, groups: list[tuple[str, list[Entry]]]) ->
                         # A fresh inode per empty file: one shared one would hit EMLINK.
                         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode,
                                      dir_fd=dfd)
-                        os.fchmod(fd, mode)
-                        if chown:
-                            os.fchown(fd, e.uid, e.gid)
-                        os.close(fd)
+                        try:
+                            fsutil.set_owner_and_mode(fd, uid=e.uid, gid=e.gid, mode=mode)
+                        finally:
+                            os.close(fd)
                         continue
                     shard = e.digest[:2]
                     sfd = shard_fds.get(shard)
@@ -388,7 +428,9 @@ def _link_files(store: str, base: str, groups: list[tuple[str, list[Entry]]]) ->
                         if err.errno != errno.EMLINK:
                             raise
                         # The inode is full of links (ext4: 65,000): give this path a copy.
-                        shutil.copy2(f"{store}/{shard}/{obj}", f"{base}/{e.path}")
+                        shutil.copyfile(f"{store}/{shard}/{obj}", f"{base}/{e.path}")
+                        fsutil.set_owner_and_mode(f"{base}/{e.path}", uid=e.uid, gid=e.gid,
+                                                  mode=mode)
             finally:
                 os.close(dfd)
     finally:
@@ -416,7 +458,7 @@ def write_generated_file(tree: Path, rel: str, data: bytes) -> None:
     """Replace one generated file, read-only, never writing through a symlink."""
     p = tree / rel
     if p.is_symlink() or p.exists():
-        p.unlink()
+        fsutil.remove_tree(p)  # a file, a link, or a directory someone put in its place
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
     try:
         os.write(fd, data)
@@ -454,6 +496,7 @@ def _archive_old_tree(paths: RootPaths, where: Path, old_state: int | None) -> N
         fsutil.remove_tree(dest)
     os.rename(where, dest)
     fsutil.fsync_dir(dest.parent)
+    fsutil.fsync_dir(paths.states)  # the new states/<id> entry itself
 
 
 def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) -> tuple[str, list]:
@@ -504,20 +547,21 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                   summary=summary, nix=report, warnings=warnings, recovered=s.recovered)
 
 
-def _settle_after_failure(s: Session, exc: BaseException) -> None:
+def _settle_after_failure(s: Session, exc: BaseException) -> OnixError | None:
     """An error (not a crash) inside a session: settle now exactly as the next run would.
 
     A journal row left running is undone if the exchange had not happened
     (drop staging, forget the pending state) and finished if it had; a prune
-    is run forward. Then a full disk is reported as such.
+    is run forward. A full disk comes back as a DiskFullError for the caller to raise.
     """
     with suppress(Exception):  # the original error matters more; the next run retries
         s.recovered += recover(s)
     if fsutil.disk_full(exc):
         live = read_state_id(s.paths.usr)
-        raise DiskFullError("no space left while building the new /usr", path=s.paths.staging,
-                            hint="free space on that file system (onix prune helps) and retry; "
-                            f"state {live} is active") from None
+        return DiskFullError("no space left while building the new /usr", path=s.paths.staging,
+                             hint="free space on that file system (onix prune helps) and "
+                             f"retry; state {live} is active")
+    return None
 
 
 def _selection(s: Session) -> dict[str, dict]:
@@ -525,11 +569,7 @@ def _selection(s: Session) -> dict[str, dict]:
     live = s.live_state()
     if live is None:
         return {}
-    with s.db.read() as c:
-        if s.db.maybe_state(c, live) is None:
-            raise StateError(f"/usr/.stateID names state {live}, which the database does not "
-                             "know", path=s.paths.state_id_file,
-                             hint="restore the database or reinstall; onix will not guess")
+    with s.db.read() as c:  # check_live_state() made sure the database knows it
         return {r["name"]: r for r in s.db.stones(c, s.db.state_stone_ids(c, live))}
 
 
@@ -647,6 +687,9 @@ def _activate(s: Session, state_id: int, kind: str) -> Result:
         raise StateError(f"state {state_id} is already active", path=paths.state_id_file,
                          hint="nothing to do")
     tree = paths.state_tree(state_id)
+    if tree.is_symlink() or tree.parent.is_symlink():
+        raise StateError(f"the archived tree of state {state_id} is a symlink", path=tree,
+                         hint="onix will not exchange a tree from outside the root into /usr")
     if read_state_id(tree) != state_id:
         raise StateError(f"the archived tree of state {state_id} is missing or damaged",
                          path=tree, hint="run onix verify; prune it with onix state remove")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix import fsutil
+from onix.errors import OnixError
 from onix.layout import DIR, FILE, SYMLINK, Entry, implicit_dirs
 from onix.parallel import in_two_processes
 from onix.paths import GENERATED, read_state_id
@@ -120,6 +121,10 @@ def _verify(s: Session) -> VerifyReport:
         for sid, entries in trees:
             tree = s.paths.usr if sid == live else s.paths.state_tree(sid)
             prefix = "/usr" if sid == live else str(tree.relative_to(s.paths.root))
+            if sid != live and (tree.is_symlink() or tree.parent.is_symlink()):
+                report.problems.append(Problem(prefix, "type", "an archived tree may not be a "
+                                               "symlink; onix will not follow it"))
+                continue
             if sid != live and read_state_id(tree) != sid:
                 report.problems.append(Problem(prefix, "missing",
                                                f"archived tree of state {sid}"))
@@ -191,11 +196,17 @@ def _scan_store(s: Session, report: VerifyReport, wanted: set
     report.bytes_hashed += sum(st.st_size for _k, _p, st in todo)
     inodes: dict[ObjectKey, int] = {}
     root = str(s.paths.root) + "/"
+    check_owner = os.geteuid() == 0
     for key, path, st in todo:
-        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != key.mode:
+        if not stat.S_ISREG(st.st_mode):
+            continue  # hashing reports it corrupt
+        if stat.S_IMODE(st.st_mode) != key.mode:
             report.problems.append(Problem(path.removeprefix(root), "mode",
                                            f"{stat.S_IMODE(st.st_mode):o} != {key.mode:o}"))
-        elif stat.S_ISREG(st.st_mode):
+        elif check_owner and (st.st_uid, st.st_gid) != (key.uid, key.gid):
+            report.problems.append(Problem(path.removeprefix(root), "owner",
+                                           f"{st.st_uid}:{st.st_gid} != {key.uid}:{key.gid}"))
+        else:
             inodes[key] = st.st_ino
     for missing in sorted(set(by_name.values()) - {k for k, _p, _st in todo}):
         report.problems.append(Problem(str(s.store.path(missing).relative_to(s.paths.root)),
@@ -251,10 +262,12 @@ def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state
                         problems.append(Problem(where, "corrupt", "content changed"))
     for rel, data in generated_files(state_id, fstx).items():
         try:
-            if Path(base + rel).read_bytes() != data or os.path.islink(base + rel):
+            if os.path.islink(base + rel) or Path(base + rel).read_bytes() != data:
                 problems.append(Problem(f"{prefix}/{rel}", "corrupt", "generated file changed"))
         except (FileNotFoundError, NotADirectoryError):
             problems.append(Problem(f"{prefix}/{rel}", "missing", "generated file"))
+        except IsADirectoryError:
+            problems.append(Problem(f"{prefix}/{rel}", "type", "expected the generated file"))
     known = {e.path for e in expected} | set(GENERATED)
     for rel in _walk(tree):
         if rel not in known:
@@ -289,23 +302,24 @@ def _restore_object(s: Session, key: ObjectKey) -> bool:
             break
     else:
         for cached in sorted(s.paths.stone_cache.glob("*.stone")):
-            with Stone(cached) as stone:
-                if not any(d == key.digest for d, _o, _l in stone.index):
-                    continue
-                for digest, _length, chunks in stone.contents():
-                    if digest == key.digest:
-                        with open(tmp, "wb") as f:
-                            for chunk in chunks:
-                                f.write(chunk)
-                        break
+            try:
+                with Stone(cached) as stone:
+                    if not any(d == key.digest for d, _o, _l in stone.index):
+                        continue
+                    for digest, _length, chunks in stone.contents():
+                        if digest == key.digest:
+                            with open(tmp, "wb") as f:
+                                for chunk in chunks:
+                                    f.write(chunk)
+                            break
+            except OnixError:
+                pass  # a damaged cached stone is one source fewer, not the end of the repair
             if tmp.exists() and hash_file(tmp) == key.digest:
                 break
             tmp.unlink(missing_ok=True)
     if not tmp.exists():
         return False
-    os.chmod(tmp, key.mode)
-    if os.geteuid() == 0:
-        os.chown(tmp, key.uid, key.gid)
+    fsutil.set_owner_and_mode(str(tmp), uid=key.uid, gid=key.gid, mode=key.mode)
     dest.parent.mkdir(exist_ok=True)
     os.rename(tmp, dest)
     return True
@@ -362,27 +376,31 @@ def _fix(s: Session, report: VerifyReport) -> None:
 def _replace(s: Session, e: Entry, target: Path) -> None:
     """Put one layout entry back exactly, replacing whatever is at its path."""
     if e.kind == DIR:
-        if target.is_dir() and not target.is_symlink():
-            os.chmod(target, e.installed_mode)
-        else:
+        if not target.is_dir() or target.is_symlink():
             if target.exists() or target.is_symlink():
                 fsutil.remove_tree(target)
-            os.mkdir(target, e.installed_mode)
-        if os.geteuid() == 0:
-            os.chown(target, e.uid, e.gid)
+            os.mkdir(target, 0o700)
+        fsutil.set_owner_and_mode(str(target), uid=e.uid, gid=e.gid, mode=e.installed_mode)
         return
     tmp = target.with_name(f".{target.name}.onix-fix")
     if tmp.exists() or tmp.is_symlink():
         tmp.unlink()
     if e.kind == SYMLINK:
         os.symlink(e.target, tmp)
+        if os.geteuid() == 0:
+            os.lchown(tmp, e.uid, e.gid)
     elif e.size == 0:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, e.installed_mode))
-        os.chmod(tmp, e.installed_mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fsutil.set_owner_and_mode(fd, uid=e.uid, gid=e.gid, mode=e.installed_mode)
+        finally:
+            os.close(fd)
     else:
         os.link(s.store.path(ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)), tmp)
-    if os.geteuid() == 0:
-        os.lchown(tmp, e.uid, e.gid)
     if target.is_dir() and not target.is_symlink():
         fsutil.remove_tree(target)
     os.rename(tmp, target)
+    # rename() between two names of one inode does nothing and leaves both: the target
+    # already was the store object, so the temporary name is all that must go.
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
