@@ -167,6 +167,15 @@ class Database:
                 if have is None:
                     c.execute(insert(meta_t), [{"key": "schema", "value": str(SCHEMA_VERSION)},
                                                {"key": "store_bytes", "value": "0"}])
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        with self.read() as c:
+            row = c.execute(select(meta_t.c.value).where(meta_t.c.key == "schema")).first()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StateError(f"the database has schema {row[0]}; this onix knows "
+                             f"{SCHEMA_VERSION}", path=self.paths.db,
+                             hint="use the onix that wrote it (or a newer one)")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -335,11 +344,20 @@ class Database:
 
     def end_tx(self, c: Connection, tx_id: int, status: str, *, detail: dict | None = None,
                nix_after: dict | None = None, nix_report: str | None = None) -> None:
+        from onix.ownership import compact
+
         values: dict = {"status": status, "finished": now(), "step": "end"}
         if detail is not None:
             values["detail"] = json.dumps(detail)
+        # A closed row keeps the /nix fingerprints small (counts and a digest of the store
+        # path list, not the list): a real /nix has tens of thousands of paths. The full
+        # "before" was only needed while the row could still be recovered.
+        before = c.execute(select(transactions_t.c.nix_before)
+                           .where(transactions_t.c.id == tx_id)).scalar()
+        if before:
+            values["nix_before"] = json.dumps(compact(json.loads(before)))
         if nix_after is not None:
-            values["nix_after"] = json.dumps(nix_after)
+            values["nix_after"] = json.dumps(compact(nix_after))
         if nix_report is not None:
             values["nix_report"] = nix_report
         c.execute(update(transactions_t).where(transactions_t.c.id == tx_id).values(**values))

@@ -96,6 +96,19 @@ def nix_fingerprint(root: Path) -> dict:
     }
 
 
+def compact(fingerprint: dict) -> dict:
+    """A fingerprint for the record: the store path list becomes its count and digest."""
+    if "store_paths" not in fingerprint:
+        return fingerprint
+    import blake3
+
+    paths = fingerprint["store_paths"]
+    out = {k: v for k, v in fingerprint.items() if k != "store_paths"}
+    out["store_paths_count"] = len(paths)
+    out["store_paths_digest"] = blake3.blake3("\n".join(paths).encode()).hexdigest()
+    return out
+
+
 def compare(before: dict, after: dict) -> tuple[bool, list[str]]:
     """(untouched?, human lines describing each difference)."""
     if before == after:

@@ -206,7 +206,12 @@ def open_candidates(files: list[Path]):
     try:
         for f in files:
             stone = Stone(Path(f))
-            out.append(Candidate(Path(f).absolute(), digest_file(Path(f)), stone))
+            try:
+                digest = digest_file(Path(f))
+            except BaseException:
+                stone.close()
+                raise
+            out.append(Candidate(Path(f).absolute(), digest, stone))
             name = stone.meta.name
             if name in seen:
                 raise ConflictError(f"two stones named {name} given ({seen[name]} and {f})",
@@ -289,6 +294,7 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
     s.store.clean_tmp()
     batch = s.store.batch()
     cached: list[Path] = []
+    recorded = False
     total = sum(e.size for cand in fresh for e in cand.layout if e.kind == FILE)
     s.progress.start("importing", total)
     try:
@@ -329,7 +335,10 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
                 ids[cand.meta["name"]] = s.db.add_stone(c, cand.digest, cand.meta, cand.layout)
                 new_ids.append(ids[cand.meta["name"]])
             _bump_store_bytes(s, c, batch.admitted_bytes)
+        recorded = True
     except BaseException as exc:
+        if recorded:  # e.g. Ctrl-C right after the commit: the rows need these objects
+            raise
         batch.undo()
         for p in cached:
             p.unlink(missing_ok=True)
@@ -424,6 +433,10 @@ def _link_files(store: str, base: str, groups: list[tuple[str, list[Entry]]]) ->
                     obj = f"{e.digest}.{mode:04o}.{e.uid}.{e.gid}"  # store.ObjectKey.name
                     try:
                         os.link(obj, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+                    except FileNotFoundError:
+                        raise FileNotFoundError(errno.ENOENT, "store object missing (onix "
+                                                "verify --fix restores it)",
+                                                f"{store}/{shard}/{obj}") from None
                     except OSError as err:
                         if err.errno != errno.EMLINK:
                             raise
