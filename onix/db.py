@@ -172,7 +172,7 @@ class Database:
     def _check_schema(self) -> None:
         with self.read() as c:
             row = c.execute(select(meta_t.c.value).where(meta_t.c.key == "schema")).first()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
+        if row is not None and (not str(row[0]).isdigit() or int(row[0]) > SCHEMA_VERSION):
             raise StateError(f"the database has schema {row[0]}; this onix knows "
                              f"{SCHEMA_VERSION}", path=self.paths.db,
                              hint="use the onix that wrote it (or a newer one)")

@@ -70,8 +70,8 @@ def from_exception(exc: BaseException) -> OnixError | None:
         # SQLITE_FULL, or the I/O error SQLite reports when its WAL cannot grow
         return DiskFullError(f"the database could not be written ({exc})",
                              path="<root>/.onix/db/onix.db",
-                             hint="free space on that file system and retry; the database "
-                             "itself is intact")
+                             hint="free space on that file system (or check the disk) and "
+                             "retry; SQLite kept the last committed state")
     if isinstance(exc, sqlite3.DatabaseError):
         return OnixError(f"the ONIX database is unreadable ({exc})",
                          hint="restore <root>/.onix/db/onix.db from a backup; the store and "

@@ -104,7 +104,7 @@ def disk_full(exc: BaseException) -> bool:
 
 
 def set_owner_and_mode(target: int | str | Path, *, uid: int, gid: int, mode: int) -> None:
-    """chown, then chmod, of an fd or a path (not followed if it is a symlink).
+    """chown, then chmod, of an fd or a path (never a symlink: links get lchown only).
 
     The order matters: Linux clears setuid and setgid on every chown, root's
     included, so chmod-then-chown silently installs /usr/bin/wall without its

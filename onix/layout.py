@@ -96,7 +96,7 @@ def check_entry(e: Entry, *, where: str) -> None:
         raise StoneError(f"layout entry {e.path!r} has a non-integer or negative mode, owner "
                          "or size", path=where, hint="rebuild the stone")
     if e.mode > PERM_MASK or e.uid >= 2**32 or e.gid >= 2**32 or e.size >= 2**62:
-        raise StoneError(f"layout entry {e.path!r} has an out-of-range mode or owner",
+        raise StoneError(f"layout entry {e.path!r} has an out-of-range mode, owner or size",
                          path=where, hint="rebuild the stone")
     if e.path in RESERVED_DIRS and e.kind != DIR:
         inside = ", ".join(g for g in GENERATED if g.startswith(e.path + "/"))
@@ -121,8 +121,8 @@ def check_entry(e: Entry, *, where: str) -> None:
                          hint="rebuild the stone")
     if "\t" in e.path or "\n" in e.path or (e.kind == SYMLINK and "\n" in e.target):
         # tabs and newlines delimit the canonical layout that names the state (fstx)
-        raise StoneError(f"layout path {e.path[:80]!r} contains a tab or newline", path=where,
-                         hint="rename the file")
+        raise StoneError(f"layout entry {e.path[:80]!r} has a tab or newline in its path or "
+                         "link target", path=where, hint="rename the file")
 
 
 def merge(layouts: dict[str, list[Entry]]) -> list[Entry]:

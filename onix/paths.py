@@ -113,7 +113,7 @@ class RootPaths:
                   self.staging_usr):
             if d.is_symlink():
                 raise StateError("is a symlink; onix keeps everything it writes inside the root",
-                                 path=d, hint="replace it with a real directory")
+                                 path=d, hint="replace it with the real file or directory")
         for d in (self.store, self.store_tmp, self.db_dir, self.states, self.staging,
                   self.cache, self.stone_cache, self.trash):
             d.mkdir(exist_ok=True)

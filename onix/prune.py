@@ -115,16 +115,18 @@ def collect_garbage(s: Session) -> tuple[int, int]:
     objects = object_bytes = kept_bytes = 0
     for key, path in list(s.store.objects()):
         if (key.digest, key.mode, key.uid, key.gid) not in keep:
-            object_bytes += s.store.remove(key)
-            objects += 1
+            if path.exists() or path.is_symlink():
+                object_bytes += s.store.remove(key)
+                objects += 1
         else:
             with suppress(FileNotFoundError):  # verify reports it missing; nothing to count
                 kept_bytes += path.lstat().st_size
     cache_bytes = 0
     for cached in s.paths.stone_cache.glob("*.stone"):
         if cached.stem not in known:
-            cache_bytes += cached.stat().st_size
-            cached.unlink()
+            with suppress(FileNotFoundError):
+                cache_bytes += cached.stat().st_size
+                cached.unlink()
     s.store.clean_tmp()
     with s.db.write() as c:
         # Recount rather than subtract: objects admitted by an import that crashed before it

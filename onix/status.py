@@ -83,6 +83,8 @@ def status(root: Path | str) -> dict:
     elif info["running"]:
         notes.append(f"an interrupted {info['running'][1]} is pending; run onix as root to "
                      "recover it")
+    if live is None and paths.usr.is_dir() and any(paths.usr.iterdir()):
+        notes.append("/usr has no readable .stateID; onix refuses changes until it is restored")
     if live is not None and st is None:
         notes.append(f"/usr/.stateID names state {live}, which the database does not know")
     db_active = [i for i, s in info["states"].items() if s["status"] == "active"]

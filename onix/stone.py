@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from onix.errors import StoneError
+from onix.errors import DiskFullError, StoneError
+from onix.fsutil import disk_full
 from onix.layout import DIR, FILE, SYMLINK, Entry, check_entry, is_digest
 
 MAGIC = b"\x00ONIXstn"
@@ -168,8 +169,9 @@ class Stone:
     def _read_small(self, kind: int) -> object:
         h = self.payloads[kind]
         if h.plain_size > MAX_SMALL_PAYLOAD or h.stored_size > MAX_SMALL_PAYLOAD:
-            raise self._bad(f"{KIND_NAMES[kind]} payload claims {h.plain_size} bytes, more than "
-                            f"this reader accepts ({MAX_SMALL_PAYLOAD})")
+            raise self._bad(f"{KIND_NAMES[kind]} payload claims "
+                            f"{max(h.plain_size, h.stored_size)} bytes, more than this reader "
+                            f"accepts ({MAX_SMALL_PAYLOAD})")
         self._f.seek(h.offset)
         stored = self._f.read(h.stored_size)
         if _blake3(stored) != h.checksum:
@@ -413,9 +415,9 @@ def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
         _write_stone(tmp, src, meta, entries, index, by_digest, offset, level, progress)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # no half-written stone next to the real one
-        if isinstance(exc, OSError) and exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise StoneError("no space left while packing", path=out,
-                             hint="free space or write the stone elsewhere with -o") from None
+        if disk_full(exc):
+            raise DiskFullError("no space left while packing", path=out,
+                                hint="free space or write the stone elsewhere with -o") from None
         raise
     os.replace(tmp, out)
     with Stone(out) as s:

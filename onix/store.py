@@ -116,6 +116,9 @@ class Store:
         if self.paths.store_tmp.exists():
             for d in self.paths.store_tmp.iterdir():
                 fsutil.remove_tree(d)
+        if self.paths.stone_cache.exists():
+            for p in self.paths.stone_cache.glob(".*.tmp"):  # cached stones not yet renamed
+                p.unlink()
 
     def batch(self) -> ImportBatch:
         return ImportBatch(self)

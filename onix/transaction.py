@@ -315,19 +315,22 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
                 raise StoneError(f"content {e.expected[:16]}… is corrupt ({e})",
                                  path=cand.path, hint="the stone is damaged; fetch or "
                                  "rebuild it") from None
-        faults.point("install", "admit")
-        batch.admit(keys)
+        # The cached stone is a copy, never a hardlink: `cp new.stone mine.stone` rewrites the
+        # user's inode in place, and the cache is what verify --fix restores from. It is
+        # copied before admit() so that admit's syncfs() makes it durable too.
+        staged_cache = []
         for cand in fresh:
-            # A copy, never a hardlink: the user's file may be overwritten later, and the
-            # cache is what verify --fix restores from. Temp, fsync, rename, as everywhere.
             dest = s.paths.stone_cache / f"{cand.digest}.stone"
             if not dest.exists():
                 tmp = dest.with_name(f".{dest.name}.tmp")
                 shutil.copyfile(cand.path, tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.rename(tmp, dest)
-                cached.append(dest)
+                staged_cache.append((tmp, dest))
+                cached.append(tmp)
+        faults.point("install", "admit")
+        batch.admit(keys)
+        for tmp, dest in staged_cache:
+            os.rename(tmp, dest)
+            cached.append(dest)
         faults.point("install", "record")
         new_ids = []
         with s.db.write() as c:
@@ -335,7 +338,9 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
                 ids[cand.meta["name"]] = s.db.add_stone(c, cand.digest, cand.meta, cand.layout)
                 new_ids.append(ids[cand.meta["name"]])
             _bump_store_bytes(s, c, batch.admitted_bytes)
-        recorded = True
+            # From here the commit may have happened by the time an interruption lands;
+            # orphaned objects are prune's to collect, deleting referenced ones is worse.
+            recorded = True
     except BaseException as exc:
         if recorded:  # e.g. Ctrl-C right after the commit: the rows need these objects
             raise
@@ -426,12 +431,12 @@ def _link_files(store: str, base: str, groups: list[tuple[str, list[Entry]]]) ->
                             os.close(fd)
                         continue
                     shard = e.digest[:2]
-                    sfd = shard_fds.get(shard)
-                    if sfd is None:
-                        sfd = shard_fds[shard] = os.open(f"{store}/{shard}",
-                                                         os.O_RDONLY | os.O_DIRECTORY)
                     obj = f"{e.digest}.{mode:04o}.{e.uid}.{e.gid}"  # store.ObjectKey.name
                     try:
+                        sfd = shard_fds.get(shard)
+                        if sfd is None:
+                            sfd = shard_fds[shard] = os.open(f"{store}/{shard}",
+                                                             os.O_RDONLY | os.O_DIRECTORY)
                         os.link(obj, name, src_dir_fd=sfd, dst_dir_fd=dfd)
                     except FileNotFoundError:
                         raise FileNotFoundError(errno.ENOENT, "store object missing (onix "
@@ -747,7 +752,7 @@ def reconcile(s: Session) -> list[str]:
         active = s.db.active_state(c)
         known = s.db.maybe_state(c, live)
     if known is None or (active is not None and active["id"] == live):
-        return []  # an unknown state is reported by status and refused by _selection
+        return []  # an unknown state is reported by status and refused by check_live_state
     old = active["id"] if active is not None else None
     misfiled = s.paths.state_tree(live)
     if old is not None and read_state_id(misfiled) == old:

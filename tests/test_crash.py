@@ -61,6 +61,7 @@ def check_consistent(root: Path, allowed: set[int]) -> int:
     assert on_disk == ids - {live}, (on_disk, ids)
     assert not (root / ".onix/staging/usr").exists()
     assert not any((root / ".onix/store/.tmp").iterdir())
+    assert not list((root / ".onix/cache/stones").glob(".*"))
     return live
 
 
