@@ -76,7 +76,7 @@ def atomic_symlink(target: str, path: Path) -> None:
     """Point `path` at `target`, replacing an existing symlink atomically."""
     tmp = path.with_name(f".{path.name}.next")
     if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+        remove_tree(tmp)  # debris of an earlier try, whatever it is
     os.symlink(target, tmp)
     os.rename(tmp, path)
 

@@ -490,14 +490,19 @@ def root_links(paths: RootPaths) -> list[str]:
     warnings = []
     for name, target in ROOT_LINKS.items():
         p = paths.root / name
-        if p.is_symlink():
-            if os.readlink(p) != target:
+        try:
+            if p.is_symlink():
+                if os.readlink(p) != target:
+                    fsutil.atomic_symlink(target, p)
+            elif p.exists():
+                warnings.append(f"{p} is a real {'directory' if p.is_dir() else 'file'}, not a "
+                                f"link to {target}; left as it is")
+            else:
                 fsutil.atomic_symlink(target, p)
-        elif p.exists():
-            warnings.append(f"{p} is a real {'directory' if p.is_dir() else 'file'}, not a link "
-                            f"to {target}; left as it is")
-        else:
-            fsutil.atomic_symlink(target, p)
+        except OSError as e:
+            # The new /usr is already live; a convenience link must not make this
+            # transaction (or its recovery) fail forever. Say so and move on.
+            warnings.append(f"could not point {p} at {target}: {e.strerror}")
     return warnings
 
 

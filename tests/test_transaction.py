@@ -334,3 +334,13 @@ def test_state_made_live_outside_onix_is_reconciled(root: Path, make_stone) -> N
     assert verify.verify(root).clean
     transaction.activate(root, 2)  # and onix carries on from there
     assert verify.verify(root).clean
+
+
+def test_root_link_debris_does_not_wedge_the_root(root: Path, make_stone) -> None:
+    transaction.install(root, [make_stone("hello", base_files("1"))])
+    os.unlink(root / "bin")
+    (root / ".bin.next").mkdir()  # debris where the next link is staged
+    (root / ".bin.next/x").write_text("x")
+    r = transaction.install(root, [make_stone("hello", base_files("2"), version="2")])
+    assert r.to_state == 2 and os.readlink(root / "bin") == "usr/bin"
+    assert verify.verify(root).clean
