@@ -80,7 +80,9 @@ def _run(s: Session, doomed: list[int], *, kind: str) -> Result:
 def resume(s: Session, tx: dict) -> dict:
     """Run (or re-run after a crash) the steps of a prune journal row. Idempotent."""
     kind = tx["kind"]
-    doomed: list[int] = json.loads(tx["detail"])["states"]
+    live = s.live_state()
+    # Never the live state, even if it was doomed when the prune was journalled.
+    doomed: list[int] = [i for i in json.loads(tx["detail"])["states"] if i != live]
     faults.point(kind, "forget")
     with s.db.write() as c:
         for sid in doomed:

@@ -789,8 +789,11 @@ def recover(s: Session) -> list[str]:
     if kind == "prune" or kind == "state-remove":
         from onix.prune import resume
 
+        # The machine may have booted into one of the doomed states meanwhile (initrd,
+        # onix.fstx=): file the trees first; resume() then spares whatever is live.
+        done = reconcile(s)
         resume(s, tx)
-        return [f"completed interrupted {kind} (journal {tx['id']})"]
+        return [*done, f"completed interrupted {kind} (journal {tx['id']})"]
     detail = json.loads(tx["detail"] or "{}")
     live = s.live_state()
     frm, to = tx["from_state"], tx["to_state"]

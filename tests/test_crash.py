@@ -129,3 +129,19 @@ def test_crash_prune(root: Path, make_stone, step: str) -> None:
     out = json.loads(onix("verify", "--root", root, "--json").stdout)
     assert out["clean"] and out["unreferenced_objects"] == (0 if step != "journal" else
                                                              out["unreferenced_objects"])
+
+
+def test_boot_into_a_doomed_state_between_prune_crash_and_recovery(root: Path,
+                                                                    make_stone) -> None:
+    """A prune journalled to remove state 1 crashes; the machine then boots state 1 (the
+    initrd exchanges it into /usr). Recovery must keep the live state, not finish blindly."""
+    from onix import fsutil
+
+    setup_root(root, make_stone)
+    crash(root, ["prune", "--keep", "1"], "prune:forget")  # journalled: remove 1 and 2
+    fsutil.exchange(root / ".onix/states/1/usr", root / "usr")  # the "initrd"
+    live = check_consistent(root, {1})
+    assert live == 1
+    listed = [s["id"] for s in onix_json("state", "list", "--root", root)]
+    assert 1 in listed and 2 not in listed
+    assert (root / "usr/bin/hello").read_text() == "hello 1"
