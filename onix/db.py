@@ -203,6 +203,10 @@ class Database:
 
     # -- meta ------------------------------------------------------------------
 
+    def bump_store_bytes(self, c: Connection, delta: int) -> None:
+        cur = c.execute(select(meta_t.c.value).where(meta_t.c.key == "store_bytes")).scalar()
+        self.set_meta(c, "store_bytes", str(max(0, int(cur or 0) + delta)))
+
     def set_meta(self, c: Connection, key: str, value: str) -> None:
         if c.execute(select(meta_t.c.key).where(meta_t.c.key == key)).first():
             c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
@@ -273,6 +277,11 @@ class Database:
             return None
         row = c.execute(select(states_t).where(states_t.c.id == state_id)).mappings().first()
         return dict(row) if row else None
+
+    def has_states(self) -> bool:
+        """Any state ever recorded, pending ones included (a fresh root has none)."""
+        with self.read() as c:
+            return bool(c.execute(select(func.count()).select_from(states_t)).scalar())
 
     def states(self, c: Connection) -> list[dict]:
         rows = c.execute(select(states_t).where(states_t.c.status != "pending")

@@ -62,6 +62,8 @@ def from_exception(exc: BaseException) -> OnixError | None:
     import errno as errnos
     import sqlite3
 
+    from onix.fsutil import disk_full
+
     orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the DB-API error
     if isinstance(orig, sqlite3.DatabaseError):
         exc = orig
@@ -81,7 +83,7 @@ def from_exception(exc: BaseException) -> OnixError | None:
         what = exc.strerror or str(exc)
         if exc.errno in (errnos.EACCES, errnos.EPERM, errnos.EROFS):
             hint = "run as root, or point --root at a tree you own"
-        elif exc.errno in (errnos.ENOSPC, errnos.EDQUOT):
+        elif disk_full(exc):
             return DiskFullError(what, path=where, hint="free space and retry")
         else:
             hint = "check the path and retry"

@@ -51,3 +51,18 @@ def root_lock(paths: RootPaths, *, wait: bool = True,
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def lock_held(paths: RootPaths) -> bool:
+    """Whether some onix holds the root's lock right now (without taking or waiting for it)."""
+    try:
+        fd = os.open(paths.lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -9,13 +9,12 @@ the next onix run after a crash must repair the root, whichever command it is.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
 from onix.errors import OnixError
+from onix.lock import lock_held
 from onix.paths import RootPaths, read_state_id
 
 
@@ -36,20 +35,6 @@ def _query(db: Path) -> dict:
             "last_nix": {"kind": last[0], "nix": last[1]} if last else None}
 
 
-def _lock_held(paths: RootPaths) -> bool:
-    try:
-        fd = os.open(paths.lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def status(root: Path | str) -> dict:
     paths = RootPaths.of(root)
     if not paths.db.exists():
@@ -65,7 +50,7 @@ def status(root: Path | str) -> dict:
     if info["running"] or drifted:
         # A running journal row is either a transaction in progress (its onix holds the
         # lock) or one a crash interrupted (nobody does). Only the second is ours to repair.
-        in_progress = _lock_held(paths)
+        in_progress = lock_held(paths)
         if not in_progress:
             from onix.transaction import session
 

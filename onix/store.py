@@ -62,15 +62,33 @@ class ObjectKey(NamedTuple):
             return None
 
 
-def hash_file(path: Path) -> str:
+def hash_file(path: Path | str, *, size: int | None = None, threads: bool = True,
+              follow_symlinks: bool = True) -> str:
+    """blake3 of a file: plain reads for small files, mmap (on all cores) for large ones.
+
+    `size` saves a stat when the caller has one. threads=False inside
+    onix.parallel's split: the two processes already use both cores, and
+    blake3's thread pool does not survive a fork (the child would wait on
+    threads that do not exist).
+    """
     import blake3
 
-    size = path.stat().st_size
+    if size is None:
+        size = os.stat(path).st_size
     if size >= 1 << 20:
-        # Large files: let blake3 map the file and hash on all cores.
-        return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
-    with open(path, "rb") as f:
-        return blake3.blake3(f.read()).hexdigest()
+        h = blake3.blake3(max_threads=blake3.blake3.AUTO if threads else 1)
+        return h.update_mmap(path).hexdigest()
+    fd = os.open(path, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
+    try:
+        data = os.read(fd, size + 1)
+        while len(data) <= size:  # a short read on a file that grew or a slow fs
+            more = os.read(fd, size + 1 - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
+    return blake3.blake3(data).hexdigest()
 
 
 class Store:

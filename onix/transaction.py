@@ -105,14 +105,6 @@ class Session:
     def live_state(self) -> int | None:
         return read_state_id(self.paths.usr)
 
-    def is_empty(self) -> bool:
-        """No state was ever recorded here (a fresh root whose first command failed)."""
-        from sqlalchemy import func, select
-
-        from onix.db import states_t
-
-        with self.db.read() as c:
-            return not c.execute(select(func.count()).select_from(states_t)).scalar()
 
 
 def check_live_state(s: Session) -> None:
@@ -160,7 +152,7 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
                 translated = _settle_after_failure(s, exc)
                 # A first command that failed leaves no .onix behind. It is moved aside while
                 # the lock is held (anyone queued on its lock file re-locks, see lock.py).
-                if fresh and read_state_id(paths.usr) is None and s.is_empty():
+                if fresh and read_state_id(paths.usr) is None and not s.db.has_states():
                     s.db.close()
                     os.rename(paths.onix, discard)
                 if translated is not None:
@@ -270,7 +262,7 @@ class Imported:
         """Forget the new stones and delete what only they brought (state rows first)."""
         with s.db.write() as c:
             s.db.delete_stones(c, [i for i in self.new_ids if i in s.db.unused_stones(c)])
-            _bump_store_bytes(s, c, -self.nbytes)
+            s.db.bump_store_bytes(c, -self.nbytes)
         for p in self.objects + self.cached:
             p.unlink(missing_ok=True)
         for shard in self.shards:
@@ -337,7 +329,7 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
             for cand in fresh:
                 ids[cand.meta["name"]] = s.db.add_stone(c, cand.digest, cand.meta, cand.layout)
                 new_ids.append(ids[cand.meta["name"]])
-            _bump_store_bytes(s, c, batch.admitted_bytes)
+            s.db.bump_store_bytes(c, batch.admitted_bytes)
             # From here the commit may have happened by the time an interruption lands;
             # orphaned objects are prune's to collect, deleting referenced ones is worse.
             recorded = True
@@ -357,16 +349,6 @@ def import_stones(s: Session, cands: list[Candidate]) -> Imported:
         s.progress.finish()
     return Imported(ids=ids, new_ids=new_ids, objects=list(batch.admitted),
                     shards=list(batch.new_shards), cached=cached, nbytes=batch.admitted_bytes)
-
-
-def _bump_store_bytes(s: Session, c: Any, delta: int) -> None:
-    from sqlalchemy import select
-
-    from onix.db import meta_t
-
-    cur = int(c.execute(select(meta_t.c.value).where(meta_t.c.key == "store_bytes")).scalar()
-              or 0)
-    s.db.set_meta(c, "store_bytes", str(max(0, cur + delta)))
 
 
 def blit(s: Session, entries: list[Entry], dest: Path) -> None:

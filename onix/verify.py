@@ -74,29 +74,9 @@ def verify(root: Path | str, *, fix: bool = False, wait: bool = True,
 
 
 def _hash_path(path: str, size: int, *, threads: bool = True) -> str | None:
-    """blake3 of a file; plain reads for small files, mmap (on all cores) for large ones.
-
-    threads=False inside onix.parallel's split: the two processes already use
-    both cores, and blake3's thread pool does not survive a fork (the child
-    would wait on threads that do not exist).
-    """
-    import blake3
-
+    """store.hash_file, with an unreadable file counting as a mismatch."""
     try:
-        if size >= 1 << 20:
-            h = blake3.blake3(max_threads=blake3.blake3.AUTO if threads else 1)
-            return h.update_mmap(path).hexdigest()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            data = os.read(fd, size + 1)
-            while len(data) <= size:  # a short read on a file that grew or a slow fs
-                more = os.read(fd, size + 1 - len(data))
-                if not more:
-                    break
-                data += more
-        finally:
-            os.close(fd)
-        return blake3.blake3(data).hexdigest()
+        return hash_file(path, size=size, threads=threads, follow_symlinks=False)
     except OSError:
         return None
 
@@ -109,10 +89,11 @@ def _verify(s: Session) -> VerifyReport:
         trees: list[tuple[int, list[Entry]]] = []
         if live is not None:
             trees.append((live, s.db.state_layout(c, live)))
-        for st in s.db.states(c):
+        states = s.db.states(c)
+        for st in states:
             if st["status"] == "archived":
                 trees.append((st["id"], s.db.state_layout(c, st["id"])))
-        fstx = {st["id"]: st["fstx"] for st in s.db.states(c)}
+        fstx = {st["id"]: st["fstx"] for st in states}
 
     todo, store_inodes = _scan_store(s, report, wanted)
     shared: list[tuple[str, ObjectKey]] = []
@@ -214,6 +195,15 @@ def _scan_store(s: Session, report: VerifyReport, wanted: set
     return todo, inodes
 
 
+def tree_entries(entries: list[Entry]) -> list[Entry]:
+    """Everything a state's tree holds besides generated files: its layout, the parent
+    directories the blit makes 0755 for it, and lib/ (made for lib/os-release)."""
+    out = [*entries, *(Entry(d, DIR, 0o755) for d in implicit_dirs(entries))]
+    if "lib" not in {e.path for e in out}:
+        out.append(Entry("lib", DIR, 0o755))
+    return out
+
+
 def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state_id: int,
                 fstx: str, entries: list[Entry], store_inodes: dict[ObjectKey, int],
                 shared: list[tuple[str, ObjectKey]]) -> None:
@@ -225,9 +215,7 @@ def _check_tree(s: Session, report: VerifyReport, tree: Path, prefix: str, state
     base = str(tree) + "/"
     is_root = os.geteuid() == 0
     problems = report.problems
-    expected: list[Entry] = [*entries, *(Entry(d, DIR, 0o755) for d in implicit_dirs(entries))]
-    if "lib" not in {e.path for e in expected}:
-        expected.append(Entry("lib", DIR, 0o755))  # made for lib/os-release
+    expected = tree_entries(entries)
     for e in expected:
         path = base + e.path
         where = f"{prefix}/{e.path}"
@@ -341,12 +329,7 @@ def _fix(s: Session, report: VerifyReport) -> None:
 
         def layout(sid: int) -> dict[str, Entry]:
             if sid not in layouts:
-                entries = s.db.state_layout(c, sid)
-                full = {e.path: e for e in entries}
-                for d in implicit_dirs(entries):
-                    full[d] = Entry(d, DIR, 0o755)
-                full.setdefault("lib", Entry("lib", DIR, 0o755))
-                layouts[sid] = full
+                layouts[sid] = {e.path: e for e in tree_entries(s.db.state_layout(c, sid))}
             return layouts[sid]
 
         # parents before children, so a directory restored first can receive its files
