@@ -174,7 +174,7 @@ def tx_phases() -> Phases:
     from onix import stone as stone_mod
 
     return Phases([
-        (transaction, "read_candidates", "read stones (check + digest)"),
+        (stone_mod, "Stone", "open and check stones"),
         (stone_mod, "digest_file", "  of which: blake3 of the stone file"),
         (transaction, "recover", "session: recover()"),
         (transaction, "_plan", "plan (load layouts + merge)"),
@@ -192,8 +192,9 @@ def tx_phases() -> Phases:
 
 def verify_phases() -> Phases:
     return Phases([
-        (verify, "_hash_many", "hash files (_hash_many, store + /usr)"),
-        (verify, "_check_archived", "check archived state trees"),
+        (verify, "_scan_store", "list and stat the store"),
+        (verify, "_check_tree", "check trees (live + archived; beside the hashing)"),
+        (verify, "_bad_objects", "hash store objects (this process's share)"),
         (Database, "referenced_objects", "DB: referenced objects"),
         (Database, "state_layout", "DB: state layout + merge (all calls)"),
     ])
