@@ -24,7 +24,10 @@ state_app = typer.Typer(help="List, inspect, switch, pin and remove states.",
                         no_args_is_help=True)
 stone_app = typer.Typer(help="Make and read stone files.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
+boot_app = typer.Typer(help="Boot entries, the initrd, systemd-boot: the boot plane.",
+                       no_args_is_help=True)
 app.add_typer(stone_app, name="stone")
+app.add_typer(boot_app, name="boot")
 
 Root = Annotated[Path, typer.Option("--root", help="Operate on this root instead of /.",
                                     file_okay=False)]
@@ -377,6 +380,106 @@ def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
             out.print(f"  {rec[1]:7} {rec[2]:04o} /usr/{rec[0]}")
 
     _run(json, read, human)
+
+
+# -- boot plane --------------------------------------------------------------------------
+
+Esp = Annotated[Path | None, typer.Option("--esp", help="The ESP (default: found).",
+                                          file_okay=False)]
+Xbootldr = Annotated[Path | None, typer.Option("--xbootldr", help="The XBOOTLDR partition.",
+                                               file_okay=False)]
+
+
+def _print_sync(r: dict) -> None:
+    out = console()
+    for line in r.get("recovered") or []:
+        out.print(f"[yellow]recovered:[/] {line}")
+    out.print(f"ESP {r['esp']}" + (f", entries on {r['boot']}" if r["boot"] != r["esp"] else ""))
+    out.print(f"default entry: [bold]{r['default']}[/]")
+    for e in r["entries"]:
+        out.print(f"  {e}")
+    for sid, why in (r.get("skipped") or {}).items():
+        out.print(f"[yellow]no entry for state {sid}:[/] {why}")
+    if r.get("fallback"):
+        fb = r["fallback"]
+        out.print(f"[yellow]state {fb['failed']} failed to boot; state {fb['booted']} is the "
+                  "default now[/]")
+    changed = len(r["written"]) + len(r["removed"]) + len(r["bootloader"])
+    out.print(f"[dim]{len(r['written'])} written, {len(r['removed'])} removed"
+              + (f", systemd-boot updated ({', '.join(r['bootloader'])})" if r["bootloader"]
+                 else "") + ("" if changed else " (already in sync)") + "[/]")
+
+
+@boot_app.command("sync")
+def boot_sync(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
+              json: Json = False, no_wait: NoWait = False) -> None:
+    """Write entries, kernels and initrds for the retained states; drop stale ones."""
+    from onix import boot
+
+    _run(json, lambda: boot.sync(root, esp_dir=esp, xbootldr=xbootldr, wait=not no_wait),
+         _print_sync)
+
+
+@boot_app.command("status")
+def boot_status(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
+                json: Json = False) -> None:
+    """ESP, bootloader, default entry, and every entry with its state and tries left."""
+    from onix import boot
+
+    def human(r: dict) -> None:
+        out = console()
+        if r["esp"] is None:
+            out.print("no ESP found (mount it, create ROOT/boot, or pass --esp)")
+            return
+        out.print(f"ESP:        {r['esp']}")
+        out.print(f"XBOOTLDR:   {r['xbootldr'] or '-'}")
+        out.print(f"bootloader: {r['bootloader']}")
+        out.print(f"default:    [bold]{r['default'] or 'none'}[/]")
+        for k, v in (r.get("efi") or {}).items():
+            if v:
+                out.print(f"{k}: {v}")
+        for e in r["entries"]:
+            marks = [m for m, on in (("default", e["default"]), ("live", e["live"]),
+                                     ("gone", not e["state_exists"]), ("bad", e["bad"])) if on]
+            tries = "blessed" if e["blessed"] else f"{e['tries_left']} tries left"
+            out.print(f"  {e['file']:34} state {e['state']:<5} {tries:14} "
+                      f"{' '.join(marks)}")
+            for f in e["missing_files"]:
+                out.print(f"    [red]missing {f}[/]")
+        out.print(f"kernels and initrds: {len(r['kernels'])}")
+
+    _run(json, lambda: boot.status(root, esp_dir=esp, xbootldr=xbootldr), human)
+
+
+@boot_app.command("mark-good")
+def boot_mark_good(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
+                   json: Json = False, no_wait: NoWait = False) -> None:
+    """Bless the booted entry: boot counting is over for it."""
+    from onix import boot
+
+    def human(r: dict) -> None:
+        console().print(f"{r['entry']} is blessed" if r["changed"]
+                        else f"{r['entry']} was already blessed")
+
+    _run(json, lambda: boot.mark_good_root(root, esp_dir=esp, xbootldr=xbootldr,
+                                           wait=not no_wait), human)
+
+
+@boot_app.command("set-default")
+def boot_set_default(state_id: Annotated[int, typer.Argument(metavar="ID")],
+                     once: Annotated[bool, typer.Option(
+                         "--once", help="Only the next boot (EFI LoaderEntryOneShot).")] = False,
+                     root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
+                     json: Json = False, no_wait: NoWait = False) -> None:
+    """Boot state ID by default from now on, or with --once for the next boot only."""
+    from onix import boot
+
+    def human(r: dict) -> None:
+        when = "the next boot" if r["once"] else "every boot from now on"
+        console().print(f"state {r['state']} ({r['entry']}) boots {when}")
+
+    _run(json, lambda: boot.set_default_root(root, state_id, once=once, esp_dir=esp,
+                                             xbootldr=xbootldr, wait=not no_wait), human)
 
 
 def main() -> None:

@@ -207,6 +207,12 @@ class Database:
         cur = c.execute(select(meta_t.c.value).where(meta_t.c.key == "store_bytes")).scalar()
         self.set_meta(c, "store_bytes", str(max(0, int(cur or 0) + delta)))
 
+    def get_meta(self, c: Connection, key: str) -> str | None:
+        return c.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
+
+    def delete_meta(self, c: Connection, key: str) -> None:
+        c.execute(delete(meta_t).where(meta_t.c.key == key))
+
     def set_meta(self, c: Connection, key: str, value: str) -> None:
         if c.execute(select(meta_t.c.key).where(meta_t.c.key == key)).first():
             c.execute(update(meta_t).where(meta_t.c.key == key).values(value=value))
@@ -370,6 +376,19 @@ class Database:
         if nix_report is not None:
             values["nix_report"] = nix_report
         c.execute(update(transactions_t).where(transactions_t.c.id == tx_id).values(**values))
+
+    def last_done_tx(self, c: Connection) -> int:
+        return c.execute(select(func.max(transactions_t.c.id))
+                         .where(transactions_t.c.status == "done")).scalar() or 0
+
+    def activations(self, c: Connection, kinds: Iterable[str]) -> dict[int, int]:
+        """state id → id of the last finished transaction of these kinds that made it live."""
+        rows = c.execute(select(transactions_t.c.to_state, func.max(transactions_t.c.id))
+                         .where(transactions_t.c.status == "done",
+                                transactions_t.c.kind.in_(list(kinds)),
+                                transactions_t.c.to_state.is_not(None))
+                         .group_by(transactions_t.c.to_state))
+        return {int(sid): int(tx) for sid, tx in rows}
 
     def running_tx(self, c: Connection) -> dict | None:
         row = c.execute(select(transactions_t).where(transactions_t.c.status == "running")

@@ -5,6 +5,7 @@ interrupted prune is simply run forward again by the next onix):
 
     journal   record which states go, /nix fingerprint
     forget    delete their rows (the states are gone from here on)
+    boot      delete their boot entries, before their trees (boot.drop_missing)
     trash     move .onix/states/<id> to .onix/trash/, then delete it
     gc        drop stones no state uses, store objects no stone uses,
               cached stones of dropped stones, and import debris
@@ -20,20 +21,27 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from onix import faults, fsutil, ownership
+from onix import boot, faults, fsutil, ownership
 from onix.db import stones_t
 from onix.errors import StateError
 from onix.progress import SILENT, Progress
 from onix.transaction import Result, Session, session
 
-PRUNE_STEPS = ("journal", "forget", "trash", "gc", "done")
+PRUNE_STEPS = ("journal", "forget", "boot", "trash", "gc", "done")
 
 
-def plan(states: list[dict], *, active: int | None, keep: int) -> list[int]:
-    """Ids to prune: all but the `keep` newest, the active one and pinned ones."""
+def plan(states: list[dict], *, active: int | None, keep: int,
+         boot_default: int | None = None) -> list[int]:
+    """Ids to prune: all but the `keep` newest, the active one, the boot default, pinned ones."""
     newest = {s["id"] for s in sorted(states, key=lambda s: s["id"], reverse=True)[:keep]}
+    spared = {active, boot_default}
     return sorted(s["id"] for s in states
-                  if s["id"] not in newest and s["id"] != active and not s["pinned"])
+                  if s["id"] not in newest and s["id"] not in spared and not s["pinned"])
+
+
+def _boot_default(s: Session, c) -> int | None:
+    value = s.db.get_meta(c, boot.META_DEFAULT)
+    return int(value) if value and value.isdigit() else None
 
 
 def prune(root: Path | str, *, keep: int = 3, wait: bool = True,
@@ -42,7 +50,8 @@ def prune(root: Path | str, *, keep: int = 3, wait: bool = True,
         raise StateError("--keep must be at least 1", hint="the active state is always kept")
     with session(root, wait=wait, progress=progress, create=False) as s:
         with s.db.read() as c:
-            doomed = plan(s.db.states(c), active=s.live_state(), keep=keep)
+            doomed = plan(s.db.states(c), active=s.live_state(), keep=keep,
+                          boot_default=_boot_default(s, c))
         return _run(s, doomed, kind="prune")
 
 
@@ -60,6 +69,9 @@ def remove_states(root: Path | str, ids: list[int], *, wait: bool = True,
                 if st["pinned"]:
                     raise StateError(f"state {sid} is pinned", path=s.paths.db,
                                      hint=f"onix state unpin {sid} first")
+                if sid == _boot_default(s, c):
+                    raise StateError(f"state {sid} is the boot default", path=s.paths.db,
+                                     hint="onix boot set-default another state first")
         return _run(s, sorted(set(ids)), kind="state-remove")
 
 
@@ -72,6 +84,7 @@ def _run(s: Session, doomed: list[int], *, kind: str) -> Result:
         tx = s.db.tx(c, tx_id)
     detail = resume(s, tx)
     report = detail.pop("nix_report")
+    detail["boot"] = boot.after_change(s)
     return Result(kind=kind, changed=bool(doomed or detail["objects"]), summary=(
         f"removed {len(doomed)} states, {detail['objects']} objects, "
         f"{detail['bytes_freed']} bytes"), nix=report, recovered=s.recovered, detail=detail)
@@ -87,7 +100,9 @@ def resume(s: Session, tx: dict) -> dict:
     with s.db.write() as c:
         for sid in doomed:
             s.db.delete_state(c, sid)
-        s.db.tx_step(c, tx["id"], "trash")
+        s.db.tx_step(c, tx["id"], "boot")
+    faults.point(kind, "boot")
+    boot.drop_missing(s)
     faults.point(kind, "trash")
     s.paths.trash.mkdir(exist_ok=True)
     for sid in doomed:

@@ -9,6 +9,7 @@ the next onix run after a crash must repair the root, whichever command it is.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -29,10 +30,16 @@ def _query(db: Path) -> dict:
         row = con.execute("SELECT value FROM meta WHERE key = 'store_bytes'").fetchone()
         last = con.execute("SELECT kind, nix_report FROM transactions WHERE status = 'done' "
                            "AND nix_report IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
+                                "('boot_default', 'boot_fallback')").fetchall())
+        made_live = {r[0]: (r[1], r[2]) for r in con.execute(
+            "SELECT to_state, kind, MAX(id) FROM transactions WHERE status = 'done' "
+            "AND to_state IS NOT NULL GROUP BY to_state")}
     finally:
         con.close()
     return {"running": running, "states": states, "store_bytes": int(row[0]) if row else 0,
-            "last_nix": {"kind": last[0], "nix": last[1]} if last else None}
+            "last_nix": {"kind": last[0], "nix": last[1]} if last else None,
+            "meta": meta, "made_live": made_live}
 
 
 def status(root: Path | str) -> dict:
@@ -75,8 +82,12 @@ def status(root: Path | str) -> dict:
     db_active = [i for i, s in info["states"].items() if s["status"] == "active"]
     if st is not None and db_active != [live]:
         notes.append(f"database marks {db_active} active, but /usr is state {live}")
+    boot, boot_notes = _boot(paths, info, live)
+    notes.extend(boot_notes)
     return {
         "root": str(paths.root),
+        "boot_entry": boot.get("default"),
+        "boot": boot,
         "initialized": True,
         "active_state": live,
         "active_fstx": st["fstx"] if st else None,
@@ -89,6 +100,52 @@ def status(root: Path | str) -> dict:
     }
 
 
+def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[str]]:
+    """The default entry as loader.conf names it (read, not assumed), and why the live
+    state is not the newest or not the default, when it is not."""
+    from onix import bls, esp
+
+    try:
+        dirs = esp.find(paths.root)
+    except OnixError as e:
+        return {"esp": None, "default": None}, [f"boot: {e.line()}"]
+    notes: list[str] = []
+    if dirs is None:
+        return {"esp": None, "default": None}, notes
+    default = bls.read_default(dirs.esp)
+    out = {"esp": str(dirs.esp), "default": default}
+    entries = bls.list_entries(dirs.boot)
+    if default is not None and not (bls.entries_dir(dirs.boot) / default).is_file():
+        notes.append(f"loader.conf names {default}, which does not exist: systemd-boot "
+                     "would boot the top entry; run onix boot sync")
+    states = info["states"]
+    if live is None or live not in states:
+        return out, notes
+    meta = info["meta"]
+    fallback = json.loads(meta["boot_fallback"]) if meta.get("boot_fallback") else None
+    boot_default = int(meta["boot_default"]) if meta.get("boot_default", "").isdigit() else None
+    newest = max(states)
+    if fallback and fallback.get("booted") == live:
+        notes.append(f"state {fallback['failed']} failed to boot (its entry "
+                     f"{fallback['entry']} ran out of tries); systemd-boot fell back to "
+                     f"state {live} on its own, and it is the boot default now")
+    elif boot_default is not None and boot_default != live and boot_default in states:
+        notes.append(f"this boot runs state {live}, chosen at boot (menu or one-time "
+                     f"default); the boot default is still state {boot_default}, which the "
+                     "next boot starts")
+    elif live != newest:
+        kind, tx = info["made_live"].get(live, (None, None))
+        why = (f"onix {kind} made it live (transaction {tx})" if kind in ("rollback", "activate")
+               else "it was made live at boot from an older entry" if kind == "reconcile"
+               else "it is the one the user chose")
+        notes.append(f"the live state {live} is not the newest ({newest}): {why}")
+    live_entry = entries.get(states[live]["fstx"])
+    if live_entry is not None and live_entry.tries_left is not None:
+        notes.append(f"boot entry {live_entry.file} is not blessed yet; once this boot is "
+                     "good, run onix boot mark-good")
+    return out, notes
+
+
 def format_status(r: dict) -> list[str]:
     """The human lines of `onix status` (plain text: this path must not import rich)."""
     from onix.ui import human_bytes
@@ -96,6 +153,8 @@ def format_status(r: dict) -> list[str]:
     if not r["initialized"]:
         return [f"{r['root']}: not an ONIX root yet"]
     lines = [f"active fstx: {r['active_fstx'] or 'none'}"]
+    if r["boot"]["esp"] is not None:
+        lines.append(f"boot entry: {r['boot_entry'] or 'none (loader.conf names no default)'}")
     pinned = f" (pinned: {', '.join(map(str, r['pinned']))})" if r["pinned"] else ""
     lines.append(f"states: {r['states']}{pinned}")
     lines.append(f"store: {human_bytes(r['store_bytes'])}")

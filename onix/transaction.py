@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onix import faults, fsutil, ownership
+from onix import boot, faults, fsutil, ownership
 from onix.errors import ConflictError, DiskFullError, OnixError, StateError, StoneError
 from onix.layout import DIR, FILE, SYMLINK, Entry, canonical_digest, implicit_dirs, merge
 from onix.lock import root_lock
@@ -147,6 +147,7 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
             try:
                 s.recovered = recover(s)
                 check_live_state(s)
+                s.recovered += boot.sync_if_needed(s)
                 yield s
             except BaseException as exc:
                 translated = _settle_after_failure(s, exc)
@@ -512,6 +513,11 @@ def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) 
     report = ownership.report(nix_before, nix_after)
     with s.db.write() as c:
         s.db.mark_active(c, to_state)
+        if kind in boot.USER_KINDS:
+            # What the user chose is what boots by default (boot.py); a state made live
+            # by booting an older entry (reconcile) is not.
+            s.db.set_meta(c, boot.META_DEFAULT, str(to_state))
+            s.db.delete_meta(c, boot.META_FALLBACK)
         s.db.end_tx(c, tx_id, "done", nix_after=nix_after, nix_report=report)
     faults.point(kind, "done")
     return report, warnings
@@ -549,7 +555,8 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     _archive_old_tree(paths, paths.staging_usr, from_state)
     report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
     return Result(kind=kind, from_state=from_state, to_state=state_id, fstx=fstx,
-                  summary=summary, nix=report, warnings=warnings, recovered=s.recovered)
+                  summary=summary, nix=report, warnings=warnings, recovered=s.recovered,
+                  detail={"boot": boot.after_change(s)})
 
 
 def _settle_after_failure(s: Session, exc: BaseException) -> OnixError | None:
@@ -712,7 +719,7 @@ def _activate(s: Session, state_id: int, kind: str) -> Result:
     report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
     return Result(kind=kind, from_state=live, to_state=state_id, fstx=target["fstx"],
                   summary=f"{kind} to state {state_id}", nix=report, warnings=warnings,
-                  recovered=s.recovered)
+                  recovered=s.recovered, detail={"boot": boot.after_change(s)})
 
 
 def _remove_empty(d: Path) -> None:
