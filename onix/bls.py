@@ -145,14 +145,18 @@ def read_default(esp: Path) -> str | None:
     return value
 
 
+LOADER_HEADER = (
+    "# Written by onix boot sync: it owns the default line (exact file name; systemd-boot",
+    "# boots the top entry for a name that does not match). Other lines are yours.",
+)
+
+
 def update_loader_conf(old: str | None, *, default: str, timeout: int) -> str:
     """loader.conf with our default line; the user's other lines kept as they were."""
     lines = [] if old is None else old.splitlines()
-    kept = [ln for ln in lines if ln.strip().partition(" ")[0] not in ("default",)
-            and not ln.startswith("# Written by onix")]
-    head = ["# Written by onix boot sync: it owns the default line (exact file name; systemd-boot",
-            "# boots the top entry for a name that does not match). Other lines are yours."]
+    kept = [ln for ln in lines
+            if ln.strip().partition(" ")[0] != "default" and ln not in LOADER_HEADER]
     body = [f"default {default}"]
     if not any(ln.strip().partition(" ")[0] == "timeout" for ln in kept):
         body.append(f"timeout {timeout}")
-    return "\n".join([*head, *body, *kept]).rstrip("\n") + "\n"
+    return "\n".join([*LOADER_HEADER, *body, *kept]).rstrip("\n") + "\n"

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix import bls, bootloader, esp, faults, fsutil
-from onix.errors import OnixError, StateError
+from onix.errors import DiskFullError, OnixError, StateError
 from onix.paths import RootPaths, read_state_id
 
 log = logging.getLogger("onix.boot")
@@ -148,17 +148,19 @@ def _root_device() -> str | None:
 
 
 def kernel_options(*, root: Path, usr: Path, fstx: str) -> str:
+    """root= first, then rw, the cmdline.d snippets in name order, onix.fstx= last."""
     tokens = [t for t in _snippets(root, usr) if not t.startswith("onix.fstx=")]
-    if not any(t.startswith(("root=", "onix.root=")) for t in tokens):
+    roots = [t for t in tokens if t.startswith(("root=", "onix.root="))]
+    rest = [t for t in tokens if t not in roots]
+    if not roots:
         dev = _root_device() if root == Path("/") else None
         if dev is None:
             raise BootError("no root= for the boot entries", path=root / CMDLINE_DIRS[1],
                             hint="write a .conf there with e.g. root=UUID=… (or LABEL=…)")
-        tokens.insert(0, f"root={dev}")
-    if "ro" not in tokens and "rw" not in tokens:
-        # The initrd exchanges /usr on the root when an older entry is booted.
-        tokens.insert(1 if tokens[0].startswith("root=") else 0, "rw")
-    return " ".join([*tokens, f"onix.fstx={fstx}"])
+        roots = [f"root={dev}"]
+    if "ro" not in rest and "rw" not in rest:
+        rest.insert(0, "rw")  # the initrd exchanges /usr on the root for an older entry
+    return " ".join([*roots, *rest, f"onix.fstx={fstx}"])
 
 
 def _pretty_name(usr: Path, fstx: str) -> str:
@@ -217,8 +219,10 @@ def plan(s, *, dirs: esp.BootDirs, cfg: esp.BootConfig) -> Plan:
         if kver is None:
             out.skipped[sid] = f"it has no kernel (usr/{KERNEL_DIR}/<kver>/vmlinuz)"
             continue
-        s.progress.note(f"initrd for state {sid} (kernel {kver})")
         built = initrd.build(usr=usr, kver=kver, cache_dir=s.paths.cache / "initrd")
+        if not built.cached:
+            s.progress.note(f"built the initrd for state {sid} (kernel {kver}, "
+                            f"{len(built.data) >> 10} KiB, {built.compression})")
         kernel = usr / KERNEL_DIR / kver / "vmlinuz"
         name = existing.get(fstx) or bls.EntryName(
             fstx=fstx, tries_left=cfg.tries if cfg.tries > 0 else None)
@@ -263,8 +267,14 @@ def _write(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException as e:
         os.close(fd)
+        with suppress(OSError):
+            tmp.unlink()  # a full ESP must not stay full of our half-written file
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    os.close(fd)
     os.rename(tmp, path)
     fsutil.fsync_dir(path.parent)
 
@@ -395,9 +405,25 @@ def after_change(s) -> dict | None:
         raise BootError(f"state {s.live_state()} is live, but the boot files were not "
                         f"updated: {e.line()}", hint="fix that, then run onix boot sync") from e
     except OSError as e:
-        raise BootError(f"state {s.live_state()} is live, but the boot files were not "
-                        f"updated: {e.strerror}", path=e.filename,
-                        hint="fix that (a full ESP?), then run onix boot sync") from e
+        cls = DiskFullError if fsutil.disk_full(e) else BootError
+        raise cls(f"state {s.live_state()} is live, but the boot files were not "
+                  f"updated: {e.strerror}", path=e.filename,
+                  hint="make room on the ESP, then run onix boot sync" if cls is DiskFullError
+                  else "fix that, then run onix boot sync") from e
+
+
+def preflight(s) -> None:
+    """Before a command changes anything: a boot setup that cannot work is bad input.
+
+    Catches boot.conf mistakes and a missing root= while the root is still as it was,
+    rather than after a new state is live without boot files.
+    """
+    dirs, _ = dirs_for(s.paths)
+    if dirs is None:
+        return
+    live = s.live_state()
+    usr = s.paths.usr if live is not None else s.paths.root / "nonexistent"
+    kernel_options(root=s.paths.root, usr=usr, fstx="0-0")
 
 
 def sync_if_needed(s) -> list[str]:

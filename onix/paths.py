@@ -10,6 +10,7 @@
     <root>/.onix/cache/stones/      every imported stone, kept for `verify --fix`
     <root>/.onix/trash/             trees being deleted by prune
     <root>/.onix/lock               flock; one mutating onix per root
+    <root>/.onix/boot-exchange      the initrd's note: it made an archived state live
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ class RootPaths:
     @property
     def trash(self) -> Path:
         return self.onix / "trash"
+
+    @property
+    def boot_note(self) -> Path:
+        """Left by the initrd when it exchanged an archived state into /usr (boot/init)."""
+        return self.onix / "boot-exchange"
 
     @property
     def lock(self) -> Path:

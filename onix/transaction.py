@@ -147,6 +147,7 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
             try:
                 s.recovered = recover(s)
                 check_live_state(s)
+                boot.preflight(s)
                 s.recovered += boot.sync_if_needed(s)
                 yield s
             except BaseException as exc:
@@ -752,14 +753,28 @@ def reconcile(s: Session) -> list[str]:
     if old is not None and read_state_id(misfiled) == old:
         _archive_old_tree(s.paths, misfiled, old)
         _remove_empty(misfiled.parent)
+    note = _boot_note(s.paths)
+    source = "the initrd, booting an older entry" if note.get("to") == str(live) else \
+        "outside onix"
     with s.db.write() as c:
         tx_id = s.db.begin_tx(c, kind="reconcile", from_state=old, to_state=live,
-                              detail={"source": "outside onix"})
+                              detail={"source": source, "note": note})
         s.db.mark_active(c, live)
         s.db.end_tx(c, tx_id, "done")
+    with suppress(FileNotFoundError):
+        s.paths.boot_note.unlink()
     root_links(s.paths)
-    return [f"state {live} was made live outside onix (from state {old}); the log now "
+    return [f"state {live} was made live by {source} (from state {old}); the log now "
             "follows /usr"]
+
+
+def _boot_note(paths: RootPaths) -> dict[str, str]:
+    """The initrd's `key=value` note about the exchange it made (boot/init writes it)."""
+    try:
+        text = paths.boot_note.read_text(errors="replace")
+    except OSError:
+        return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def recover(s: Session) -> list[str]:
