@@ -110,20 +110,30 @@ def find_kernel(usr: Path) -> str | None:
     return max(kvers, key=version_key) if kvers else None
 
 
-def _snippets(root: Path, usr: Path) -> list[str]:
-    """Kernel command-line tokens from cmdline.d (a file in /etc overrides one of its name)."""
+def _snippets(root: Path, usr: Path, kver: str | None = None) -> list[str]:
+    """Kernel command-line tokens: the kernel's own usr/lib/kernel/<kver>/*.cmdline, then
+    cmdline.d from /usr and /etc (a file in /etc overrides the one of its name in /usr)."""
+    tokens: list[str] = []
+    if kver is not None:
+        with suppress(FileNotFoundError, NotADirectoryError):
+            for p in sorted((usr / KERNEL_DIR / kver).glob("*.cmdline")):
+                tokens.extend(_tokens(p))
     files: dict[str, Path] = {}
     for d in (usr / "lib/kernel/cmdline.d", root / "etc/kernel/cmdline.d"):
         with suppress(FileNotFoundError, NotADirectoryError):
             for p in d.iterdir():
                 if p.name.endswith(".conf"):
                     files[p.name] = p
-    tokens: list[str] = []
     for name in sorted(files):
-        for line in files[name].read_text(errors="replace").splitlines():
-            line = line.split("#", 1)[0].strip()
-            tokens.extend(line.split())
+        tokens.extend(_tokens(files[name]))
     return tokens
+
+
+def _tokens(path: Path) -> list[str]:
+    out: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        out.extend(line.split("#", 1)[0].split())
+    return out
 
 
 def _root_device() -> str | None:
@@ -147,9 +157,9 @@ def _root_device() -> str | None:
     return source if source.startswith("/dev/") else None
 
 
-def kernel_options(*, root: Path, usr: Path, fstx: str) -> str:
-    """root= first, then rw, the cmdline.d snippets in name order, onix.fstx= last."""
-    tokens = [t for t in _snippets(root, usr) if not t.startswith("onix.fstx=")]
+def kernel_options(*, root: Path, usr: Path, fstx: str, kver: str | None = None) -> str:
+    """root= first, then rw, the snippets in order (see _snippets), onix.fstx= last."""
+    tokens = [t for t in _snippets(root, usr, kver) if not t.startswith("onix.fstx=")]
     roots = [t for t in tokens if t.startswith(("root=", "onix.root="))]
     rest = [t for t in tokens if t not in roots]
     if not roots:
@@ -231,7 +241,7 @@ def plan(s, *, dirs: esp.BootDirs, cfg: esp.BootConfig) -> Plan:
         text = bls.render_entry(
             state_id=sid, fstx=fstx, title=_pretty_name(usr, fstx),
             version=str(order.get(sid, sid)), linux=f"/{kernel_rel}", initrd=f"/{initrd_rel}",
-            options=kernel_options(root=s.paths.root, usr=usr, fstx=fstx))
+            options=kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver))
         out.entries.append(Planned(state_id=sid, fstx=fstx, name=name, text=text, kver=kver,
                                    kernel_src=kernel, kernel_rel=kernel_rel,
                                    initrd_src=built.path, initrd_rel=initrd_rel))

@@ -421,3 +421,28 @@ def test_boot_config_errors_name_the_line(broot: Path, tools, small_kernel) -> N
         boot.dirs_for(RootPaths.of(broot))
     r = onix("boot", "status", "--root", broot)
     assert r.returncode == 1 and "boot.conf: line 2" in r.stderr
+
+
+def test_kernel_cmdline_files_and_xbootldr(root: Path, tools, small_kernel) -> None:
+    """A kernel's own *.cmdline goes first among the snippets; with an XBOOTLDR, entries,
+    kernels and initrds go there and loader.conf and systemd-boot stay on the ESP."""
+    for d in ("efi", "boot", "etc/onix", "etc/kernel/cmdline.d"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/onix/boot.conf").write_text("esp = /efi\nxbootldr = /boot\n")
+    (root / "etc/kernel/cmdline.d/root.conf").write_text("root=UUID=1234-abcd\n")
+    k = small_kernel(1, extra={f"lib/kernel/{TEST_KVER}/vm.cmdline": "mitigations=off\n"})
+    r = transaction.install(root, [*tools, k])
+    assert r.detail["boot"]["esp"] == str(root / "efi")
+    assert r.detail["boot"]["boot"] == str(root / "boot")
+    entries = bls.list_entries(root / "boot")
+    assert list(entries) == [r.fstx]
+    assert bls.list_entries(root / "efi") == {}
+    f = bls.parse_entry((bls.entries_dir(root / "boot") / entries[r.fstx].file).read_text())
+    assert f["options"] == f"root=UUID=1234-abcd rw mitigations=off onix.fstx={r.fstx}"
+    assert (root / "boot" / f["linux"].lstrip("/")).is_file()
+    assert bls.read_default(root / "efi") == entries[r.fstx].file
+    assert not (root / "boot/loader/loader.conf").exists()
+    st = onix_json("boot", "status", "--root", root)
+    assert (st["esp"], st["xbootldr"]) == (str(root / "efi"), str(root / "boot"))
+    assert [e["file"] for e in st["entries"]] == [entries[r.fstx].file]
+    assert st["entries"][0]["missing_files"] == []
