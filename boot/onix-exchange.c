@@ -7,6 +7,10 @@
  * fsync'd and the file system synced, so the swap survives a power cut right after
  * switch_root.
  *
+ * Both must be real directories: renameat2 does not follow a final symlink, so an
+ * exchange with a link would leave /usr a symlink to wherever it pointed. init checks
+ * the directories above them; this checks the two themselves, for any init.
+ *
  * Exit status: 0 exchanged and synced; 1 not exchanged (nothing changed);
  * 2 usage; 3 exchanged, but the sync failed (the swap happened; it may not be
  * on disk yet).
@@ -20,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -56,6 +61,26 @@ static int sync_parent(const char *path)
     return rc;
 }
 
+/* 0 if path is a directory and not a symlink; else say why and return -1 */
+static int real_directory(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        fprintf(stderr, "onix-exchange: cannot exchange %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        fprintf(stderr, "onix-exchange: %s is a symlink; it exchanges only real directories\n",
+                path);
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "onix-exchange: %s is not a directory\n", path);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -63,6 +88,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *a = argv[1], *b = argv[2];
+    if (real_directory(a) != 0 || real_directory(b) != 0)
+        return 1;
     if (syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0) {
         int e = errno;
         fprintf(stderr, "onix-exchange: cannot exchange %s and %s: %s%s\n", a, b, strerror(e),

@@ -92,13 +92,18 @@ def parse_entry(text: str) -> dict[str, str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition(" ")
-        value = value.strip()
+        key, value = _kv(line)
         if key == "initrd" and key in out:
             out[key] += " " + value
         else:
             out.setdefault(key, value)
     return out
+
+
+def _kv(line: str) -> tuple[str, str]:
+    """`key value` as systemd-boot reads it: split at the first run of spaces or tabs."""
+    parts = line.strip().split(None, 1)
+    return (parts[0], parts[1].strip()) if len(parts) == 2 else ((parts or [""])[0], "")
 
 
 def entries_dir(boot: Path) -> Path:
@@ -139,9 +144,9 @@ def read_default(esp: Path) -> str | None:
         return None
     value = None
     for line in text.splitlines():
-        key, _, rest = line.strip().partition(" ")
+        key, rest = _kv(line)
         if key == "default":
-            value = rest.strip()  # systemd-boot: the last one wins
+            value = rest  # systemd-boot: the last one wins
     return value
 
 
@@ -154,9 +159,11 @@ LOADER_HEADER = (
 def update_loader_conf(old: str | None, *, default: str, timeout: int) -> str:
     """loader.conf with our default line; the user's other lines kept as they were."""
     lines = [] if old is None else old.splitlines()
-    kept = [ln for ln in lines
-            if ln.strip().partition(" ")[0] != "default" and ln not in LOADER_HEADER]
+    def key(line: str) -> str:
+        return _kv(line)[0]
+
+    kept = [ln for ln in lines if key(ln) != "default" and ln not in LOADER_HEADER]
     body = [f"default {default}"]
-    if not any(ln.strip().partition(" ")[0] == "timeout" for ln in kept):
+    if not any(key(ln) == "timeout" for ln in kept):
         body.append(f"timeout {timeout}")
     return "\n".join([*LOADER_HEADER, *body, *kept]).rstrip("\n") + "\n"

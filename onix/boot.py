@@ -48,7 +48,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix import bls, bootloader, esp, faults, fsutil
+from onix import bls, bootloader, esp, faults, fsutil, safepath
 from onix.errors import DiskFullError, OnixError, StateError
 from onix.paths import RootPaths, read_state_id
 
@@ -58,9 +58,14 @@ STEPS = ("files", "bootloader", "entries", "loader", "cleanup", "done")
 USER_KINDS = ("install", "remove", "activate", "rollback")  # they set the boot default
 KERNEL_DIR = "lib/kernel"  # relative to usr/
 CMDLINE_DIRS = ("usr/lib/kernel/cmdline.d", "etc/kernel/cmdline.d")  # relative to the root
-META_DEFAULT = "boot_default"
-META_SYNCED = "boot_synced_tx"
-META_FALLBACK = "boot_fallback"
+META_DEFAULT = "boot_default"  # state id the user chose to boot by default
+META_SYNCED = "boot_synced_tx"  # last transaction id the ESP reflects ("" = redo the sync)
+META_FALLBACK = "boot_fallback"  # JSON: the automatic rollback status explains
+META_RESET = "boot_reset"  # state id whose bad entry gets a fresh count (set-default)
+META_OWNED = "boot_owned"  # JSON {"entries": [fstx], "files": [rel]}: what this root wrote
+# Directories onix writes on the ESP and $BOOT; any of them being a symlink is refused.
+BOOT_DIRS = ("loader", "loader/entries", "onix")
+ESP_DIRS = ("loader", "EFI", "EFI/systemd", "EFI/BOOT")
 
 
 class BootError(OnixError):
@@ -71,13 +76,14 @@ class BootError(OnixError):
 class Planned:
     state_id: int
     fstx: str
-    name: bls.EntryName
+    name: bls.EntryName  # the name it has on disk now, or the one a new entry gets
     text: str
     kver: str
     kernel_src: Path
     kernel_rel: str
     initrd_src: Path
     initrd_rel: str
+    reset: bool = False  # give it a fresh try counter (the user chose it again)
 
 
 @dataclass
@@ -87,9 +93,10 @@ class Plan:
     default: Planned | None
     skipped: dict[int, str] = field(default_factory=dict)  # state id → why it has no entry
     fallback: dict | None = None
+    owned: dict = field(default_factory=dict)  # META_OWNED before this sync
 
 
-# -- reading the state log ---------------------------------------------------------
+# -- reading a state's boot inputs (never through a symlink) ---------------------------
 
 
 def state_usr(paths: RootPaths, state_id: int, live: int | None) -> Path:
@@ -101,13 +108,37 @@ def version_key(v: str) -> list[tuple[int, object]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", v) if p]
 
 
+def _regular(base: Path, rel: str) -> Path | None:
+    """base/rel as a real file reached without a symlink (safepath), or None if absent.
+
+    A state's tree sits inside a root that may be a scratch directory on a host: a
+    stone's `vmlinuz -> /etc/shadow` must not put the host's file on the ESP.
+    """
+    return base / rel if safepath.is_regular(base, rel) else None
+
+
 def find_kernel(usr: Path) -> str | None:
     """The kernel a state boots: the highest version under usr/lib/kernel with a vmlinuz."""
-    try:
-        kvers = [d.name for d in (usr / KERNEL_DIR).iterdir() if (d / "vmlinuz").is_file()]
-    except (FileNotFoundError, NotADirectoryError):
+    if not safepath.is_directory(usr, KERNEL_DIR):
         return None
+    names = sorted(d.name for d in (usr / KERNEL_DIR).iterdir())
+    kvers = [k for k in names if _regular(usr, f"{KERNEL_DIR}/{k}/vmlinuz") is not None]
     return max(kvers, key=version_key) if kvers else None
+
+
+def _conf_files(base: Path, rel_dir: str) -> dict[str, Path]:
+    d = base / rel_dir
+    try:
+        names = sorted(p.name for p in d.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    out = {}
+    for name in names:
+        if name.endswith(".conf"):
+            p = _regular(base, f"{rel_dir}/{name}")
+            if p is not None:
+                out[name] = p
+    return out
 
 
 def _snippets(root: Path, usr: Path, kver: str | None = None) -> list[str]:
@@ -116,14 +147,13 @@ def _snippets(root: Path, usr: Path, kver: str | None = None) -> list[str]:
     tokens: list[str] = []
     if kver is not None:
         with suppress(FileNotFoundError, NotADirectoryError):
-            for p in sorted((usr / KERNEL_DIR / kver).glob("*.cmdline")):
-                tokens.extend(_tokens(p))
-    files: dict[str, Path] = {}
-    for d in (usr / "lib/kernel/cmdline.d", root / "etc/kernel/cmdline.d"):
-        with suppress(FileNotFoundError, NotADirectoryError):
-            for p in d.iterdir():
-                if p.name.endswith(".conf"):
-                    files[p.name] = p
+            for name in sorted(p.name for p in (usr / KERNEL_DIR / kver).iterdir()):
+                p = _regular(usr, f"{KERNEL_DIR}/{kver}/{name}") \
+                    if name.endswith(".cmdline") else None
+                if p is not None:
+                    tokens.extend(_tokens(p))
+    files = {**_conf_files(usr, "lib/kernel/cmdline.d"),
+             **_conf_files(root, "etc/kernel/cmdline.d")}
     for name in sorted(files):
         tokens.extend(_tokens(files[name]))
     return tokens
@@ -131,7 +161,7 @@ def _snippets(root: Path, usr: Path, kver: str | None = None) -> list[str]:
 
 def _tokens(path: Path) -> list[str]:
     out: list[str] = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in fsutil.read_nofollow(path).decode(errors="replace").splitlines():
         out.extend(line.split("#", 1)[0].split())
     return out
 
@@ -175,8 +205,9 @@ def kernel_options(*, root: Path, usr: Path, fstx: str, kver: str | None = None)
 
 def _pretty_name(usr: Path, fstx: str) -> str:
     name = "ONIX"
-    with suppress(OSError):
-        for line in (usr / "lib/os-release").read_text().splitlines():
+    with suppress(OSError, OnixError):
+        text = safepath.read_regular(usr, "lib/os-release").decode(errors="replace")
+        for line in text.splitlines():
             if line.startswith("PRETTY_NAME="):
                 name = line.partition("=")[2].strip().strip('"') or name
     return name if fstx in name else f"{name} ({fstx})"
@@ -185,78 +216,117 @@ def _pretty_name(usr: Path, fstx: str) -> str:
 def _digest(path: Path) -> str:
     import blake3
 
-    h = blake3.blake3()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return blake3.blake3(fsutil.read_nofollow(path)).hexdigest()
+
+
+def check_dirs(dirs: esp.BootDirs) -> None:
+    """Refuse boot directories that are symlinks: cleanup would delete through them."""
+    for base, rels in ((dirs.boot, BOOT_DIRS), (dirs.esp, ESP_DIRS)):
+        for rel in ("", *rels):
+            p = base / rel if rel else base
+            if p.is_symlink():
+                raise BootError("is a symlink; onix writes boot files only into real "
+                                "directories", path=p, hint="replace it with a directory")
 
 
 # -- planning --------------------------------------------------------------------------
 
 
-def _retained(s, cfg: esp.BootConfig) -> tuple[list[dict], int | None, dict[int, int], dict]:
+def _meta_int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _retained(s, cfg: esp.BootConfig, exclude: set[int]) -> dict:
     live = s.live_state()
     with s.db.read() as c:
-        states = {st["id"]: st for st in s.db.states(c)}
+        states = {st["id"]: st for st in s.db.states(c) if st["id"] not in exclude}
         order = s.db.activations(c, USER_KINDS)
-        default = s.db.get_meta(c, META_DEFAULT)
-        fallback = s.db.get_meta(c, META_FALLBACK)
-    want = int(default) if default and default.isdigit() and int(default) in states else live
+        want = _meta_int(s.db.get_meta(c, META_DEFAULT))
+        reset = _meta_int(s.db.get_meta(c, META_RESET))
+        owned = s.db.get_meta(c, META_OWNED)
+    if want not in states:
+        want = live
     keep: list[int] = [i for i in (live, want) if i is not None]
     others = sorted((i for i in states if i not in keep),
                     key=lambda i: (order.get(i, 0), i), reverse=True)
     keep += others[:cfg.keep_older]
-    return ([states[i] for i in dict.fromkeys(keep)], want, order,
-            json.loads(fallback) if fallback else {})
+    return {"states": [states[i] for i in dict.fromkeys(keep)], "want": want, "order": order,
+            "reset": reset, "owned": json.loads(owned) if owned else {}}
 
 
-def plan(s, *, dirs: esp.BootDirs, cfg: esp.BootConfig) -> Plan:
-    """What $BOOT should hold. Builds (or takes from the cache) each state's initrd."""
+def _plan_one(s, *, st: dict, usr: Path, name: bls.EntryName, version: str) -> Planned | str:
     from onix import initrd
 
-    retained, want, order, _ = _retained(s, cfg)
-    live = s.live_state()
+    sid, fstx = st["id"], st["fstx"]
+    if not usr.is_dir() or usr.is_symlink():
+        return "its tree is missing (onix verify)"
+    kver = find_kernel(usr)
+    if kver is None:
+        return f"it has no kernel (usr/{KERNEL_DIR}/<kver>/vmlinuz)"
+    built = initrd.build(usr=usr, kver=kver, cache_dir=s.paths.initrd_cache)
+    if not built.cached:
+        s.progress.note(f"built the initrd for state {sid} (kernel {kver}, "
+                        f"{len(built.data) >> 10} KiB, {built.compression})")
+    kernel = usr / KERNEL_DIR / kver / "vmlinuz"
+    kernel_rel = f"onix/vmlinuz-{kver}-{_digest(kernel)[:16]}"
+    initrd_rel = f"onix/initrd-{kver}-{built.digest[:16]}.img"
+    text = bls.render_entry(
+        state_id=sid, fstx=fstx, title=_pretty_name(usr, fstx), version=version,
+        linux=f"/{kernel_rel}", initrd=f"/{initrd_rel}",
+        options=kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver))
+    return Planned(state_id=sid, fstx=fstx, name=name, text=text, kver=kver, kernel_src=kernel,
+                   kernel_rel=kernel_rel, initrd_src=built.path, initrd_rel=initrd_rel)
+
+
+def plan(s, *, dirs: esp.BootDirs, cfg: esp.BootConfig,
+         exclude: set[int] | frozenset[int] = frozenset()) -> Plan:
+    """What $BOOT should hold. Builds (or takes from the cache) each state's initrd.
+
+    The live state and the boot default must get entries (their failures are errors);
+    any other retained state that cannot is skipped and says why.
+    """
+    r = _retained(s, cfg, set(exclude))
+    live, want, order = s.live_state(), r["want"], r["order"]
     existing = bls.list_entries(dirs.boot)
-    out = Plan(dirs=dirs, entries=[], default=None)
-    for st in retained:
-        sid, fstx = st["id"], st["fstx"]
-        usr = state_usr(s.paths, sid, live)
-        if not usr.is_dir():
-            out.skipped[sid] = "its tree is missing (onix verify)"
-            continue
-        kver = find_kernel(usr)
-        if kver is None:
-            out.skipped[sid] = f"it has no kernel (usr/{KERNEL_DIR}/<kver>/vmlinuz)"
-            continue
-        built = initrd.build(usr=usr, kver=kver, cache_dir=s.paths.cache / "initrd")
-        if not built.cached:
-            s.progress.note(f"built the initrd for state {sid} (kernel {kver}, "
-                            f"{len(built.data) >> 10} KiB, {built.compression})")
-        kernel = usr / KERNEL_DIR / kver / "vmlinuz"
-        name = existing.get(fstx) or bls.EntryName(
-            fstx=fstx, tries_left=cfg.tries if cfg.tries > 0 else None)
-        kernel_rel = f"onix/vmlinuz-{kver}-{_digest(kernel)[:16]}"
-        initrd_rel = f"onix/initrd-{kver}-{built.digest[:16]}.img"
-        text = bls.render_entry(
-            state_id=sid, fstx=fstx, title=_pretty_name(usr, fstx),
-            version=str(order.get(sid, sid)), linux=f"/{kernel_rel}", initrd=f"/{initrd_rel}",
-            options=kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver))
-        out.entries.append(Planned(state_id=sid, fstx=fstx, name=name, text=text, kver=kver,
-                                   kernel_src=kernel, kernel_rel=kernel_rel,
-                                   initrd_src=built.path, initrd_rel=initrd_rel))
+
+    def fresh(fstx: str) -> bls.EntryName:
+        return bls.EntryName(fstx=fstx, tries_left=cfg.tries or None)
+
+    # The default sorts first: systemd-boot falls back to the top entry whenever the
+    # default line does not match (a counted entry renamed at boot; newer systemd-boot
+    # versions drop the counter from ids), so the top entry must be the default.
+    top = max([order.get(st["id"], st["id"]) for st in r["states"]] or [0])
+    out = Plan(dirs=dirs, entries=[], default=None, owned=r["owned"])
+    for st in r["states"]:
+        sid = st["id"]
+        version = order.get(sid, sid)
+        if sid == want and version < top:
+            version = top + 1
+        try:
+            planned = _plan_one(s, st=st, usr=state_usr(s.paths, sid, live),
+                                name=existing.get(st["fstx"]) or fresh(st["fstx"]),
+                                version=str(version))
+        except (OnixError, OSError) as e:
+            if sid in (live, want):
+                raise
+            planned = e.line() if isinstance(e, OnixError) else f"{e.filename}: {e.strerror}"
+        if isinstance(planned, str):
+            out.skipped[sid] = planned
+        else:
+            out.entries.append(planned)
     by_id = {p.state_id: p for p in out.entries}
     default = by_id.get(want) if want is not None else None
-    if default is not None and default.name.bad and want != live and live in by_id:
-        # systemd-boot gave up on the default and booted an older entry, whose initrd made
-        # its state live: that is the automatic rollback. Make it the default, say why.
-        out.fallback = {"failed": want, "failed_fstx": default.fstx, "booted": live,
-                        "entry": default.name.file}
-        default = by_id[live]
-    elif default is not None and default.name.bad and want == live:
-        # The user chose a state whose entry had run out of tries (activate, rollback, the
-        # menu): give it a fresh count rather than a default systemd-boot would skip.
-        default.name = bls.EntryName(fstx=default.fstx, tries_left=max(cfg.tries, 1))
+    if default is not None and default.name.bad:
+        if want == live or want == r["reset"]:
+            # The user chose this state again (activate, rollback, set-default, the menu):
+            # a fresh count, rather than a default systemd-boot would skip.
+            default.name, default.reset = fresh(default.fstx), True
+        elif live in by_id:
+            # systemd-boot gave up on the default and booted an older entry, whose initrd
+            # made its state live: the automatic rollback. That state is the default now.
+            out.fallback = {"failed": want, "failed_fstx": default.fstx, "booted": live,
+                            "entry": default.name.file}
+            default = by_id[live]
     out.default = default or (by_id.get(live) if live is not None else None)
     return out
 
@@ -264,122 +334,179 @@ def plan(s, *, dirs: esp.BootDirs, cfg: esp.BootConfig) -> Plan:
 # -- writing ---------------------------------------------------------------------------
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Whole-file replace that FAT survives: temp name, fsync, rename, fsync the directory.
-
-    No chmod: vfat has no modes to set (and refuses some).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.onix-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException as e:
-        os.close(fd)
-        with suppress(OSError):
-            tmp.unlink()  # a full ESP must not stay full of our half-written file
-        if isinstance(e, OSError) and e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    fsutil.fsync_dir(path.parent)
-
-
-def _copy(src: Path, dest: Path) -> None:
-    _write(dest, src.read_bytes())
-
-
 def _same_size(src: Path, dest: Path) -> bool:
     try:
-        return dest.stat().st_size == src.stat().st_size
+        return dest.lstat().st_size == src.lstat().st_size and not dest.is_symlink()
     except FileNotFoundError:
         return False
+
+
+def _referenced(boot: Path) -> set[str]:
+    """$BOOT-relative files that entry files on disk (ours or not) point at."""
+    refs: set[str] = set()
+    entries = bls.entries_dir(boot)
+    with suppress(FileNotFoundError, NotADirectoryError):
+        for f in entries.iterdir():
+            if f.name.endswith(".conf") and f.is_file() and not f.is_symlink():
+                fields = bls.parse_entry(f.read_text(errors="replace"))
+                for v in (fields.get("linux", ""), *fields.get("initrd", "").split()):
+                    if v:
+                        refs.add(v.lstrip("/"))
+    return refs
+
+
+def _owned_files(p: Plan, boot: Path) -> set[str]:
+    """$BOOT/onix files this root wrote (all of onix/ before onix kept a list)."""
+    if "files" in p.owned:
+        return set(p.owned["files"])
+    with suppress(FileNotFoundError, NotADirectoryError):
+        return {f"onix/{f.name}" for f in (boot / "onix").iterdir()}
+    return set()
+
+
+def _owned_entries(p: Plan, boot: Path) -> set[str]:
+    if "entries" in p.owned:
+        return set(p.owned["entries"])
+    return set(bls.list_entries(boot))
 
 
 def execute(s, p: Plan, *, cfg: esp.BootConfig) -> dict:
     """Converge $BOOT to the plan, step by step (see the module docstring)."""
     boot, esp_dir = p.dirs.boot, p.dirs.esp
+    check_dirs(p.dirs)
     report: dict = {"written": [], "removed": [], "bootloader": []}
+    planned_files = {e.kernel_rel for e in p.entries} | {e.initrd_rel for e in p.entries}
+    owned_files = _owned_files(p, boot)
+    owned_entries = _owned_entries(p, boot)
+    # Record what this sync is about to write before writing it, so a crash cannot leave
+    # a file of ours that a later cleanup would not know to remove.
+    with s.db.write() as c:
+        s.db.set_meta(c, META_OWNED, json.dumps({
+            "entries": sorted(owned_entries | {e.fstx for e in p.entries}),
+            "files": sorted(owned_files | planned_files)}))
     faults.point("boot", "files")
+    # Room first (an earlier sync that failed for space may have left the ESP full):
+    # entries of ours that no plan keeps, except the one loader.conf names, and then the
+    # kernels and initrds that no entry on disk and no planned entry uses.
+    current = bls.read_default(esp_dir)
+    planned_fstx = {e.fstx for e in p.entries}
+    for fstx, n in bls.list_entries(boot).items():
+        if fstx in owned_entries and fstx not in planned_fstx and n.file != current:
+            with suppress(FileNotFoundError):
+                (bls.entries_dir(boot) / n.file).unlink()
+                report["removed"].append(f"loader/entries/{n.file}")
+    unused = owned_files - planned_files - _referenced(boot)
+    for rel in sorted(unused):
+        with suppress(FileNotFoundError):
+            (boot / rel).unlink()
+            report["removed"].append(rel)
     for e in p.entries:
         for src, rel in ((e.kernel_src, e.kernel_rel), (e.initrd_src, e.initrd_rel)):
             if not _same_size(src, boot / rel):
-                _copy(src, boot / rel)
+                fsutil.replace_file(boot / rel, fsutil.read_nofollow(src))
                 report["written"].append(rel)
     faults.point("boot", "bootloader")
-    live = s.live_state()
-    if live is not None:
+    if s.live_state() is not None:
         report["bootloader"] = bootloader.install(usr=s.paths.usr, esp=esp_dir)
     faults.point("boot", "entries")
     entries = bls.entries_dir(boot)
-    on_disk = bls.list_entries(boot)
+    on_disk = bls.list_entries(boot)  # again: systemd-bless-boot may have renamed one
+    chosen: dict[str, str] = {}
     for e in p.entries:
-        dest = entries / e.name.file
         cur = on_disk.get(e.fstx)
-        if cur is not None and cur.file != e.name.file and (entries / cur.file).exists():
-            os.rename(entries / cur.file, dest)  # counter reset: same content, new name
-            fsutil.fsync_dir(entries)
+        name = e.name.file if (e.reset or cur is None) else cur.file
+        chosen[e.fstx] = name
+        dest = entries / name
         try:
             same = dest.read_text() == e.text
         except (FileNotFoundError, UnicodeDecodeError):
             same = False
         if not same:
-            _write(dest, e.text.encode())
-            report["written"].append(f"loader/entries/{e.name.file}")
+            fsutil.replace_file(dest, e.text.encode())
+            report["written"].append(f"loader/entries/{name}")
     faults.point("boot", "loader")
-    if p.default is not None:
-        conf = bls.loader_conf(esp_dir)
-        try:
-            old: str | None = conf.read_text(errors="replace")
-        except FileNotFoundError:
-            old = None
-        new = bls.update_loader_conf(old, default=p.default.name.file, timeout=cfg.timeout)
-        if new != old:
-            _write(conf, new.encode())
-            report["written"].append("loader/loader.conf")
+    if p.default is not None and _write_loader(esp_dir, chosen[p.default.fstx], cfg=cfg):
+        report["written"].append("loader/loader.conf")
     faults.point("boot", "cleanup")
-    report["removed"] = _cleanup(p)
+    report["removed"] += _cleanup(p, chosen=chosen, owned_entries=owned_entries,
+                                  owned_files=owned_files | planned_files, cfg=cfg)
     faults.point("boot", "done")
+    keep_cache = {e.initrd_src.name for e in p.entries}
+    with suppress(FileNotFoundError):
+        for f in s.paths.initrd_cache.iterdir():
+            if f.name.endswith(".img") and f.name not in keep_cache:
+                f.unlink()  # initrds of states that have no entry any more
     with s.db.write() as c:
         s.db.set_meta(c, META_SYNCED, str(s.db.last_done_tx(c)))
+        s.db.set_meta(c, META_OWNED, json.dumps({
+            "entries": sorted(chosen), "files": sorted(planned_files)}))
+        s.db.delete_meta(c, META_RESET)
         if p.fallback is not None:
             s.db.set_meta(c, META_DEFAULT, str(p.fallback["booted"]))
             s.db.set_meta(c, META_FALLBACK, json.dumps(p.fallback))
     return report
 
 
-def _cleanup(p: Plan) -> list[str]:
+def _write_loader(esp_dir: Path, default: str, *, cfg: esp.BootConfig) -> bool:
+    conf = bls.loader_conf(esp_dir)
+    try:
+        old: str | None = fsutil.read_nofollow(conf).decode(errors="replace")
+    except FileNotFoundError:
+        old = None
+    new = bls.update_loader_conf(old, default=default, timeout=cfg.timeout)
+    if new == old:
+        return False
+    fsutil.replace_file(conf, new.encode())
+    return True
+
+
+def _cleanup(p: Plan, *, chosen: dict[str, str], owned_entries: set[str],
+             owned_files: set[str], cfg: esp.BootConfig) -> list[str]:
+    """Delete what no planned entry needs — only things this root wrote (a shared ESP
+    keeps another root's entries) and never the file loader.conf names."""
     boot = p.dirs.boot
-    keep_entries = {e.name.file for e in p.entries}
-    keep_files = {e.kernel_rel for e in p.entries} | {e.initrd_rel for e in p.entries}
-    removed: list[str] = []
     entries = bls.entries_dir(boot)
-    with suppress(FileNotFoundError):
-        for f in sorted(entries.iterdir()):
-            ours = bls.EntryName.parse(f.name) is not None
-            debris = f.name.startswith(".onix-") or f.name.endswith(".onix-tmp")
-            if (ours and f.name not in keep_entries) or debris:
-                f.unlink()
-                removed.append(f"loader/entries/{f.name}")
+    removed: list[str] = []
+    try:
+        names = sorted(f.name for f in entries.iterdir())
+    except FileNotFoundError:
+        names = []
+    # One file per planned state: the one written now, unless systemd-bless-boot has
+    # blessed it meanwhile (a blessed file outranks a counted one).
+    keep: dict[str, str] = dict(chosen)
+    for name in names:
+        n = bls.EntryName.parse(name)
+        if n is not None and n.fstx in chosen and n.blessed and name != chosen[n.fstx]:
+            keep[n.fstx] = name
+    default = bls.EntryName.parse(bls.read_default(p.dirs.esp) or "")
+    if default is not None and default.fstx in keep and keep[default.fstx] != default.file:
+        _write_loader(p.dirs.esp, keep[default.fstx], cfg=cfg)  # before its old name goes
+    current = bls.read_default(p.dirs.esp)
+    for name in names:
+        n = bls.EntryName.parse(name)
+        debris = name.endswith(".onix-tmp")
+        stale = n is not None and n.fstx in owned_entries and keep.get(n.fstx) != name
+        if (stale or debris) and name != current:
+            (entries / name).unlink()
+            removed.append(f"loader/entries/{name}")
+    needed = {e.kernel_rel for e in p.entries} | {e.initrd_rel for e in p.entries}
     with suppress(FileNotFoundError):
         for f in sorted((boot / "onix").iterdir()):
-            if f"onix/{f.name}" not in keep_files:
-                if f.is_dir():
+            rel = f"onix/{f.name}"
+            if (rel in owned_files and rel not in needed) or f.name.endswith(".onix-tmp"):
+                if f.is_dir() and not f.is_symlink():
                     fsutil.remove_tree(f)
                 else:
                     f.unlink()
-                removed.append(f"onix/{f.name}")
+                removed.append(rel)
     for d in (entries, boot / "onix"):
         with suppress(FileNotFoundError):
             fsutil.fsync_dir(d)
-    with suppress(FileNotFoundError):
-        for f in (p.dirs.esp / "loader").iterdir():
-            if f.name.endswith(".onix-tmp"):
-                f.unlink()
+    for d in (p.dirs.esp / "loader", p.dirs.esp / "EFI/systemd", p.dirs.esp / "EFI/BOOT"):
+        with suppress(FileNotFoundError):
+            for f in d.iterdir():
+                if f.name.endswith(".onix-tmp"):
+                    f.unlink()
     return removed
 
 
@@ -389,19 +516,46 @@ def _cleanup(p: Plan) -> list[str]:
 def dirs_for(paths: RootPaths, *, esp_dir: Path | None = None,
              xbootldr: Path | None = None) -> tuple[esp.BootDirs | None, esp.BootConfig]:
     cfg = esp.read_config(paths.root)
-    return esp.find(paths.root, esp=esp_dir, xbootldr=xbootldr, config=cfg), cfg
+    dirs = esp.find(paths.root, esp=esp_dir, xbootldr=xbootldr, config=cfg)
+    if dirs is not None:
+        check_dirs(dirs)
+    return dirs, cfg
 
 
-def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -> dict | None:
+def _guard(s, what: str):
+    """Turn an OSError on the ESP into one BootError (or DiskFullError) naming the file."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def guard():
+        try:
+            yield
+        except OnixError as e:
+            if what:
+                raise BootError(f"{what}: {e.line()}",
+                                hint="fix that, then run onix boot sync") from e
+            raise
+        except OSError as e:
+            full = fsutil.disk_full(e)
+            cls = DiskFullError if full else BootError
+            msg = f"{what}: {e.strerror}" if what else e.strerror or str(e)
+            raise cls(msg, path=e.filename, hint="make room on the ESP, then run onix boot "
+                      "sync" if full else "fix that, then run onix boot sync") from e
+
+    return guard()
+
+
+def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
+                 exclude: set[int] | frozenset[int] = frozenset()) -> dict | None:
     """Bring $BOOT in line with the states; None when this root has no ESP."""
     dirs, cfg = dirs_for(s.paths, esp_dir=esp_dir, xbootldr=xbootldr)
     if dirs is None or s.live_state() is None:
         return None
-    p = plan(s, dirs=dirs, cfg=cfg)
+    p = plan(s, dirs=dirs, cfg=cfg, exclude=exclude)
     report = execute(s, p, cfg=cfg)
     report.update(esp=str(dirs.esp), boot=str(dirs.boot),
-                  default=p.default.name.file if p.default else None,
-                  entries=[e.name.file for e in p.entries],
+                  default=bls.read_default(dirs.esp) if p.default else None,
+                  entries=sorted(bls.list_entries(dirs.boot)[e.fstx].file for e in p.entries),
                   skipped={str(k): v for k, v in p.skipped.items()},
                   fallback=p.fallback)
     return report
@@ -409,37 +563,116 @@ def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None
 
 def after_change(s) -> dict | None:
     """End of a command that changed states: sync, or fail with what to do."""
-    try:
+    with _guard(s, f"state {s.live_state()} is live, but the boot files were not updated"):
         return sync_session(s)
-    except OnixError as e:
-        raise BootError(f"state {s.live_state()} is live, but the boot files were not "
-                        f"updated: {e.line()}", hint="fix that, then run onix boot sync") from e
-    except OSError as e:
-        cls = DiskFullError if fsutil.disk_full(e) else BootError
-        raise cls(f"state {s.live_state()} is live, but the boot files were not "
-                  f"updated: {e.strerror}", path=e.filename,
-                  hint="make room on the ESP, then run onix boot sync" if cls is DiskFullError
-                  else "fix that, then run onix boot sync") from e
 
 
 def preflight(s) -> None:
-    """Before a command changes anything: a boot setup that cannot work is bad input.
+    """Before a command changes anything: boot.conf and the boot directories are sane."""
+    dirs_for(s.paths)
 
-    Catches boot.conf mistakes and a missing root= while the root is still as it was,
-    rather than after a new state is live without boot files.
+
+def check_layout(s, entries: list, *, read) -> None:
+    """Before anything is written: would the planned state boot?
+
+    Works from the planned layout; `read(entry) -> bytes` fetches a file's content (from
+    the store, or from a stone not imported yet), so bad boot input is refused with the
+    root byte-identical. check_state() repeats the full check on the built tree.
     """
+    from onix import initrd
+    from onix.layout import DIR, FILE, SYMLINK
+
     dirs, _ = dirs_for(s.paths)
     if dirs is None:
         return
-    live = s.live_state()
-    usr = s.paths.usr if live is not None else s.paths.root / "nonexistent"
-    kernel_options(root=s.paths.root, usr=usr, fstx="0-0")
+    by_path = {e.path: e for e in entries}
+
+    def symlink_on_the_way(rel: str) -> str | None:
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            e = by_path.get("/".join(parts[:i]))
+            if e is not None and e.kind == SYMLINK:
+                return e.path
+        return None
+
+    def file_entry(rel: str):
+        bad = symlink_on_the_way(rel)
+        if bad is not None:
+            raise BootError("is a symlink; boot inputs must be real files inside the state",
+                            path=f"usr/{bad}", hint="ship the file itself in the stone")
+        e = by_path.get(rel)
+        return e if e is not None and e.kind == FILE else None
+
+    def content(rel: str) -> bytes | None:
+        e = file_entry(rel)
+        if e is None:
+            return None
+        return read(e) if e.size else b""
+
+    kvers = sorted({e.path.split("/")[2] for e in entries
+                    if e.path.startswith(f"{KERNEL_DIR}/") and e.path.count("/") == 3
+                    and e.path.endswith("/vmlinuz")}, key=version_key)
+    kvers = [k for k in kvers if file_entry(f"{KERNEL_DIR}/{k}/vmlinuz") is not None]
+    if not kvers:
+        if s.live_state() is not None and find_kernel(s.paths.usr) is not None:
+            raise BootError("the new state would have no kernel, so this machine could not "
+                            "boot it", path=s.paths.usr / KERNEL_DIR,
+                            hint="keep a kernel stone installed (or replace it in the same "
+                            "command)")
+        return
+    kver = kvers[-1]
+    tokens: list[str] = []
+    snippets = sorted(e.path for e in entries if e.kind != DIR and (
+        (e.path.startswith(f"{KERNEL_DIR}/{kver}/") and e.path.endswith(".cmdline")) or
+        (e.path.startswith("lib/kernel/cmdline.d/") and e.path.endswith(".conf"))))
+    for rel in snippets:
+        tokens += (content(rel) or b"").decode(errors="replace").split()
+    etc = _conf_files(s.paths.root, "etc/kernel/cmdline.d")
+    for path in etc.values():
+        tokens += _tokens(path)
+    if not any(t.startswith(("root=", "onix.root=")) for t in tokens) and \
+            not (s.paths.root == Path("/") and _root_device()):
+        raise BootError("no root= for the boot entries", path=s.paths.root / CMDLINE_DIRS[1],
+                        hint="write a .conf there with e.g. root=UUID=… (or LABEL=…)")
+    for rel, what in ((initrd.BUSYBOX, "a static busybox"),
+                      (initrd.EXCHANGE, "the static onix exchange helper")):
+        data = content(rel)
+        if data is None:
+            raise BootError(f"the initrd needs {what}, and the new state has none",
+                            path=f"usr/{rel}", hint=f"install a stone that ships usr/{rel}")
+        initrd.check_static(Path(f"usr/{rel}"), rel=rel, what=what, data=data)
+
+
+def check_state(s, *, usr: Path, fstx: str) -> None:
+    """Before a state becomes live: can it boot? Bad boot input is refused while the root
+    is still as it was (prepare → verify → execute), not found after the exchange.
+
+    Builds its initrd into the cache, so the sync after the exchange is quick.
+    """
+    from onix import initrd
+
+    dirs, _ = dirs_for(s.paths)
+    if dirs is None:
+        return
+    kver = find_kernel(usr)
+    if kver is None:
+        live = s.live_state()
+        if live is not None and find_kernel(s.paths.usr) is not None:
+            raise BootError("the new state would have no kernel, so this machine could not "
+                            "boot it", path=usr / KERNEL_DIR,
+                            hint="keep a kernel stone installed (or replace it in the same "
+                            "command)")
+        return
+    kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver)
+    built = initrd.build(usr=usr, kver=kver, cache_dir=s.paths.initrd_cache)
+    if not built.cached:
+        s.progress.note(f"built the initrd for kernel {kver} "
+                        f"({len(built.data) >> 10} KiB, {built.compression})")
 
 
 def sync_if_needed(s) -> list[str]:
     """Start of a mutating command: redo a sync that a crash or a boot left undone."""
-    paths = s.paths
-    dirs, _ = dirs_for(paths)
+    dirs, _ = dirs_for(s.paths)
     if dirs is None or s.live_state() is None:
         return []
     with s.db.read() as c:
@@ -448,49 +681,67 @@ def sync_if_needed(s) -> list[str]:
     if synced == str(last):
         return []
     try:
-        sync_session(s)
-    except (OnixError, OSError) as e:
-        msg = e.line() if isinstance(e, OnixError) else str(e)
-        return [f"boot files are out of date and could not be updated: {msg}"]
+        with _guard(s, ""):
+            sync_session(s)
+    except OnixError as e:
+        return [f"boot files are out of date and could not be updated: {e.line()}"]
     return ["brought the boot files up to date with the state log"]
 
 
-def drop_missing(s) -> None:
-    """Prune, after forgetting states and before deleting their trees: their entries go first.
+def prune_entries(s, doomed: list[int]) -> None:
+    """Prune, before it forgets states and deletes their trees: their entries go first.
 
-    Best effort: the full sync at the end of the command does the rest; an entry that
-    survives a failure here still boots (its initrd finds no archived tree and boots /usr).
+    A full sync without them (it also moves loader.conf off them); if that cannot be
+    done (a full ESP, say), at least delete their entry files — but never the one
+    loader.conf names, and never the last one: an entry whose tree is gone still boots
+    (its initrd finds no archived tree and boots /usr), no entry at all does not.
     """
     dirs, _ = dirs_for(s.paths)
-    if dirs is None:
+    if dirs is None or not doomed:
         return
-    with s.db.read() as c:
-        known = {st["fstx"] for st in s.db.states(c)}
+    try:
+        with _guard(s, ""):
+            sync_session(s, exclude=set(doomed))
+        return
+    except OnixError as e:
+        s.progress.note(f"boot: {e.line()}; removing the pruned states' entries only")
+    gone = set(doomed)
     entries = bls.entries_dir(dirs.boot)
+    default = bls.read_default(dirs.esp)
+    ours = bls.list_entries(dirs.boot)
     with suppress(OSError):
-        for f in list(entries.iterdir()):
+        for f in sorted(entries.iterdir()):
             n = bls.EntryName.parse(f.name)
-            if n is not None and n.fstx not in known:
-                f.unlink()
+            if n is None or n.state_id not in gone or f.name == default:
+                continue
+            if len([x for x in ours.values() if x.state_id not in gone]) == 0 and \
+                    n.fstx == max(ours.values(), key=lambda x: x.state_id).fstx:
+                continue  # the last entry stays
+            f.unlink()
         fsutil.fsync_dir(entries)
 
 
 def booted_entry(s, dirs: esp.BootDirs) -> bls.EntryName | None:
-    """The entry this system booted: LoaderEntrySelected, else the live state's entry."""
+    """The entry this system booted: LoaderEntrySelected if it is the live state's (the
+    initrd may have exchanged another state in since), else the live state's entry."""
     entries = bls.list_entries(dirs.boot)
-    selected = bootloader.read_var("LoaderEntrySelected") if s.paths.root == Path("/") else None
-    if selected:
-        n = bls.EntryName.parse(selected)
-        if n is not None and n.fstx in entries:
-            return entries[n.fstx]
     live = s.live_state()
     with s.db.read() as c:
         st = s.db.maybe_state(c, live)
-    return entries.get(st["fstx"]) if st else None
+    if st is None:
+        return None
+    selected = bootloader.read_var("LoaderEntrySelected") if s.paths.root == Path("/") else None
+    n = bls.EntryName.parse(selected) if selected else None
+    if n is not None and n.fstx == st["fstx"] and n.fstx in entries:
+        return entries[n.fstx]
+    return entries.get(st["fstx"])
 
 
 def mark_good(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -> dict:
-    """Bless the booted entry: drop its counter, and point loader.conf at the new name."""
+    """Bless the booted entry: drop its counter, and point loader.conf at the new name.
+
+    Crash-safe order: the blessed copy first, then loader.conf, then the counted file.
+    """
     dirs, cfg = dirs_for(s.paths, esp_dir=esp_dir, xbootldr=xbootldr)
     if dirs is None:
         raise BootError("no ESP found for this root", path=s.paths.root / "boot",
@@ -503,14 +754,13 @@ def mark_good(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -
         return {"entry": cur.file, "changed": False}
     blessed = bls.EntryName(fstx=cur.fstx)
     entries = bls.entries_dir(dirs.boot)
-    os.rename(entries / cur.file, entries / blessed.file)
-    fsutil.fsync_dir(entries)
-    conf = bls.loader_conf(dirs.esp)
-    default = bls.EntryName.parse(bls.read_default(dirs.esp) or "")
-    if default is not None and default.fstx == cur.fstx:
-        old = conf.read_text(errors="replace")
-        _write(conf, bls.update_loader_conf(old, default=blessed.file,
-                                            timeout=cfg.timeout).encode())
+    with _guard(s, "could not bless the entry"):
+        fsutil.replace_file(entries / blessed.file, fsutil.read_nofollow(entries / cur.file))
+        default = bls.EntryName.parse(bls.read_default(dirs.esp) or "")
+        if default is not None and default.fstx == cur.fstx:
+            _write_loader(dirs.esp, blessed.file, cfg=cfg)
+        (entries / cur.file).unlink()
+        fsutil.fsync_dir(entries)
     return {"entry": blessed.file, "was": cur.file, "changed": True}
 
 
@@ -525,6 +775,10 @@ def set_default(s, state_id: int, *, once: bool = False, esp_dir: Path | None = 
     if dirs is None:
         raise BootError("no ESP found for this root", path=s.paths.root / "boot",
                         hint="mount the ESP, or pass --esp DIR")
+    usr = state_usr(s.paths, state_id, s.live_state())
+    if not usr.is_dir() or find_kernel(usr) is None:
+        raise BootError(f"state {state_id} has no kernel, so it cannot boot",
+                        path=usr / KERNEL_DIR, hint="onix boot status lists bootable states")
     if once:
         if s.paths.root != Path("/"):
             raise BootError("a one-time default lives in the firmware's variables, which only "
@@ -535,12 +789,17 @@ def set_default(s, state_id: int, *, once: bool = False, esp_dir: Path | None = 
             raise BootError(f"state {state_id} has no boot entry (not retained)",
                             path=bls.entries_dir(dirs.boot),
                             hint="onix boot status lists the entries")
-        bootloader.write_var("LoaderEntryOneShot", entry.file)
+        with _guard(s, "could not set the one-time default"):
+            bootloader.write_var("LoaderEntryOneShot", entry.file)
         return {"state": state_id, "entry": entry.file, "once": True}
     with s.db.write() as c:
         s.db.set_meta(c, META_DEFAULT, str(state_id))
+        s.db.set_meta(c, META_RESET, str(state_id))
+        s.db.set_meta(c, META_SYNCED, "")  # an interrupted sync is redone by the next run
         s.db.delete_meta(c, META_FALLBACK)
-    report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr) or {}
+    with _guard(s, f"state {state_id} is the boot default now, but the boot files were not "
+                "updated"):
+        report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr) or {}
     return {"state": state_id, "entry": report.get("default"), "once": False}
 
 
@@ -602,7 +861,7 @@ def _session(root: Path | str, *, wait: bool):
 
 def sync(root: Path | str, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
          wait: bool = True) -> dict:
-    with _session(root, wait=wait) as s:
+    with _session(root, wait=wait) as s, _guard(s, ""):
         report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr)
         if report is None:
             raise BootError("no ESP found for this root", path=s.paths.root / "boot",

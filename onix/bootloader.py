@@ -23,7 +23,7 @@ import os
 import struct
 from pathlib import Path
 
-from onix import fsutil
+from onix import fsutil, safepath
 from onix.errors import OnixError
 
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -54,19 +54,24 @@ def is_systemd_boot(path: Path) -> bool:
 
 
 def install(*, usr: Path, esp: Path) -> list[str]:
-    """Copy systemd-boot from the state onto the ESP where it differs. Returns what changed."""
-    src = usr / SD_BOOT_IN_STATE
-    if not src.is_file():
+    """Copy systemd-boot from the state onto the ESP where it differs. Returns what changed.
+
+    The state's file is read without following symlinks (see safepath.py).
+    """
+    if not safepath.is_regular(usr, SD_BOOT_IN_STATE):
         return []
+    data = safepath.read_regular(usr, SD_BOOT_IN_STATE)
     changed = []
     for rel in TARGETS:
         dest = esp / rel
-        if _same_bytes(src, dest):
+        if dest.is_symlink():
+            raise OnixError("is a symlink; onix writes systemd-boot only as a real file",
+                            path=dest, hint="remove the symlink")
+        if dest.is_file() and dest.read_bytes() == data:
             continue
         if rel.startswith("EFI/BOOT/") and dest.exists() and not is_systemd_boot(dest):
             continue  # someone else's fallback loader: not ours to replace
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fsutil.atomic_write(dest, src.read_bytes())
+        fsutil.replace_file(dest, data)
         changed.append(rel)
     return changed
 

@@ -25,6 +25,8 @@ boot.conf — `<root>/etc/onix/boot.conf`, `key = value` lines, `#` comments:
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +87,19 @@ def read_config(root: Path) -> BootConfig:
     return BootConfig(**values)  # type: ignore[arg-type]
 
 
-def _inside(root: Path, p: str) -> Path:
-    return root / p.lstrip("/")
+def _inside(root: Path, p: str, key: str) -> Path:
+    rel = os.path.normpath(p.lstrip("/"))
+    if rel == ".." or rel.startswith("../"):
+        raise OnixError(f"{key} = {p} points outside the root", path=config_path(root),
+                        hint="name a directory inside the root, like /efi or /boot")
+    return root / rel
+
+
+def _is_mount_point(p: Path) -> bool:
+    try:
+        return os.path.ismount(p)
+    except OSError:
+        return False
 
 
 def _vfat_mounts() -> dict[str, str]:
@@ -110,15 +123,27 @@ def find(root: Path, *, esp: Path | None = None, xbootldr: Path | None = None,
     """The boot directories for this root, or None when it has none (no boot plane)."""
     root = Path(root).absolute()
     cfg = config or read_config(root)
+    named: list[tuple[str, Path]] = []
     if esp is None and cfg.esp:
-        esp = _inside(root, cfg.esp)
+        esp = _inside(root, cfg.esp, "esp")
+        named.append(("esp (boot.conf)", esp))
+    elif esp is not None:
+        named.append(("--esp", esp))
     if xbootldr is None and cfg.xbootldr:
-        xbootldr = _inside(root, cfg.xbootldr)
+        xbootldr = _inside(root, cfg.xbootldr, "xbootldr")
+        named.append(("xbootldr (boot.conf)", xbootldr))
+    elif xbootldr is not None:
+        named.append(("--xbootldr", xbootldr))
+    for what, p in named:
+        if not p.is_dir():
+            raise OnixError(f"{what} is not a directory", path=p,
+                            hint="mount the partition or create the directory")
+        if root == Path("/") and not _is_mount_point(p):
+            # An unmounted /boot is a plain directory on the root file system: entries
+            # written there are never read by the firmware, which keeps booting the old one.
+            raise OnixError(f"{what} is not a mount point", path=p,
+                            hint="mount the partition there first")
     if esp is not None:
-        for p, what in ((esp, "--esp"), (xbootldr, "--xbootldr")):
-            if p is not None and not p.is_dir():
-                raise OnixError(f"{what} is not a directory", path=p,
-                                hint="mount the partition or create the directory")
         return BootDirs(esp=esp, xbootldr=xbootldr)
     if root != Path("/"):
         for name in ("efi", "boot"):
@@ -126,6 +151,9 @@ def find(root: Path, *, esp: Path | None = None, xbootldr: Path | None = None,
             if d.is_dir() and not d.is_symlink():
                 return BootDirs(esp=d, xbootldr=xbootldr)
         return None
+    for candidate in ("/efi", "/boot/efi", "/boot"):
+        with contextlib.suppress(OSError):
+            os.stat(candidate + "/.")  # lets an automount (systemd-gpt-auto) mount it
     mounts = _vfat_mounts()
     found = next((m for m in ("/efi", "/boot/efi", "/boot") if m in mounts), None)
     if found is None:

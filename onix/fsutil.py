@@ -7,6 +7,7 @@ transaction code reads as a list of steps.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -70,6 +71,48 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.close(fd)
     os.rename(tmp, path)
     fsync_dir(path.parent)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Whole-file replace that FAT survives: temp name, fsync, rename, fsync the directory.
+
+    For the ESP: no chmod (vfat has no modes and refuses some changes), the temp file is
+    created with O_EXCL|O_NOFOLLOW (a planted symlink there is never written through),
+    and a failed write takes its temp file away again (a full ESP must not stay full of
+    our half-written kernel). Errors name `path`.
+    """
+    tmp = path.with_name(f".{path.name}.onix-tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()  # debris of an earlier, interrupted write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        if tmp.exists() or tmp.is_symlink():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if e.filename is None or e.filename == str(tmp):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+def read_nofollow(path: Path) -> bytes:
+    """Read a file without following a symlink at its last component (ELOOP if it is one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def atomic_symlink(target: str, path: Path) -> None:

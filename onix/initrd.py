@@ -34,10 +34,27 @@ Contents:
     bin/onix-exchange             the state's usr/lib/onix/exchange, a static ELF
     lib/modules/<kver>/<rel>.ko   the resolved modules (onix.kmod), always plain .ko
     lib/modules/<kver>/onix.modules   their paths, one a line, in load order
-    lib/firmware/<name>[.xz|.zst] firmware those modules declare, as shipped
-    etc/onix-initrd               key=value: format, kver, modules, builtin, absent, firmware
+    lib/firmware/<name>[.xz|.zst] firmware those modules declare: the bytes of the file
+                                  (or of a link's target), .xz/.zst as shipped
+    etc/onix-initrd               key=value lines, lists comma-separated: format, kver,
+                                  modules, builtin, absent, firmware (names as stored
+                                  under lib/firmware), firmware_missing (declared, not
+                                  included)
     dev/console (c 5 1), dev/null (c 1 3)   the kernel opens dev/console before init
     dev proc sys run sysroot tmp etc        empty directories, mount points
+
+onix follows no symlink while it reads a state. The state's usr tree sits in a root
+that is only a directory on the host, so a link like `usr/bin/busybox -> /etc/shadow`
+would be resolved against the host. busybox, the exchange helper, the state's init and
+modules list, the kernel config, modules.dep, modules.builtin and every module are
+reached with safepath.read_regular(): one component at a time with O_NOFOLLOW, and a
+symlink anywhere below usr is an OnixError naming it. Firmware is the exception,
+because Debian's firmware packages are full of symlinks: onix resolves a firmware
+symlink itself, relative to its directory and only inside usr/lib/firmware (absolute
+targets only if they start with /usr/lib/firmware/ or /lib/firmware/, at most
+FIRMWARE_MAX_LINKS links), and stores the target's bytes under the requested name. A
+link that leads anywhere else leaves that firmware out: it is listed in
+firmware_missing, with the reason in Initrd.firmware_reasons, and the build goes on.
 
 The whole archive is compressed with zstd if the kernel's config has
 CONFIG_RD_ZSTD=y (level 19, one thread, content size written, window at most 8 MiB:
@@ -46,7 +63,8 @@ the kernel's decompressor refuses larger windows), else gzip if CONFIG_RD_GZIP=y
 
 The cache (`build(cache_dir=...)`) names an image by a blake3 key over the format
 version, the compression and every entry (name, type, mode, rdev, link target, and
-the blake3 of its bytes), so a state whose inputs did not change reuses the image.
+the blake3 of its input bytes: the very bytes, read once, that go into the image), so
+a state whose inputs did not change reuses the image.
 The same inputs give the same bytes; the compressed bytes also depend on the zstd
 (or zlib) library version, which is why the key is over the inputs, not the image.
 """
@@ -62,8 +80,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix import kmod
+from onix import kmod, safepath
 from onix.errors import OnixError
+from onix.safepath import is_directory, is_regular, read_regular
 
 FORMAT = 1
 NEWC_MAGIC = b"070701"
@@ -88,6 +107,12 @@ STATE_INIT = "lib/onix/initrd/init"  # relative to usr/: a state's own init wins
 STATE_MODULES = "lib/onix/initrd/modules"  # extra module names, one a line
 BUSYBOX = "bin/busybox"
 EXCHANGE = "lib/onix/exchange"
+FIRMWARE = "lib/firmware"
+# Debian's firmware trees nest links a level or two (a generic name to a versioned
+# one); more than this is a loop or something odd, and that firmware is left out.
+FIRMWARE_MAX_LINKS = 8
+# absolute firmware link targets that mean "inside the firmware tree"; others escape
+FIRMWARE_ABSOLUTE = ("/usr/lib/firmware/", "/lib/firmware/")
 DIRS = ("bin", "dev", "etc", "lib", "lib/firmware", "lib/modules", "proc", "run", "sys",
         "sysroot", "tmp")
 
@@ -229,11 +254,12 @@ def read(data: bytes) -> list[CpioEntry]:
 
 def kernel_config(*, usr: Path, kver: str) -> dict[str, str]:
     """usr/lib/kernel/<kver>/config as CONFIG_X → value; empty if the stone has none."""
-    p = Path(usr) / "lib" / "kernel" / kver / "config"
-    if not p.exists():
+    try:
+        text = read_regular(Path(usr), f"lib/kernel/{kver}/config")
+    except FileNotFoundError:
         return {}
     out = {}
-    for line in p.read_text(errors="replace").splitlines():
+    for line in text.decode(errors="replace").splitlines():
         key, sep, value = line.partition("=")
         if sep and key.startswith("CONFIG_"):
             out[key] = value
@@ -268,17 +294,26 @@ def compress(data: bytes, compression: str) -> bytes:
 # -- what goes in ---------------------------------------------------------------
 
 
-def check_static(path: Path, *, rel: str, what: str) -> None:
-    """Refuse a missing, non-ELF or dynamically linked helper: the initrd has no libc."""
+def check_static(path: Path, *, rel: str, what: str, data: bytes | None = None) -> None:
+    """Refuse a missing, non-ELF or dynamically linked helper: the initrd has no libc.
+
+    `data` is the file's bytes when the caller has read them (from a state, that is
+    with read_regular, and the same bytes then go into the image); without it `path`
+    is opened as it is, which is for trusted files only, such as a build output.
+    """
+    import io
+
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     hint = f"install a stone that ships {what} at usr/{rel}"
-    if not path.is_file():
-        raise OnixError(f"the initrd needs {what}, and this state has none", path=path,
-                        hint=hint)
+    if data is None:
+        if not Path(path).is_file():
+            raise OnixError(f"the initrd needs {what}, and this state has none", path=path,
+                            hint=hint)
+        data = Path(path).read_bytes()
     try:
-        with open(path, "rb") as f:
+        with io.BytesIO(data) as f:
             elf = ELFFile(f)
             kind = elf["e_type"]
             # a loader (PT_INTERP) or a needed library (DT_NEEDED, e.g. a shared object
@@ -303,30 +338,43 @@ def check_static(path: Path, *, rel: str, what: str) -> None:
 def wanted_modules(*, usr: Path) -> list[str]:
     """DEFAULT_MODULES plus the state's usr/lib/onix/initrd/modules (# comments allowed)."""
     names = list(DEFAULT_MODULES)
-    extra = Path(usr) / STATE_MODULES
-    if extra.exists():
-        for line in extra.read_text().splitlines():
-            word = line.split("#", 1)[0].strip()
-            if word:
-                names.append(word)
+    try:
+        text = read_regular(Path(usr), STATE_MODULES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        text = ""
+    for line in text.splitlines():
+        word = line.split("#", 1)[0].strip()
+        if word:
+            names.append(word)
     return names
 
 
 @dataclass(frozen=True)
 class Source:
-    """One planned entry: its bytes come from `path` (optionally decompressed) or `data`."""
+    """One planned entry and its input bytes.
+
+    File-backed entries carry `raw`, read once when planned (from the state with
+    read_regular), so that the cache key and the image describe the same bytes;
+    `origin` names the file (its suffix says how to decompress). Entries made here
+    have raw None and their bytes in entry.data.
+    """
 
     entry: CpioEntry
-    path: Path | None = None
+    raw: bytes | None = None
+    origin: str = ""
     decompress: bool = False
 
-    def raw(self) -> bytes:
-        return self.entry.data if self.path is None else self.path.read_bytes()
+    @property
+    def from_file(self) -> bool:
+        return self.raw is not None
 
-    def content(self, raw: bytes) -> bytes:
-        """What goes in the archive, from the bytes raw() gave (read once: key and image
-        must describe the same bytes)."""
-        return kmod.decompress(raw, name=self.path.name) if self.decompress else raw
+    def input(self) -> bytes:
+        return self.entry.data if self.raw is None else self.raw
+
+    def content(self) -> bytes:
+        """What goes in the archive: the input, decompressed for a compressed module."""
+        data = self.input()
+        return kmod.decompress(data, name=self.origin) if self.decompress else data
 
 
 @dataclass
@@ -343,6 +391,7 @@ class Initrd:
     absent: list[str] = field(default_factory=list)
     firmware: list[str] = field(default_factory=list)  # included, as shipped names
     firmware_missing: list[str] = field(default_factory=list)
+    firmware_reasons: dict[str, str] = field(default_factory=dict)  # missing name → why
     path: Path | None = None
     cached: bool = False  # True when the image came from the cache unchanged
 
@@ -352,68 +401,151 @@ class Initrd:
         return Path(dest)
 
 
-def _find_firmware(usr: Path, name: str) -> Path | None:
+def _resolve_firmware(usr: Path, rel: str) -> tuple[str | None, str | None]:
+    """Where lib/firmware/<rel> really is, following its symlinks by hand.
+
+    (path below lib/firmware of the regular file, None), or (None, None) if there is
+    nothing at rel, or (None, why) if something is there but cannot be used: a link
+    that leaves lib/firmware, a loop, something that is not a regular file. Every
+    link is read with readlink and resolved here, relative to its own directory, so
+    the kernel never follows one: a target is only ever looked at inside
+    usr/lib/firmware.
+    """
+    base = Path(usr) / FIRMWARE
+    done: list[str] = []  # resolved components, each a real directory (the last a file)
+    todo = rel.split("/")[::-1]  # a stack: the next component is todo[-1]
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not done:
+                return None, f"a symlink on the way to {rel} leads out of usr/{FIRMWARE}"
+            done.pop()
+            continue
+        here = base.joinpath(*done, part)
+        try:
+            st = here.lstat()  # lstat: `here` holds no symlink, each part was checked
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None if not links else f"{rel} is a dangling symlink"
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > FIRMWARE_MAX_LINKS:
+                return None, f"{rel}: more than {FIRMWARE_MAX_LINKS} symlinks (a loop?)"
+            target = os.readlink(here)
+            if target.startswith("/"):
+                inside = next((target[len(p):] for p in FIRMWARE_ABSOLUTE
+                               if target.startswith(p)), None)
+                if inside is None:
+                    link = "/".join([*done, part])
+                    return None, (f"usr/{FIRMWARE}/{link} is a symlink to {target}, "
+                                  f"outside usr/{FIRMWARE}")
+                done, target = [], inside
+            todo.extend(target.split("/")[::-1])
+            continue
+        if todo and not stat.S_ISDIR(st.st_mode):
+            return None, None
+        done.append(part)
+    if not done or not stat.S_ISREG(base.joinpath(*done).lstat().st_mode):
+        return None, f"{rel} is not a regular file"
+    return "/".join(done), None
+
+
+def _find_firmware(usr: Path, name: str) -> tuple[str, bytes] | str:
+    """(name as stored, bytes) for firmware `name`, or why it is left out."""
     # a firmware name is a plain relative path below lib/firmware; anything else
     # (absolute, "..", "./x", "a//b") is never found rather than put at an odd name
-    if name.startswith("/") or ".." in Path(name).parts or Path(name).as_posix() != name:
-        return None
-    base = Path(usr) / "lib" / "firmware"
+    if not safepath.clean_rel(name):
+        return f"{name!r} is not a plain path below usr/{FIRMWARE}"
+    try:
+        if not is_directory(usr, FIRMWARE):
+            return f"not in usr/{FIRMWARE} (there is none)"
+    except OnixError as e:  # usr/lib/firmware itself a symlink: no firmware, not fatal
+        return e.message
+    why = None
     for candidate in (name, f"{name}.zst", f"{name}.xz"):
-        if (base / candidate).is_file():
-            return base / candidate
-    return None
+        real, problem = _resolve_firmware(usr, candidate)
+        if real is None:
+            why = why or problem
+            continue
+        try:
+            data = read_regular(usr, f"{FIRMWARE}/{real}")
+        except (OnixError, FileNotFoundError) as e:  # changed under us since we looked
+            why = why or getattr(e, "message", str(e))
+            continue
+        # the kernel looks for <name>, <name>.zst, <name>.xz and decompresses by that
+        # suffix, so the stored name carries the compression of the bytes it holds
+        suffix = next((s for s in (".zst", ".xz") if real.endswith(s) and not
+                       name.endswith(s)), "")
+        return name + suffix, data
+    return why or f"not in usr/{FIRMWARE} (as {name}, {name}.zst or {name}.xz)"
 
 
 def _plan(*, usr: Path, kver: str,
           init: Path | None = None) -> tuple[list[Source], kmod.Resolution, dict]:
     """Every entry of the archive (sorted, inode-numbered) and what it was made from."""
     usr = Path(usr)
-    if init is None:
-        state_init = usr / STATE_INIT
-        init = state_init if state_init.is_file() else repo_init()
-    if not Path(init).is_file():
-        raise OnixError("no init script for the initrd", path=init,
-                        hint="run onix from its source tree (boot/init) or ship "
-                        f"usr/{STATE_INIT} in a stone")
-    check_static(usr / BUSYBOX, rel=BUSYBOX, what="a static busybox")
-    check_static(usr / EXCHANGE, rel=EXCHANGE, what="the static onix-exchange helper "
-                 "(boot/onix-exchange.c)")
+    if init is None and is_regular(usr, STATE_INIT):  # a symlink there is an error
+        init_data, init_origin = read_regular(usr, STATE_INIT), f"usr/{STATE_INIT}"
+    else:
+        # the caller's own file or onix's boot/init, not the state's: read as given
+        init = repo_init() if init is None else Path(init)
+        if not init.is_file():
+            raise OnixError("no init script for the initrd", path=init,
+                            hint="run onix from its source tree (boot/init) or ship "
+                            f"usr/{STATE_INIT} in a stone")
+        init_data, init_origin = init.read_bytes(), str(init)
+    helpers = {}
+    for rel, what in ((BUSYBOX, "a static busybox"),
+                      (EXCHANGE, "the static onix-exchange helper (boot/onix-exchange.c)")):
+        try:
+            helpers[rel] = read_regular(usr, rel)
+        except FileNotFoundError:
+            raise OnixError(f"the initrd needs {what}, and this state has none",
+                            path=usr / rel,
+                            hint=f"install a stone that ships {what} at usr/{rel}") from None
+        check_static(usr / rel, rel=rel, what=what, data=helpers[rel])
     wanted = wanted_modules(usr=usr)
-    if (usr / "lib" / "modules" / kver).is_dir():
+    if is_directory(usr, f"lib/modules/{kver}"):
         res = kmod.resolve(usr=usr, kver=kver, wanted=wanted)
     else:  # a kernel with everything built in (or nothing): no module is loadable
         res = kmod.Resolution(kver=kver, absent=list(dict.fromkeys(map(kmod.normalize, wanted))))
 
     sources: dict[str, Source] = {}
 
-    def add(entry: CpioEntry, path: Path | None = None, decompress: bool = False) -> None:
-        sources[entry.name] = Source(entry, path, decompress)
+    def add(entry: CpioEntry, raw: bytes | None = None, origin: str = "",
+            decompress: bool = False) -> None:
+        sources[entry.name] = Source(entry, raw, origin, decompress)
 
     for d in DIRS:
         add(directory(d))
     add(chardev("dev/console", 5, 1))
     add(chardev("dev/null", 1, 3, 0o666))
-    add(regular("init", b"", 0o755), Path(init))
-    add(regular("bin/busybox", b"", 0o755), usr / BUSYBOX)
+    add(regular("init", b"", 0o755), init_data, init_origin)
+    add(regular("bin/busybox", b"", 0o755), helpers[BUSYBOX], f"usr/{BUSYBOX}")
     for applet in APPLETS:
         add(symlink(f"bin/{applet}", "busybox"))
-    add(regular("bin/onix-exchange", b"", 0o755), usr / EXCHANGE)
+    add(regular("bin/onix-exchange", b"", 0o755), helpers[EXCHANGE], f"usr/{EXCHANGE}")
 
     moddir = f"lib/modules/{kver}"
     for m in res.modules:
-        add(regular(f"{moddir}/{m.initrd_rel}", b""), m.path, m.rel != m.initrd_rel)
+        add(regular(f"{moddir}/{m.initrd_rel}", b""), m.raw(), m.rel, m.rel != m.initrd_rel)
     add(regular(f"{moddir}/onix.modules",
                 "".join(f"{m.initrd_rel}\n" for m in res.modules).encode()))
 
-    firmware, missing = [], []
+    firmware: list[str] = []
+    missing: list[str] = []
+    reasons: dict[str, str] = {}
     for name in res.firmware:
-        p = _find_firmware(usr, name)
-        if p is None:
+        found = _find_firmware(usr, name)
+        if isinstance(found, str):
             missing.append(name)
+            reasons[name] = found
             continue
-        shipped = name + p.name[len(Path(name).name):]  # keeps .zst/.xz as shipped
+        shipped, data = found
         firmware.append(shipped)
-        add(regular(f"lib/firmware/{shipped}", b""), p)
+        add(regular(f"{FIRMWARE}/{shipped}", b""), data, f"usr/{FIRMWARE}/{shipped}")
 
     info = {"format": FORMAT, "kver": kver, "modules": res.names, "builtin": res.builtin,
             "absent": res.absent, "firmware": firmware, "firmware_missing": missing}
@@ -429,20 +561,24 @@ def _plan(*, usr: Path, kver: str,
     ordered = [dataclasses.replace(sources[name],
                                    entry=dataclasses.replace(sources[name].entry, ino=ino))
                for ino, name in enumerate(sorted(sources), 1)]
-    return ordered, res, {"firmware": firmware, "firmware_missing": missing}
+    return ordered, res, {"firmware": firmware, "firmware_missing": missing,
+                          "firmware_reasons": reasons}
 
 
-def cache_key(sources: list[Source], raws: list[bytes], compression: str) -> str:
-    """blake3 over everything that decides the image's bytes, file contents by digest."""
+def cache_key(sources: list[Source], compression: str) -> str:
+    """blake3 over everything that decides the image's bytes, file contents by digest.
+
+    The bytes hashed are the sources' own, the ones the image is packed from, so the
+    key cannot describe a file other than the one included."""
     import blake3
 
     h = blake3.blake3()
     h.update(f"onix-initrd\0{FORMAT}\0{compression}\0".encode())
-    for s, raw in zip(sources, raws, strict=True):
+    for s in sources:
         e = s.entry
         # the input bytes plus whether we decompress them: cheaper than decompressing
-        what = f"{blake3.blake3(raw).hexdigest()}:{int(s.decompress)}"
-        kind = "file" if s.path is not None else "data"
+        what = f"{blake3.blake3(s.input()).hexdigest()}:{int(s.decompress)}"
+        kind = "file" if s.from_file else "data"
         h.update(f"{e.name}\0{e.mode:o}\0{e.rdevmajor}:{e.rdevminor}\0{kind}\0{what}\n"
                  .encode())
     return h.hexdigest()
@@ -477,23 +613,22 @@ def build(*, usr: Path, kver: str, cache_dir: Path | None = None,
     if not kver or "/" in kver or kver in (".", ".."):
         raise OnixError(f"{kver!r} is not a kernel version", path=usr / "lib" / "kernel",
                         hint="name a directory of usr/lib/kernel, e.g. 6.1.0-56-cloud-amd64")
-    if not (usr / "lib" / "kernel" / kver).is_dir() and not (usr / "lib/modules" / kver).is_dir():
+    if not (is_directory(usr, f"lib/kernel/{kver}") or is_directory(usr, f"lib/modules/{kver}")):
         raise OnixError(f"this state has no kernel {kver}", path=usr / "lib" / "kernel" / kver,
                         hint="install the kernel stone first")
     sources, res, fw = _plan(usr=usr, kver=kver, init=init)
     compression = choose_compression(kernel_config(usr=usr, kver=kver))
-    raws = [s.raw() for s in sources]
-    key = cache_key(sources, raws, compression)
+    key = cache_key(sources, compression)
     result = dict(key=key, compression=compression, kver=kver, modules=res.names,
                   builtin=res.builtin, absent=res.absent, firmware=fw["firmware"],
-                  firmware_missing=fw["firmware_missing"])
+                  firmware_missing=fw["firmware_missing"],
+                  firmware_reasons=fw["firmware_reasons"])
     cached = Path(cache_dir) / f"{key}.img" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         data = cached.read_bytes()
         return Initrd(data=data, digest=blake3.blake3(data).hexdigest(), path=cached,
                       cached=True, **result)
-    cpio = pack_cpio(dataclasses.replace(s.entry, data=s.content(raw))
-                     for s, raw in zip(sources, raws, strict=True))
+    cpio = pack_cpio(dataclasses.replace(s.entry, data=s.content()) for s in sources)
     data = compress(cpio, compression)
     if cached is not None:
         _atomic_write(cached, data)

@@ -34,6 +34,11 @@ fail at boot, far from the cause.
 Compressed modules (.ko.xz, .ko.zst, .ko.gz) are decompressed to read them, and
 Module.read() hands out the plain ELF: the initrd stores them as plain .ko, which
 busybox insmod loads on any kernel, whatever its CONFIG_MODULE_DECOMPRESS.
+
+Every file of the tree (modules.dep, modules.builtin, each module) is read with
+read_regular(), which follows no symlink below usr: see "Reading a state's files". A
+symlinked directory in the tree is an error (its modules would be missed, or come from
+outside the state), except `build` and `source` at the top, the kernel-headers links.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onix import safepath
 from onix.errors import OnixError
+from onix.safepath import clean_rel, is_directory, is_regular, read_regular
 
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
@@ -98,15 +105,26 @@ class Module:
 
     name: str
     rel: str
-    path: Path
+    path: Path  # usr/lib/modules/<kver>/<rel>, for messages; reads go through usr_rel
+    usr: Path
+    kver: str
+
+    @property
+    def usr_rel(self) -> str:
+        """The file relative to usr, as read_regular() takes it."""
+        return f"lib/modules/{self.kver}/{self.rel}"
 
     @property
     def initrd_rel(self) -> str:
         """Where it goes below /lib/modules/<kver>/ in the initrd (always plain .ko)."""
         return plain_relpath(self.rel)
 
+    def raw(self) -> bytes:
+        """The file's bytes as shipped (maybe compressed), following no symlink."""
+        return read_regular(self.usr, self.usr_rel)
+
     def read(self) -> bytes:
-        return decompress(self.path.read_bytes(), name=self.rel)
+        return decompress(self.raw(), name=self.rel)
 
 
 @dataclass(frozen=True)
@@ -179,8 +197,12 @@ class ModuleTree:
 
     def __init__(self, *, usr: Path, kver: str):
         self.kver = kver
-        self.dir = Path(usr) / "lib" / "modules" / kver
-        if not self.dir.is_dir():
+        self.usr = Path(usr)
+        self.rel = f"lib/modules/{kver}"
+        self.dir = self.usr / self.rel
+        # checked without following symlinks: os.walk below then starts in the state's
+        # own directory, and it never descends into symlinked directories itself
+        if not is_directory(self.usr, self.rel):
             raise OnixError(f"no modules for kernel {kver}", path=self.dir,
                             hint="install the kernel stone that provides this version")
         self.files = self._index()
@@ -189,11 +211,28 @@ class ModuleTree:
         self._info: dict[str, ModInfo] = {}
 
     def _index(self) -> dict[str, str]:
-        """name → path relative to the modules dir. updates/ wins, as in depmod's search."""
+        """name → path relative to the modules dir. updates/ wins, as in depmod's search.
+
+        os.walk does not descend into a symlinked directory, so modules behind one
+        would silently go missing (or, followed, come from outside the state): such a
+        directory is an error. The exceptions are `build` and `source` at the top,
+        the links to kernel headers (/usr/src/...) that depmod skips too. A symlinked
+        module file is indexed, and refused by read_regular() if it is needed.
+        """
         found: dict[str, list[str]] = {}
         for dirpath, dirnames, filenames in os.walk(self.dir):
             dirnames.sort()
             rel_dir = Path(dirpath).relative_to(self.dir).as_posix()
+            for d in dirnames:
+                if (Path(dirpath) / d).is_symlink() and not (
+                        rel_dir == "." and d in ("build", "source")):
+                    rel = f"{self.rel}/{d}" if rel_dir == "." else f"{self.rel}/{rel_dir}/{d}"
+                    raise OnixError(f"usr/{rel} is a symlink to {os.readlink(self.usr / rel)} "
+                                    "(on the way to the modules below it); onix follows no "
+                                    "symlink in a state's boot inputs, so that nothing outside "
+                                    "the state's usr tree goes into its initrd",
+                                    path=self.usr / rel,
+                                    hint=f"ship usr/{rel} as {safepath.DIRECTORY}, not a symlink")
             for f in filenames:
                 name = module_name(f)
                 if name is not None:
@@ -202,19 +241,27 @@ class ModuleTree:
         return {name: min(rels, key=lambda r: (not r.startswith("updates/"), r))
                 for name, rels in found.items()}
 
+    def _read(self, name: str) -> str | None:
+        """A file of the modules dir as text, or None if there is none."""
+        try:
+            return read_regular(self.usr, f"{self.rel}/{name}").decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+
     def _builtin(self) -> set[str]:
-        p = self.dir / "modules.builtin"
-        if not p.exists():
+        text = self._read("modules.builtin")
+        if text is None:
             return set()
-        return {n for line in p.read_text().splitlines() if (n := module_name(line.strip()))}
+        return {n for line in text.splitlines() if (n := module_name(line.strip()))}
 
     def _modules_dep(self) -> dict[str, list[str]] | None:
         """modules.dep as name → dependency paths, or None if depmod never ran."""
-        p = self.dir / "modules.dep"
-        if not p.exists():
+        text = self._read("modules.dep")
+        if text is None:
             return None
+        p = self.dir / "modules.dep"
         out: dict[str, list[str]] = {}
-        for n, line in enumerate(p.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             head, sep, tail = line.partition(":")
@@ -225,13 +272,17 @@ class ModuleTree:
                                 hint="run depmod again, or remove modules.dep")
             # busybox depmod may write absolute paths; kmod writes them relative
             prefix = f"/lib/modules/{self.kver}/"
-            out[name] = [rel.split(prefix, 1)[1] if prefix in rel else rel.lstrip("/")
-                         for rel in tail.split()]
+            rels = [rel.split(prefix, 1)[1] if prefix in rel else rel.lstrip("/")
+                    for rel in tail.split()]
+            if not all(map(clean_rel, rels)):  # "../../etc/x.ko" names no file of the tree
+                raise OnixError(f"line {n} names a path outside the modules directory",
+                                path=p, hint="run depmod again, or remove modules.dep")
+            out[name] = rels
         return out
 
     def module(self, name: str) -> Module:
         rel = self.files[name]
-        return Module(name=name, rel=rel, path=self.dir / rel)
+        return Module(name=name, rel=rel, path=self.dir / rel, usr=self.usr, kver=self.kver)
 
     def info(self, name: str) -> ModInfo:
         if name not in self._info:
@@ -254,7 +305,7 @@ class ModuleTree:
         for rel in self.dep[name]:
             dep = module_name(rel)
             # modules.dep names exact files: one that is gone means a broken tree
-            if dep not in self.builtin and not (self.dir / rel).exists():
+            if dep not in self.builtin and not is_regular(self.usr, f"{self.rel}/{rel}"):
                 raise OnixError(f"{name} needs {dep}, but its file is missing",
                                 path=self.dir / rel,
                                 hint="the kernel stone is broken; rebuild or reinstall it")

@@ -11,6 +11,8 @@
     <root>/.onix/trash/             trees being deleted by prune
     <root>/.onix/lock               flock; one mutating onix per root
     <root>/.onix/boot-exchange      the initrd's note: it made an archived state live
+    <root>/.onix/txn-running        marker: a journal that may exchange /usr is open
+    <root>/.onix/cache/initrd/      initrds by input hash (initrd.py)
 """
 
 from __future__ import annotations
@@ -80,6 +82,17 @@ class RootPaths:
         return self.onix / "cache"
 
     @property
+    def initrd_cache(self) -> Path:
+        """Initrds by the hash of their inputs (initrd.py); only retained states' stay."""
+        return self.cache / "initrd"
+
+    @property
+    def txn_marker(self) -> Path:
+        """Exists while a journal row that may exchange /usr is open: the initrd then
+        boots /usr as it is rather than exchange under an unfinished transaction."""
+        return self.onix / "txn-running"
+
+    @property
     def stone_cache(self) -> Path:
         return self.cache / "stones"
 
@@ -115,8 +128,8 @@ class RootPaths:
         if not self.onix.exists() and not self.onix.is_symlink():
             self.onix.mkdir(mode=0o755)
         for d in (self.onix, self.store, self.store_tmp, self.db_dir, self.states,
-                  self.staging, self.cache, self.stone_cache, self.trash, self.lock, self.usr,
-                  self.staging_usr):
+                  self.staging, self.cache, self.stone_cache, self.initrd_cache, self.trash,
+                  self.lock, self.usr, self.staging_usr, self.txn_marker, self.boot_note):
             if d.is_symlink():
                 raise StateError("is a symlink; onix keeps everything it writes inside the root",
                                  path=d, hint="replace it with the real file or directory")

@@ -4,8 +4,9 @@ Steps (each a crash point; the journal row carries the plan, so an
 interrupted prune is simply run forward again by the next onix):
 
     journal   record which states go, /nix fingerprint
+    boot      sync the boot files without them (boot.prune_entries): no entry may
+              outlive its state, and none may name a state the log forgot
     forget    delete their rows (the states are gone from here on)
-    boot      delete their boot entries, before their trees (boot.drop_missing)
     trash     move .onix/states/<id> to .onix/trash/, then delete it
     gc        drop stones no state uses, store objects no stone uses,
               cached stones of dropped stones, and import debris
@@ -27,7 +28,7 @@ from onix.errors import StateError
 from onix.progress import SILENT, Progress
 from onix.transaction import Result, Session, session
 
-PRUNE_STEPS = ("journal", "forget", "boot", "trash", "gc", "done")
+PRUNE_STEPS = ("journal", "boot", "forget", "trash", "gc", "done")
 
 
 def plan(states: list[dict], *, active: int | None, keep: int,
@@ -96,13 +97,13 @@ def resume(s: Session, tx: dict) -> dict:
     live = s.live_state()
     # Never the live state, even if it was doomed when the prune was journalled.
     doomed: list[int] = [i for i in json.loads(tx["detail"])["states"] if i != live]
+    faults.point(kind, "boot")
+    boot.prune_entries(s, doomed)
     faults.point(kind, "forget")
     with s.db.write() as c:
         for sid in doomed:
             s.db.delete_state(c, sid)
-        s.db.tx_step(c, tx["id"], "boot")
-    faults.point(kind, "boot")
-    boot.drop_missing(s)
+        s.db.tx_step(c, tx["id"], "trash")
     faults.point(kind, "trash")
     s.paths.trash.mkdir(exist_ok=True)
     for sid in doomed:

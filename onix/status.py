@@ -31,7 +31,10 @@ def _query(db: Path) -> dict:
         last = con.execute("SELECT kind, nix_report FROM transactions WHERE status = 'done' "
                            "AND nix_report IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
         meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
-                                "('boot_default', 'boot_fallback')").fetchall())
+                                "('boot_default', 'boot_fallback', 'boot_synced_tx')")
+                    .fetchall())
+        last_done = con.execute("SELECT MAX(id) FROM transactions "
+                                "WHERE status = 'done'").fetchone()[0]
         made_live = {r[0]: (r[1], r[2]) for r in con.execute(
             "SELECT to_state, kind, MAX(id) FROM transactions WHERE status = 'done' "
             "AND to_state IS NOT NULL GROUP BY to_state")}
@@ -39,7 +42,7 @@ def _query(db: Path) -> dict:
         con.close()
     return {"running": running, "states": states, "store_bytes": int(row[0]) if row else 0,
             "last_nix": {"kind": last[0], "nix": last[1]} if last else None,
-            "meta": meta, "made_live": made_live}
+            "meta": meta, "made_live": made_live, "last_done": last_done or 0}
 
 
 def status(root: Path | str) -> dict:
@@ -125,14 +128,20 @@ def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[st
     fallback = json.loads(meta["boot_fallback"]) if meta.get("boot_fallback") else None
     boot_default = int(meta["boot_default"]) if meta.get("boot_default", "").isdigit() else None
     newest = max(states)
+    if meta.get("boot_synced_tx") != str(info["last_done"]) and not info["running"]:
+        notes.append("the boot files lag behind the state log (an interrupted or failed "
+                     "sync); the next onix command updates them, or run onix boot sync")
     if fallback and fallback.get("booted") == live:
         notes.append(f"state {fallback['failed']} failed to boot (its entry "
-                     f"{fallback['entry']} ran out of tries); systemd-boot fell back to "
-                     f"state {live} on its own, and it is the boot default now")
+                     f"{fallback['entry']} ran out of tries: it did not come up, or came up "
+                     f"without onix boot mark-good); systemd-boot fell back to state {live} "
+                     "on its own, and it is the boot default now")
     elif boot_default is not None and boot_default != live and boot_default in states:
-        notes.append(f"this boot runs state {live}, chosen at boot (menu or one-time "
-                     f"default); the boot default is still state {boot_default}, which the "
-                     "next boot starts")
+        kind, _tx = info["made_live"].get(live, (None, None))
+        how = "chosen at boot (menu or one-time default)" if kind == "reconcile" else \
+            "live now"
+        notes.append(f"this boot runs state {live} ({how}); the boot default is state "
+                     f"{boot_default}, which the next boot starts")
     elif live != newest:
         kind, tx = info["made_live"].get(live, (None, None))
         why = (f"onix {kind} made it live (transaction {tx})" if kind in ("rollback", "activate")
@@ -140,6 +149,9 @@ def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[st
                else "it is the one the user chose")
         notes.append(f"the live state {live} is not the newest ({newest}): {why}")
     live_entry = entries.get(states[live]["fstx"])
+    if live_entry is None and meta.get("boot_synced_tx") == str(info["last_done"]):
+        notes.append(f"the live state {live} has no boot entry (no kernel?); the next boot "
+                     f"starts {default or 'the top entry'}")
     if live_entry is not None and live_entry.tries_left is not None:
         notes.append(f"boot entry {live_entry.file} is not blessed yet; once this boot is "
                      "good, run onix boot mark-good")

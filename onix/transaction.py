@@ -244,6 +244,37 @@ def check_usr_is_ours(paths: RootPaths) -> None:
 # -- execute: build a new state --------------------------------------------------
 
 
+def _content_reader(s: Session, cands: list[Candidate]):
+    """A file's bytes by its layout entry, before import: from the store, or else from a
+    stone on the command line (one pass over its content; the digest is checked here,
+    since nothing has verified that content yet)."""
+    import blake3
+
+    found: dict[str, bytes] = {}
+
+    def read(e: Entry) -> bytes:
+        key = ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
+        if s.store.has(key):
+            return fsutil.read_nofollow(s.store.path(key))
+        if e.digest not in found:
+            for cand in cands:
+                if not any(x.digest == e.digest for x in cand.layout):
+                    continue
+                for digest, _length, chunks in cand.stone.contents():
+                    if digest == e.digest:
+                        data = b"".join(chunks)
+                        if blake3.blake3(data).hexdigest() != digest:
+                            raise StoneError(f"content {digest[:16]}… is corrupt",
+                                             path=cand.path, hint="the stone is damaged")
+                        found[digest] = data
+                break
+        if e.digest not in found:
+            raise StoneError(f"no content for usr/{e.path}", hint="the stone is damaged")
+        return found[e.digest]
+
+    return read
+
+
 def _objects_for(entries: list[Entry]) -> set[ObjectKey]:
     return {ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
             for e in entries if e.kind == FILE and e.size > 0}
@@ -520,8 +551,22 @@ def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) 
             s.db.set_meta(c, boot.META_DEFAULT, str(to_state))
             s.db.delete_meta(c, boot.META_FALLBACK)
         s.db.end_tx(c, tx_id, "done", nix_after=nix_after, nix_report=report)
+    _unmark_txn(s.paths)
     faults.point(kind, "done")
     return report, warnings
+
+
+def _mark_txn(paths: RootPaths) -> None:
+    """Tell the initrd (boot/init) not to exchange /usr until this journal is closed."""
+    fd = os.open(paths.txn_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    os.fsync(fd)
+    os.close(fd)
+    fsutil.fsync_dir(paths.onix)
+
+
+def _unmark_txn(paths: RootPaths) -> None:
+    with suppress(FileNotFoundError):
+        paths.txn_marker.unlink()
 
 
 def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[Entry],
@@ -540,10 +585,12 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                        nbytes=sum(e.size for e in files))
         tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
                               detail={"source": "staging"}, nix_before=nix_before)
+    _mark_txn(paths)
     faults.point(kind, "blit")
     blit(s, entries, paths.staging_usr)
     faults.point(kind, "stateid")
     write_generated(paths.staging_usr, state_id, fstx)
+    boot.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
     faults.point(kind, "sync")
     fsutil.syncfs(paths.staging)
     faults.point(kind, "exchange")
@@ -629,6 +676,7 @@ def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
             raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
                                 hint="install the stones that provide them in the same command")
         entries = _plan(s, selection, new)
+        boot.check_layout(s, entries, read=_content_reader(s, list(new.values())))
         imported = import_stones(s, [new[n] for n in new
                                      if selection[n] is not current.get(n)])
         stone_ids = [imported.ids.get(n) or selection[n]["id"] for n in sorted(selection)]
@@ -663,6 +711,7 @@ def remove(root: Path | str, names: list[str], *, wait: bool = True,
             raise ConflictError("removal would break dependencies: " + "; ".join(unmet),
                                 path=s.paths.usr, hint="remove the dependents too")
         entries = _plan(s, selection, {})
+        boot.check_layout(s, entries, read=_content_reader(s, []))
         return build_state(s, kind="remove", stone_ids=[r["id"] for r in selection.values()],
                            entries=entries, summary="remove " + ", ".join(sorted(names)))
 
@@ -706,11 +755,13 @@ def _activate(s: Session, state_id: int, kind: str) -> Result:
     if read_state_id(tree) != state_id:
         raise StateError(f"the archived tree of state {state_id} is missing or damaged",
                          path=tree, hint="run onix verify; prune it with onix state remove")
+    boot.check_state(s, usr=tree, fstx=target["fstx"])
     faults.point(kind, "journal")
     nix_before = ownership.nix_fingerprint(paths.root)
     with s.db.write() as c:
         tx_id = s.db.begin_tx(c, kind=kind, from_state=live, to_state=state_id,
                               detail={"source": "archive"}, nix_before=nix_before)
+    _mark_txn(paths)
     faults.point(kind, "exchange")
     fsutil.exchange(tree, paths.usr)
     fsutil.fsync_dir(paths.root)
@@ -754,7 +805,7 @@ def reconcile(s: Session) -> list[str]:
         _archive_old_tree(s.paths, misfiled, old)
         _remove_empty(misfiled.parent)
     note = _boot_note(s.paths)
-    source = "the initrd, booting an older entry" if note.get("to") == str(live) else \
+    source = "by the initrd, booting an older entry" if note.get("to") == str(live) else \
         "outside onix"
     with s.db.write() as c:
         tx_id = s.db.begin_tx(c, kind="reconcile", from_state=old, to_state=live,
@@ -764,7 +815,7 @@ def reconcile(s: Session) -> list[str]:
     with suppress(FileNotFoundError):
         s.paths.boot_note.unlink()
     root_links(s.paths)
-    return [f"state {live} was made live by {source} (from state {old}); the log now "
+    return [f"state {live} was made live {source} (from state {old}); the log now "
             "follows /usr"]
 
 
@@ -788,6 +839,7 @@ def recover(s: Session) -> list[str]:
             fsutil.remove_tree(s.paths.staging_usr)
             done.append("removed an unfinished staging tree")
         s.store.clean_tmp()
+        _unmark_txn(s.paths)  # a crash after the journal closed, before the marker went
         return done + reconcile(s)
     kind = tx["kind"]
     if kind == "prune" or kind == "state-remove":
@@ -816,6 +868,7 @@ def recover(s: Session) -> list[str]:
             if kind in NEW_STATE_KINDS:
                 s.db.delete_state(c, to)
             s.db.end_tx(c, tx["id"], "undone")
+        _unmark_txn(s.paths)
         # Links may be missing if the first install crashed before creating them; harmless.
         if kind in NEW_STATE_KINDS:
             done.append(f"undid interrupted {kind} (state {to} discarded; state {frm} kept)")

@@ -278,7 +278,8 @@ def test_one_time_boot_of_an_older_entry_keeps_the_default(broot: Path, tools,
     fsutil.exchange(paths.state_tree(1), paths.usr)  # the initrd of state 1's entry did this
     st = onix_json("status", "--root", broot)
     assert st["active_state"] == 1
-    assert any("boot default is still state 2" in n for n in st["notes"]), st["notes"]
+    assert any("chosen at boot" in n and "the boot default is state 2" in n
+               for n in st["notes"]), st["notes"]
     assert bls.read_default(broot / "boot") == default  # the next boot starts state 2 again
     # prune keeps the default even though it is not live.
     prune.prune(broot, keep=1)
@@ -446,3 +447,121 @@ def test_kernel_cmdline_files_and_xbootldr(root: Path, tools, small_kernel) -> N
     assert (st["esp"], st["xbootldr"]) == (str(root / "efi"), str(root / "boot"))
     assert [e["file"] for e in st["entries"]] == [entries[r.fstx].file]
     assert st["entries"][0]["missing_files"] == []
+
+
+# -- bad input and hostile trees (review findings) -------------------------------------
+
+
+@pytest.mark.parametrize("where", ["vmlinuz", "cmdline"])
+def test_symlinked_boot_input_is_refused_before_anything_changes(broot: Path, tools,
+                                                                 small_kernel, make_stone,
+                                                                 tmp_path: Path,
+                                                                 where: str) -> None:
+    transaction.install(broot, [*tools, small_kernel(1)])
+    secret = tmp_path / "host-secret"
+    secret.write_text("root=host-secret-value\n")
+    if where == "vmlinuz":
+        bad = make_stone("linux", {f"lib/kernel/{TEST_KVER}/vmlinuz": ("symlink", str(secret)),
+                                   f"lib/kernel/{TEST_KVER}/config": "CONFIG_RD_GZIP=y\n"},
+                         version="9.0")
+    else:
+        bad = make_stone("leak", {"lib/kernel/cmdline.d/leak.conf": ("symlink", str(secret))})
+    before = snapshot(broot)
+    r = onix("install", "--root", broot, bad)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "is a symlink" in r.stderr and "usr/lib/kernel/" in r.stderr
+    assert snapshot(broot) == before
+    assert not any("host-secret" in p.read_text(errors="replace")
+                   for p in (broot / "boot").rglob("*") if p.is_file())
+
+
+def test_symlinked_boot_directory_is_refused(broot: Path, tools, small_kernel,
+                                             tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("keep me")
+    (broot / "boot/onix").symlink_to(victim)
+    r = onix("install", "--root", broot, *tools, small_kernel(1))
+    assert r.returncode == 1 and "is a symlink" in r.stderr and "boot/onix" in r.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["important.txt"]
+    assert not (broot / "usr").exists() or read_state_id(broot / "usr") is None
+
+
+def test_a_state_without_kernel_is_refused_when_the_live_one_boots(broot: Path, tools,
+                                                                  small_kernel) -> None:
+    transaction.install(broot, [*tools, small_kernel(1)])
+    before = snapshot(broot)
+    r = onix("remove", "--root", broot, "linux")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "the new state would have no kernel" in r.stderr
+    assert snapshot(broot) == before
+
+
+def test_another_roots_boot_files_on_a_shared_esp_are_kept(broot: Path, tools,
+                                                           small_kernel) -> None:
+    transaction.install(broot, [*tools, small_kernel(1)])
+    entries = bls.entries_dir(broot / "boot")
+    (entries / "onix-7-beef.conf").write_text("title other root\nlinux /onix/other\n")
+    (broot / "boot/onix/other").write_bytes(b"another root's kernel")
+    (entries / "debian.conf").write_text("title Debian\nlinux /vmlinuz\n")
+    transaction.install(broot, [small_kernel(2)])
+    prune.prune(broot, keep=1)
+    assert (entries / "onix-7-beef.conf").exists() and (entries / "debian.conf").exists()
+    assert (broot / "boot/onix/other").exists()
+    assert {e.state_id for e in esp_entries(broot).values()} == {2, 7}
+
+
+def test_prune_after_a_full_esp_leaves_a_bootable_esp(broot: Path, tools,
+                                                      small_kernel) -> None:
+    esp = broot / "boot"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", esp], check=True)
+    try:
+        transaction.install(broot, [*tools, small_kernel(1, size=3 << 19)])
+        transaction.install(broot, [small_kernel(2, size=3 << 19)])
+        r = onix("install", "--root", broot, small_kernel(3, size=5 << 19))
+        assert r.returncode == 4, r.stderr
+        assert_boots_existing_state(broot)
+        # Pruning the old states frees the ESP: the sync then succeeds.
+        onix("prune", "--keep", "1", "--root", broot, check=True)
+        assert [e.state_id for e in esp_entries(broot).values()] == [3]
+        assert_boots_existing_state(broot)
+    finally:
+        subprocess.run(["umount", esp], check=True)
+
+
+def test_set_default_checks_and_resets_a_bad_entry(broot: Path, tools, small_kernel,
+                                                   make_stone) -> None:
+    transaction.install(broot, [*tools, small_kernel(1)])
+    transaction.install(broot, [small_kernel(2)])
+    bad = esp_entries(broot)[fstx_of(broot, 2)]
+    entries = bls.entries_dir(broot / "boot")
+    os.rename(entries / bad.file, entries / f"onix-{bad.fstx}+0-3.conf")  # as systemd-boot
+    onix("rollback", "--root", broot, check=True)
+    r = onix_json("boot", "set-default", "2", "--root", broot)
+    assert r["entry"] == f"onix-{bad.fstx}+3.conf"  # chosen again: a fresh count
+    versions = {e.state_id: int(entry_fields(broot, e)["version"])
+                for e in esp_entries(broot).values()}
+    assert versions[2] > versions[1]  # the default sorts first
+    assert sorted(p.name for p in entries.iterdir()) == sorted(
+        [f"onix-{bad.fstx}+3.conf", esp_entries(broot)[fstx_of(broot, 1)].file])
+
+
+def test_interrupted_transaction_marker_for_the_initrd(broot: Path, tools,
+                                                       small_kernel) -> None:
+    transaction.install(broot, [*tools, small_kernel(1)])
+    marker = RootPaths.of(broot).txn_marker
+    r = onix("install", "--root", broot, small_kernel(2), env={"ONIX_FAULT": "install:sync"})
+    assert r.returncode == CRASH_EXIT
+    assert marker.exists()  # the initrd would boot /usr as it is, not exchange
+    onix("status", "--root", broot, check=True)
+    assert not marker.exists()
+    r = onix("install", "--root", broot, small_kernel(2), env={"ONIX_FAULT": "install:done"})
+    assert r.returncode == CRASH_EXIT and not marker.exists()
+
+
+def test_loader_conf_with_tabs() -> None:
+    text = bls.update_loader_conf("default\tother.conf\ntimeout\t5\n", default="onix-1-ab.conf",
+                                  timeout=3)
+    lines = text.splitlines()
+    assert [ln for ln in lines if bls._kv(ln)[0] == "default"] == ["default onix-1-ab.conf"]
+    assert "timeout\t5" in lines and "timeout 3" not in lines

@@ -10,10 +10,13 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
+import re
+import shlex
 import shutil
 import stat
 import struct
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import bootkit
 import pytest
 import zstandard
 
-from onix import initrd, kmod
+from onix import initrd, kmod, safepath
 from onix.errors import OnixError
 
 KVER = "6.9.0-test"
@@ -44,6 +47,10 @@ FAKE_MODULES = {
     "gzmod": ("kernel/fs/gzmod.ko.gz", []),
     "other": ("kernel/drivers/other.ko", ["vermagic=5.10.0-other SMP mod_unload"]),
     "virtio_blk": ("kernel/drivers/block/virtio_blk.ko", ["depends=c"]),
+    # firmware reached through symlinks (see test_firmware_symlinks)
+    "fw": ("kernel/drivers/fw.ko", [f"firmware=fw/{n}" for n in (
+        "rel.bin", "abs.bin", "dirlink/x.bin", "compressed.bin", "escape.bin",
+        "escape-abs.bin", "escape-dir/x.bin", "loop.bin", "dangling.bin")]),
 }
 
 
@@ -320,6 +327,195 @@ def test_kernel_without_modules_and_bad_kver(usr: Path) -> None:
         kmod.resolve(usr=usr, kver=KVER, wanted=["a"])
 
 
+# -- symlinks in a state tree ------------------------------------------------------
+#
+# The state's usr tree is a directory on the host while onix builds: a symlink in it
+# resolves against the host, so onix must never follow one into its inputs.
+
+_opened: list[str] | None = None  # paths passed to open() while recording, see opens()
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _opened is not None and event == "open" and isinstance(args[0], (str, bytes, Path)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; it records only inside opens()
+
+
+class opens:
+    """Record every path this process opens (builtins.open, os.open) inside the block."""
+
+    def __enter__(self) -> list[str]:
+        global _opened
+        _opened = []
+        return _opened
+
+    def __exit__(self, *exc) -> None:
+        global _opened
+        _opened = None
+
+
+def host_file(tmp_path: Path, static_tools) -> Path:
+    """A file outside the state that would pass every check if it were followed."""
+    secret = tmp_path / "host" / "secret"
+    secret.parent.mkdir(exist_ok=True)
+    shutil.copyfile(static_tools["static"], secret)
+    return secret
+
+
+def test_busybox_symlink_to_a_host_file_is_refused(tmp_path: Path, usr: Path,
+                                                   static_tools) -> None:
+    secret = host_file(tmp_path, static_tools)  # a valid static ELF: following would pass
+    bb = usr / "bin" / "busybox"
+    bb.unlink()
+    bb.symlink_to(secret)
+    cache = tmp_path / "cache"
+    with opens() as opened, pytest.raises(OnixError) as e:
+        initrd.build(usr=usr, kver=KVER, cache_dir=cache)
+    assert e.value.message.startswith(f"usr/bin/busybox is a symlink to {secret};")
+    assert e.value.path == str(bb)
+    assert e.value.hint == "ship usr/bin/busybox as a regular file, not a symlink"
+    # nothing was read through the link, and nothing was written
+    assert not [o for o in opened if os.path.realpath(o) == str(secret)]
+    assert not cache.exists()
+    # a relative link inside usr is refused too: onix follows none at all
+    bb.unlink()
+    shutil.copyfile(static_tools["static"], usr / "bin" / "busybox.real")
+    bb.symlink_to("busybox.real")
+    with pytest.raises(OnixError, match=r"usr/bin/busybox is a symlink to busybox\.real;"):
+        initrd.build(usr=usr, kver=KVER)
+
+
+@pytest.mark.parametrize("rel", [
+    "lib/onix/exchange", initrd.STATE_INIT, initrd.STATE_MODULES, f"lib/kernel/{KVER}/config",
+    f"lib/modules/{KVER}/modules.dep", f"lib/modules/{KVER}/modules.builtin",
+    f"lib/modules/{KVER}/kernel/lib/c.ko", f"lib/modules/{KVER}/kernel/fs/zstmod.ko.zst"])
+def test_every_input_symlink_is_refused(tmp_path: Path, usr: Path, static_tools,
+                                        rel: str) -> None:
+    secret = host_file(tmp_path, static_tools)
+    (usr / initrd.STATE_MODULES).parent.mkdir(parents=True, exist_ok=True)
+    (usr / initrd.STATE_MODULES).write_text("zstmod\n")
+    link = usr / rel
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret)
+    with opens() as opened, pytest.raises(OnixError) as e:
+        initrd.build(usr=usr, kver=KVER, cache_dir=tmp_path / "cache")
+    assert e.value.message.startswith(f"usr/{rel} is a symlink to {secret};")
+    assert e.value.path == str(link)
+    assert e.value.hint == f"ship usr/{rel} as a regular file, not a symlink"
+    assert not [o for o in opened if os.path.realpath(o) == str(secret)]
+
+
+@pytest.mark.parametrize("rel", ["lib/kernel", f"lib/kernel/{KVER}", "lib/onix", "bin",
+                                 "lib/modules", f"lib/modules/{KVER}/kernel"])
+def test_symlinked_directory_on_the_way_is_refused(tmp_path: Path, usr: Path,
+                                                   rel: str) -> None:
+    host_dir = tmp_path / "host" / rel.replace("/", "_")
+    host_dir.parent.mkdir(parents=True)
+    shutil.move(usr / rel, host_dir)  # the same files, now outside the state
+    (usr / rel).symlink_to(host_dir)
+    with pytest.raises(OnixError) as e:
+        initrd.build(usr=usr, kver=KVER)
+    # the kernel's own directory is the last part checked; the others are on the way
+    on_the_way = "" if rel == f"lib/kernel/{KVER}" else " (on the way to "
+    assert e.value.message.startswith(f"usr/{rel} is a symlink to {host_dir}{on_the_way}")
+    assert e.value.path == str(usr / rel)
+    assert e.value.hint == f"ship usr/{rel} as a real directory, not a symlink"
+
+
+def test_read_regular(tmp_path: Path) -> None:
+    usr = tmp_path / "usr"
+    (usr / "d").mkdir(parents=True)
+    (usr / "d" / "f").write_bytes(b"bytes")
+    os.mkfifo(usr / "d" / "fifo")
+    assert safepath.read_regular(usr, "d/f") == b"bytes"
+    assert safepath.is_regular(usr, "d/f") and safepath.is_directory(usr, "d")
+    assert not safepath.is_regular(usr, "d") and not safepath.is_regular(usr, "d/nope")
+    assert not safepath.is_directory(usr, "d/f/x") and safepath.lstat_below(usr, "nope/x") is None
+    for missing in ("d/nope", "nope/f", "d/f/x"):  # gone, or a file where a dir should be
+        with pytest.raises(FileNotFoundError):
+            safepath.read_regular(usr, missing)
+    for other in ("d", "d/fifo"):  # the FIFO is refused before it is opened (no hang)
+        with pytest.raises(OnixError, match=f"usr/{other} is not a regular file"):
+            safepath.read_regular(usr, other)
+    for bad in ("", "/d/f", "d/../d/f", "d//f", "./d/f"):
+        with pytest.raises(ValueError):
+            safepath.read_regular(usr, bad)
+    (usr / "l").symlink_to("d")
+    for fn in (safepath.read_regular, safepath.is_regular, safepath.is_directory):
+        with pytest.raises(OnixError, match="usr/l is a symlink to d"):
+            fn(usr, "l/f")
+
+
+def test_firmware_symlinks(tmp_path: Path, usr: Path) -> None:
+    """Links inside lib/firmware are followed by onix itself; ones that leave it are not."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"the host's own file")
+    fw = usr / "lib" / "firmware"
+    (fw / "real").mkdir()
+    (fw / "real" / "a.bin").write_bytes(b"real a")
+    (fw / "real" / "x.bin").write_bytes(b"real x")
+    (fw / "real" / "c.bin.zst").write_bytes(zstandard.ZstdCompressor().compress(b"c"))
+    links = {
+        "rel.bin": "../real/a.bin",
+        "abs.bin": "/lib/firmware/real/a.bin",  # absolute: read inside usr/lib/firmware
+        "dirlink": "/usr/lib/firmware/real",
+        "compressed.bin": "../real/c.bin.zst",  # stored as fw/compressed.bin.zst
+        "escape.bin": os.path.relpath(secret, fw / "fw"),  # a real path to the host file
+        "escape-abs.bin": str(secret),
+        "escape-dir": str(secret.parent),
+        "loop.bin": "loop2.bin", "loop2.bin": "loop.bin",
+        "dangling.bin": "../real/nope.bin",
+    }
+    (fw / "fw").mkdir()
+    for name, target in links.items():
+        (fw / "fw" / name).symlink_to(target)
+    assert (fw / "fw" / "escape.bin").read_bytes() == secret.read_bytes()  # a real escape
+    (usr / "lib/onix/initrd").mkdir(parents=True)
+    (usr / "lib/onix/initrd/modules").write_text("fw\n")
+    with opens() as opened:
+        img = initrd.build(usr=usr, kver=KVER, cache_dir=tmp_path / "cache")
+    assert not [o for o in opened if os.path.realpath(o) == str(secret)]
+    assert img.firmware == ["fw/abs.bin", "fw/compressed.bin.zst", "fw/dirlink/x.bin",
+                            "fw/rel.bin"]
+    assert img.firmware_missing == ["fw/dangling.bin", "fw/escape-abs.bin",
+                                    "fw/escape-dir/x.bin", "fw/escape.bin", "fw/loop.bin"]
+    why = img.firmware_reasons
+    assert set(why) == set(img.firmware_missing)
+    assert why["fw/escape-abs.bin"] == (f"usr/lib/firmware/fw/escape-abs.bin is a symlink to "
+                                        f"{secret}, outside usr/lib/firmware")
+    assert why["fw/escape-dir/x.bin"].startswith("usr/lib/firmware/fw/escape-dir is a symlink")
+    assert "leads out of usr/lib/firmware" in why["fw/escape.bin"]
+    assert "more than 8 symlinks" in why["fw/loop.bin"]
+    assert "dangling" in why["fw/dangling.bin"]
+    cpio = initrd.decompress(img.data)
+    assert secret.read_bytes() not in cpio
+    by = {e.name: e for e in initrd.read(img.data)}
+    # the target's bytes under the requested name, as a plain file (never a link)
+    assert by["lib/firmware/fw/rel.bin"].data == b"real a" and by["lib/firmware/fw/rel.bin"].is_file
+    assert by["lib/firmware/fw/abs.bin"].data == b"real a"
+    assert by["lib/firmware/fw/dirlink/x.bin"].data == b"real x"
+    assert by["lib/firmware/fw/compressed.bin.zst"].data == (fw / "real/c.bin.zst").read_bytes()
+    assert not [e for e in by.values() if e.is_symlink and e.name.startswith("lib/firmware")]
+    info = dict(line.split("=", 1) for line in by["etc/onix-initrd"].data.decode().splitlines())
+    assert info["firmware_missing"].split(",") == img.firmware_missing
+    # the key covers the bytes included: retargeting a link changes it
+    (fw / "fw" / "rel.bin").unlink()
+    (fw / "fw" / "rel.bin").symlink_to("../real/x.bin")
+    again = initrd.build(usr=usr, kver=KVER, cache_dir=tmp_path / "cache")
+    assert not again.cached and again.key != img.key
+    assert {e.name: e for e in initrd.read(again.data)}["lib/firmware/fw/rel.bin"].data == \
+        b"real x"
+    # a symlinked firmware directory is left out as a whole, and the build goes on
+    shutil.move(fw, tmp_path / "fw-elsewhere")
+    fw.symlink_to(tmp_path / "fw-elsewhere")
+    img = initrd.build(usr=usr, kver=KVER)
+    assert img.firmware == [] and "fw/rel.bin" in img.firmware_missing
+    assert img.firmware_reasons["fw/rel.bin"].startswith("usr/lib/firmware is a symlink")
+
+
 # -- kmod ------------------------------------------------------------------------
 
 
@@ -338,6 +534,20 @@ def test_kmod_missing_dependency_is_an_error(usr: Path) -> None:
     with pytest.raises(OnixError, match="g depends on gone") as e:
         kmod.resolve(usr=usr, kver=KVER, wanted=["g"])
     assert e.value.path.endswith("kernel/drivers/g.ko")
+
+
+def test_kmod_skips_header_links(tmp_path: Path, usr: Path, fake_objects) -> None:
+    """build/ and source/ link to kernel headers (/usr/src/...): not searched, not an error."""
+    headers = tmp_path / "host-headers"
+    headers.mkdir()
+    (headers / "a.ko").write_bytes(fake_objects["e"])  # would shadow module a if followed
+    moddir = usr / "lib" / "modules" / KVER
+    for name in ("build", "source"):
+        (moddir / name).symlink_to(headers)
+    assert kmod.resolve(usr=usr, kver=KVER, wanted=["a"]).names == ["c", "b", "a"]
+    (moddir / "kernel" / "extra").symlink_to(headers)  # anywhere else: refused
+    with pytest.raises(OnixError, match=f"usr/lib/modules/{KVER}/kernel/extra is a symlink"):
+        kmod.resolve(usr=usr, kver=KVER, wanted=["a"])
 
 
 def test_kmod_reads_only_what_it_needs(usr: Path) -> None:
@@ -427,12 +637,147 @@ def test_init_is_valid_sh() -> None:
         assert applet in text and applet in initrd.APPLETS
 
 
+# Names in command position that are the initrd's own programs, not applets
+INITRD_PROGRAMS = ("busybox", "onix-exchange")
+SH_KEYWORDS = {"if", "then", "else", "elif", "fi", "for", "in", "do", "done", "case", "esac",
+               "while", "until", "!", "{", "}"}
+
+
+def shell_skeleton(text: str) -> str:
+    """The script with comments dropped and quoted or expanded text reduced to `Q`,
+    keeping the commands inside $(...), also inside double quotes. A small lexer that is
+    enough for boot/init, not a general sh parser."""
+    out: list[str] = []
+    stack: list[list] = [["sh", 0]]  # "sh" (a paren depth for $( ... )) or '"'
+    i, n = 0, len(text)
+
+    def skip_braced(i: int) -> int:  # ${...}: to the matching }
+        depth = 0
+        while i < n:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+            if depth == 0:
+                return i
+        return i
+
+    def skip_arith(i: int) -> int:  # $((...)): to the matching ))
+        depth = 0
+        while i < n:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+            if depth == 0:
+                return i
+        return i
+
+    while i < n:
+        c, top = text[i], stack[-1]
+        two = text[i:i + 2]
+        if c == "\\":
+            out.append(" " if text[i + 1:i + 2] == "\n" else "Q")
+            i += 2
+        elif two == "$(" and text[i + 2:i + 3] == "(":
+            out.append("Q")
+            i = skip_arith(i + 1)
+        elif two == "$(":
+            out.append(" $( ")
+            stack.append(["sh", 0])
+            i += 2
+        elif two == "${":
+            out.append("Q")
+            i = skip_braced(i + 1)
+        elif c == "$":  # $name, or $1 $# $$ $? ...
+            out.append("Q")
+            m = re.compile(r"[A-Za-z_]\w*|.").match(text, i + 1)
+            i = m.end() if m else i + 1
+        elif top[0] == '"':
+            if c == '"':
+                stack.pop()
+            i += 1
+        elif c == '"':
+            out.append("Q")
+            stack.append(['"', 0])
+            i += 1
+        elif c == "'":
+            out.append("Q")
+            i = text.index("'", i + 1) + 1
+        elif c == "#" and (not out or out[-1][-1:] in (" ", "\n", "\t", ";")):
+            i = text.find("\n", i) if "\n" in text[i:] else n
+        elif c == "(" and len(stack) > 1:
+            top[1] += 1
+            out.append(c)
+            i += 1
+        elif c == ")" and len(stack) > 1 and top[1] == 0:
+            stack.pop()
+            out.append(" ) ")
+            i += 1
+        else:
+            if c == ")" and len(stack) > 1:
+                top[1] -= 1
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def init_commands(text: str) -> tuple[set[str], set[str]]:
+    """(names in command position, functions the script defines) of a sh script."""
+    skeleton = shell_skeleton(text)
+    functions = set(re.findall(r"^\s*([A-Za-z_]\w*)\(\)", skeleton, re.M))
+    # words after which a command comes count as command separators (the word itself
+    # is then found as a command too: keywords are dropped below, exec is a builtin)
+    skeleton = re.sub(r"(?<![^\s;])(then|do|else|elif|if|while|until|exec|!)(?=\s)",
+                      r"; \1 ;", skeleton)
+    # case patterns (`UUID=*|LABEL=*)`, `ro|rw)`) start a line or follow `in` or `;;`,
+    # and end in an unmatched )
+    skeleton = re.sub(r"(^|\bin[ \t]|;;)[ \t]*[^\s();|&]+(?:\|[^\s();|&]+)*\)", r"\1;",
+                      skeleton, flags=re.M)
+    # a command starts a line or follows ; & | { or $(, after any assignments (x=...)
+    words = re.findall(r"(?:^|[;&|{]|\$\()[ \t]*(?:\w+=\S*[ \t]+)*"
+                       r"([A-Za-z_\[][\w.\[-]*)(?=[\s;)|&]|$)", skeleton, re.M)
+    return {w for w in words if w not in SH_KEYWORDS}, functions
+
+
+def ash_builtins(names: set[str]) -> set[str]:
+    """Which names the bootkit busybox's ash runs as builtins (not applets, not PATH)."""
+    script = "; ".join(f"type {shlex.quote(n)}" for n in sorted(names))
+    out = subprocess.run([bootkit.busybox_static(), "sh", "-c", script],
+                         env={"PATH": "/nonexistent"}, capture_output=True, text=True).stdout
+    return {line.split(" is ", 1)[0] for line in out.splitlines()
+            if line.endswith("shell builtin")}
+
+
+def test_init_uses_only_builtins_and_applets() -> None:
+    """Every command boot/init runs is an ash builtin, an APPLETS link or our own program:
+    anything else exists on the host that runs the tests, but not in the initrd."""
+    # the lexer finds commands in $(...), inside "...", after ! && | and in case arms,
+    # and not words inside strings, assignments or case patterns
+    names, _ = init_commands('x=$(foo "a; b" | bar)\nif ! baz; then qux; fi\n'
+                             'y=1 z=2 corge\ncase $x in a|b) quux ;; *) ;; esac\n'
+                             'echo "$(grault)" > f && garply || waldo\n')
+    assert names == {"foo", "bar", "baz", "qux", "corge", "quux", "echo", "grault", "garply",
+                     "waldo"}
+    names, functions = init_commands((REPO / "boot" / "init").read_text())
+    assert {"exchange_state", "fatal", "find_partuuid", "find_root", "hexbytes",
+            "load_modules", "main", "msg", "partuuid_of"} == functions
+    assert functions - {"find_partuuid"} <= names  # called (find_partuuid via find_root)
+    commands = names - functions
+    assert {"onix-exchange", "switch_root", "findfs", "insmod", "od", "tr", "printf", "[",
+            "grep", "mv", "rm", "cat", "sed", "uname", "umount", "mount", "sync", "sh",
+            "reboot", "sleep", "read", "set", "exec"} <= commands
+    # printf and [ are ash builtins in this busybox, as boot/init assumes (no applet link)
+    builtins = ash_builtins(commands | {"test"})
+    assert {"printf", "[", "test", "echo", "read", "cd", "set", "exec"} <= builtins
+    unknown = commands - builtins - set(initrd.APPLETS) - set(INITRD_PROGRAMS)
+    assert not unknown, f"boot/init runs {sorted(unknown)}: add them to initrd.APPLETS"
+
+
 def applet_path(tmp_path: Path) -> str:
-    """A PATH holding only busybox applets, like the initrd's /bin."""
+    """A PATH holding only busybox applets and onix-exchange, like the initrd's /bin."""
     d = tmp_path / "bin"
-    d.mkdir()
-    for applet in initrd.APPLETS:
-        os.symlink(bootkit.busybox_static(), d / applet)
+    if not d.is_dir():
+        d.mkdir()
+        for applet in initrd.APPLETS:
+            os.symlink(bootkit.busybox_static(), d / applet)
+        os.symlink(bootkit.exchange_helper(), d / "onix-exchange")
     return str(d)
 
 
@@ -442,6 +787,58 @@ def run_init_function(tmp_path: Path, script: str) -> str:
                         f". {REPO / 'boot' / 'init'}; {script}"], env=env, check=True,
                        capture_output=True, text=True)
     return r.stdout
+
+
+FSTX1 = "1-abcd"
+
+
+def fake_sysroot(top: Path) -> Path:
+    """A root with state 2 live and state 1 archived, as the initrd finds it mounted."""
+    root = top / "sysroot"
+    (root / "usr").mkdir(parents=True)
+    (root / "usr" / ".stateID").write_text("2\n")
+    old = root / ".onix" / "states" / "1" / "usr"
+    (old / "lib").mkdir(parents=True)
+    (old / ".stateID").write_text("1\n")
+    (old / "lib" / "os-release").write_text(f"ONIX_STATE=1\nONIX_FSTX={FSTX1}\n")
+    return root
+
+
+def exchange(tmp_path: Path, root: Path) -> str:
+    return run_init_function(tmp_path, f"sysroot={shlex.quote(str(root))}; fstx={FSTX1}; "
+                                       "exchange_state")
+
+
+def test_init_exchange_state(tmp_path: Path) -> None:
+    root = fake_sysroot(tmp_path / "ok")
+    assert exchange(tmp_path, root) == "onix: activated state 1 (was 2)\n"
+    assert (root / "usr" / ".stateID").read_text() == "1\n"
+    assert (root / ".onix" / "boot-exchange").read_text() == f"from=2\nto=1\nfstx={FSTX1}\n"
+    assert exchange(tmp_path, root) == ""  # state 1 is live now: nothing to do
+
+
+def test_init_does_not_exchange_during_an_onix_transaction(tmp_path: Path) -> None:
+    root = fake_sysroot(tmp_path)
+    (root / ".onix" / "txn-running").write_text("")
+    assert exchange(tmp_path, root) == ("onix: an interrupted onix transaction is pending; "
+                                        "booting /usr as it is so that onix can finish it\n")
+    assert (root / "usr" / ".stateID").read_text() == "2\n"
+    assert not (root / ".onix" / "boot-exchange").exists()
+
+
+@pytest.mark.parametrize("link", ["usr", ".onix", ".onix/states", ".onix/states/1",
+                                  ".onix/states/1/usr"])
+def test_init_refuses_symlinked_trees(tmp_path: Path, link: str) -> None:
+    """The same root as test_init_exchange_state, with one directory moved behind a link."""
+    root = fake_sysroot(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(root / link, elsewhere)
+    (root / link).symlink_to(elsewhere)
+    assert exchange(tmp_path, root) == (f"onix: {root}/{link} is a symlink; onix exchanges only "
+                                        "real directories; booting state 2\n")
+    assert (root / "usr" / ".stateID").read_text() == "2\n"
+    assert (root / link).is_symlink() and (elsewhere / ".stateID").exists() == link.endswith(
+        "usr")
 
 
 def test_init_reads_partuuids(tmp_path: Path) -> None:
@@ -471,5 +868,13 @@ def test_exchange_helper(tmp_path: Path) -> None:
     r = subprocess.run([helper, a, tmp_path / "missing"], capture_output=True, text=True)
     assert r.returncode == 1 and "No such file or directory" in r.stderr
     assert (a / "in-b").exists()
+    # a symlink (or a file) is never exchanged: /usr would become a link to anywhere
+    (tmp_path / "link").symlink_to(b)
+    (tmp_path / "file").touch()
+    for other, why in (("link", "is a symlink"), ("file", "is not a directory")):
+        for args in ([a, tmp_path / other], [tmp_path / other, a]):
+            r = subprocess.run([helper, *args], capture_output=True, text=True)
+            assert r.returncode == 1 and f"{tmp_path / other} {why}" in r.stderr
+    assert (tmp_path / "link").is_symlink() and (a / "in-b").exists()
     assert subprocess.run([helper], capture_output=True).returncode == 2
     initrd.check_static(helper, rel="lib/onix/exchange", what="the helper")

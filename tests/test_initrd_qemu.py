@@ -3,7 +3,8 @@
 Two states are installed with the engine (A: kernel, busybox, exchange helper and a
 marker stone at version 1; B: the marker at version 2). One initrd, built from the
 live state, boots both: with B's fstx nothing moves; with A's fstx the initrd
-exchanges A's archived tree into /usr before switch_root, and leaves its note. The
+exchanges A's archived tree into /usr before switch_root, and leaves its note,
+unless onix's /.onix/txn-running marker says a transaction is unfinished. The
 disk image is read back with debugfs, so nothing is mounted on the host.
 """
 
@@ -114,6 +115,27 @@ def test_boot_older_state_is_exchanged_by_the_initrd(machine: Machine, tmp_path:
     # the exchange left state 2's tree where state 1's was: what onix reconciles from
     assert bootkit.debugfs_cat(disk, "/.onix/states/1/usr/.stateID") == b"2\n"
     assert read_note(disk) == {"from": "2", "to": "1", "fstx": machine.fstx[1]}
+
+
+def test_boot_does_not_exchange_during_an_onix_transaction(machine: Machine,
+                                                           tmp_path: Path) -> None:
+    """onix's /.onix/txn-running marker: the older entry boots /usr as it is."""
+    marker = machine.root / ".onix" / "txn-running"
+    marker.write_text("")
+    try:  # only this test's image holds the marker; the machine's root is shared
+        disk = bootkit.make_ext4(src=machine.root, img=tmp_path / "root.img", size="256M")
+    finally:
+        marker.unlink()
+    log = boot(machine, disk, f"root=LABEL={bootkit.ROOT_LABEL} rw onix.fstx={machine.fstx[1]}")
+    assert ("onix: an interrupted onix transaction is pending; booting /usr as it is so that "
+            "onix can finish it") in log
+    assert "onix: activated" not in log and "onix: booting state 2" in log
+    assert "onix-test: stateID=2" in log and "onix-test: marker=2" in log
+    assert bootkit.debugfs_cat(disk, "/usr/.stateID") == b"2\n"
+    assert bootkit.debugfs_cat(disk, "/.onix/states/1/usr/.stateID") == b"1\n"
+    assert bootkit.debugfs_cat(disk, "/.onix/txn-running") == b""
+    with pytest.raises(FileNotFoundError):
+        bootkit.debugfs_cat(disk, "/.onix/boot-exchange")
 
 
 def test_boot_unknown_state_boots_the_live_one(machine: Machine, tmp_path: Path) -> None:
