@@ -621,15 +621,25 @@ def check_layout(s, entries: list, *, read) -> None:
                             "command)")
         return
     kver = kvers[-1]
+    def words(data: bytes | None) -> list[str]:
+        return [w for line in (data or b"").decode(errors="replace").splitlines()
+                for w in line.split("#", 1)[0].split()]
+
+    # The same sources and precedence as _snippets(): the kernel's *.cmdline, then
+    # cmdline.d by file name, a file in /etc replacing the one of its name in /usr.
     tokens: list[str] = []
-    snippets = sorted(e.path for e in entries if e.kind != DIR and (
-        (e.path.startswith(f"{KERNEL_DIR}/{kver}/") and e.path.endswith(".cmdline")) or
-        (e.path.startswith("lib/kernel/cmdline.d/") and e.path.endswith(".conf"))))
-    for rel in snippets:
-        tokens += (content(rel) or b"").decode(errors="replace").split()
-    etc = _conf_files(s.paths.root, "etc/kernel/cmdline.d")
-    for path in etc.values():
-        tokens += _tokens(path)
+    for rel in sorted(e.path for e in entries if e.kind != DIR and
+                      e.path.startswith(f"{KERNEL_DIR}/{kver}/") and
+                      e.path.endswith(".cmdline")):
+        tokens += words(content(rel))
+    by_name: dict[str, list[str]] = {
+        e.path.rsplit("/", 1)[1]: words(content(e.path)) for e in entries
+        if e.kind != DIR and e.path.startswith("lib/kernel/cmdline.d/")
+        and e.path.endswith(".conf") and e.path.count("/") == 3}
+    for name, path in _conf_files(s.paths.root, "etc/kernel/cmdline.d").items():
+        by_name[name] = _tokens(path)
+    for name in sorted(by_name):
+        tokens += by_name[name]
     if not any(t.startswith(("root=", "onix.root=")) for t in tokens) and \
             not (s.paths.root == Path("/") and _root_device()):
         raise BootError("no root= for the boot entries", path=s.paths.root / CMDLINE_DIRS[1],
