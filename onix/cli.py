@@ -28,6 +28,9 @@ boot_app = typer.Typer(help="Boot entries, the initrd, systemd-boot: the boot pl
                        no_args_is_help=True)
 app.add_typer(stone_app, name="stone")
 app.add_typer(boot_app, name="boot")
+nix_app = typer.Typer(help="The Nix plane's machine-side seams (onix-nix-integration).",
+                      no_args_is_help=True)
+app.add_typer(nix_app, name="nix")
 
 Root = Annotated[Path, typer.Option("--root", help="Operate on this root instead of /.",
                                     file_okay=False)]
@@ -187,13 +190,15 @@ def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the sto
 
 
 @app.command()
-def status(root: Root = Path("/"), json: Json = False) -> None:
-    """What is live: active fstx, state count, store size."""
+def status(root: Root = Path("/"), json: Json = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                                 help="List drifted keys.")] = False) -> None:
+    """What is live: active fstx, boot entry, the Nix plane's seams, states, store size."""
     from onix.status import format_status
     from onix.status import status as get
 
     _run(json, lambda: get(root), lambda r: sys.stdout.write("".join(
-        line + "\n" for line in format_status(r))), rich_output=False)
+        line + "\n" for line in format_status(r, verbose=verbose))), rich_output=False)
 
 
 @app.command("ownership")
@@ -480,6 +485,43 @@ def boot_set_default(state_id: Annotated[int, typer.Argument(metavar="ID")],
 
     _run(json, lambda: boot.set_default_root(root, state_id, once=once, esp_dir=esp,
                                              xbootldr=xbootldr, wait=not no_wait), human)
+
+
+# -- nix plane ---------------------------------------------------------------------------
+
+
+@nix_app.command("seed")
+def nix_seed(root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """nixbld users, /etc/nix defaults, the shell hook, /nix runtime dirs, the GL bridge."""
+    from onix import nixplane
+    from onix.transaction import session
+
+    def run() -> dict:
+        with session(root, wait=not no_wait, create=False) as s:
+            report = nixplane.seed_session(s, runtime=True)
+            report.pop("seeded", None)
+            report.update(nixplane.after_change(s))
+            return report
+
+    def human(r: dict) -> None:
+        out = console()
+        for line in r["changed"] or ["nothing to do: already seeded"]:
+            out.print(line)
+        if r.get("opengl", {}).get("bridge"):
+            out.print(f"/run/opengl-driver → {r['opengl']['bridge']}")
+
+    _run(json, run, human)
+
+
+@nix_app.command("check")
+def nix_check(user: Annotated[str, typer.Option("--user", help="Build as this user.")] = "nobody",
+              json: Json = False) -> None:
+    """Self-test: build a trivial derivation through the daemon as a non-root user."""
+    from onix import nixcheck
+
+    _run(json, lambda: nixcheck.check(user=user),
+         lambda r: console().print(f"nix daemon built {r['path']} as {user} "
+                                   f"in {r['seconds']:.1f} s: ok"))
 
 
 def main() -> None:

@@ -13,11 +13,13 @@ import sys
 
 
 def _fast_status(args: list[str]) -> int | None:
-    root, as_json = "/", False
+    root, as_json, verbose = "/", False, False
     it = iter(args)
     for a in it:
         if a == "--json":
             as_json = True
+        elif a in ("--verbose", "-v"):
+            verbose = True
         elif a == "--root":
             root = next(it, None)
             if root is None:
@@ -49,7 +51,7 @@ def _fast_status(args: list[str]) -> int | None:
     if as_json:
         sys.stdout.write(json.dumps(r, indent=2, sort_keys=True, default=str) + "\n")
     else:
-        sys.stdout.write("".join(line + "\n" for line in format_status(r)))
+        sys.stdout.write("".join(line + "\n" for line in format_status(r, verbose=verbose)))
     return 0
 
 

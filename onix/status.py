@@ -87,10 +87,13 @@ def status(root: Path | str) -> dict:
         notes.append(f"database marks {db_active} active, but /usr is state {live}")
     boot, boot_notes = _boot(paths, info, live)
     notes.extend(boot_notes)
+    nix, nix_notes = _nix(paths, st["fstx"] if st else None)
+    notes.extend(nix_notes)
     return {
         "root": str(paths.root),
         "boot_entry": boot.get("default"),
         "boot": boot,
+        "nix": nix,
         "initialized": True,
         "active_state": live,
         "active_fstx": st["fstx"] if st else None,
@@ -158,7 +161,23 @@ def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[st
     return out, notes
 
 
-def format_status(r: dict) -> list[str]:
+def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
+    """The Nix plane's seams, each computed: daemon handshake, /etc drift, graphics bridge."""
+    from onix import nixplane
+
+    if not nixplane.declares_nix(paths.usr) and not paths.nix.exists():
+        return None, []
+    notes = [f"nix: {p} (onix nix seed adds it)" for p in nixplane.check_accounts(paths.root)]
+    if paths.nix.exists():
+        daemon, reason = nixplane.daemon_health(paths.root)
+    else:
+        daemon, reason = "not set up", "no /nix yet (onix nix seed, then start nix-daemon)"
+    d = nixplane.drift(paths.root, usr=paths.usr)
+    return {"daemon": daemon, "daemon_reason": reason, "drift": d.as_dict(),
+            "opengl": nixplane.opengl_status(paths.root, fstx=fstx, usr=paths.usr)}, notes
+
+
+def format_status(r: dict, *, verbose: bool = False) -> list[str]:
     """The human lines of `onix status` (plain text: this path must not import rich)."""
     from onix.ui import human_bytes
 
@@ -167,6 +186,21 @@ def format_status(r: dict) -> list[str]:
     lines = [f"active fstx: {r['active_fstx'] or 'none'}"]
     if r["boot"]["esp"] is not None:
         lines.append(f"boot entry: {r['boot_entry'] or 'none (loader.conf names no default)'}")
+    nix = r.get("nix")
+    if nix is not None:
+        daemon = nix["daemon"] if nix["daemon"] == "healthy" else \
+            f"{nix['daemon']} ({nix['daemon_reason']})"
+        lines.append(f"nix daemon: {daemon}")
+        d = nix["drift"]
+        n = len(d["overrides"])
+        what = f"{n} local override{'s' if n != 1 else ''}" if n else "none"
+        if d["missing"]:
+            what += f"; {', '.join(d['missing'])} missing (onix nix seed)"
+        lines.append(f"etc drift: {what}")
+        if verbose:
+            lines.extend(f"  nix.conf: {k}" for k in d["overrides"])
+        lines.extend(f"  error: {e}" for e in d["errors"])
+        lines.append(f"opengl: {nix['opengl']}")
     pinned = f" (pinned: {', '.join(map(str, r['pinned']))})" if r["pinned"] else ""
     lines.append(f"states: {r['states']}{pinned}")
     lines.append(f"store: {human_bytes(r['store_bytes'])}")

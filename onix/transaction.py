@@ -556,6 +556,23 @@ def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) 
     return report, warnings
 
 
+def _after_activation(s: Session, result: Result) -> Result:
+    """The planes that follow the live state: boot files, the Nix seams, services.
+
+    The state is committed by now. Boot files are required (an error says what to do);
+    the Nix seams and services are reported as warnings when they fail, since the
+    machine is live and `onix nix seed` / `onix services` can redo them.
+    """
+    from onix import nixplane
+
+    result.detail["boot"] = boot.after_change(s)
+    try:
+        result.detail["nix"] = nixplane.after_change(s)
+    except (OnixError, OSError) as e:
+        result.warnings.append(f"nix plane: {e.line() if isinstance(e, OnixError) else e}")
+    return result
+
+
 def _mark_txn(paths: RootPaths) -> None:
     """Tell the initrd (boot/init) not to exchange /usr until this journal is closed."""
     fd = os.open(paths.txn_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -602,9 +619,9 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     faults.point(kind, "archive")
     _archive_old_tree(paths, paths.staging_usr, from_state)
     report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
-    return Result(kind=kind, from_state=from_state, to_state=state_id, fstx=fstx,
-                  summary=summary, nix=report, warnings=warnings, recovered=s.recovered,
-                  detail={"boot": boot.after_change(s)})
+    return _after_activation(s, Result(
+        kind=kind, from_state=from_state, to_state=state_id, fstx=fstx, summary=summary,
+        nix=report, warnings=warnings, recovered=s.recovered))
 
 
 def _settle_after_failure(s: Session, exc: BaseException) -> OnixError | None:
@@ -769,9 +786,10 @@ def _activate(s: Session, state_id: int, kind: str) -> Result:
     _archive_old_tree(paths, tree, live)
     _remove_empty(tree.parent)
     report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
-    return Result(kind=kind, from_state=live, to_state=state_id, fstx=target["fstx"],
-                  summary=f"{kind} to state {state_id}", nix=report, warnings=warnings,
-                  recovered=s.recovered, detail={"boot": boot.after_change(s)})
+    return _after_activation(s, Result(
+        kind=kind, from_state=live, to_state=state_id, fstx=target["fstx"],
+        summary=f"{kind} to state {state_id}", nix=report, warnings=warnings,
+        recovered=s.recovered))
 
 
 def _remove_empty(d: Path) -> None:

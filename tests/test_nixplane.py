@@ -1,0 +1,238 @@
+"""onix-nix-integration on scratch roots: accounts, /etc defaults and drift, /nix runtime dirs,
+the graphics bridge, GC roots, daemon health, and the status lines.
+
+The real nix-daemon is in tests/test_nix_real.py; here a socket that nobody answers (a
+fault the real daemon cannot be made to produce on demand) stands in where a test says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import REPO, onix, onix_json, snapshot
+
+from onix import nixplane, prune, transaction
+from onix.errors import StateError
+
+DECLARED = REPO / "stones/onix-nix-integration/usr/share/onix/nix"
+
+
+@pytest.fixture
+def nix_stone(make_stone):
+    def make(*, conf: str | None = None, version: str = "1.0") -> Path:
+        return make_stone("onix-nix-integration", {
+            "share/onix/nix/nix.conf": conf if conf is not None else
+            (DECLARED / "nix.conf").read_text(),
+            "share/onix/nix/nix.sh": (DECLARED / "nix.sh").read_text()}, version=version)
+    return make
+
+
+@pytest.fixture
+def mesa_stone(make_stone):
+    """A Mesa-shaped tree (the files a real Mesa stone ships in these places)."""
+    def make(version: str, *, icd_lib: str = "libvulkan_lvp.so") -> Path:
+        lib = "lib/x86_64-linux-gnu"
+        return make_stone("mesa", {
+            f"{lib}/dri/swrast_dri.so": f"mesa {version}",
+            f"{lib}/libEGL_mesa.so.0": f"egl {version}",
+            f"{lib}/{icd_lib.split('/')[-1]}": f"vk {version}",
+            "share/glvnd/egl_vendor.d/50_mesa.json": json.dumps(
+                {"file_format_version": "1.0.0", "ICD": {"library_path": "libEGL_mesa.so.0"}}),
+            "share/vulkan/icd.d/lvp_icd.x86_64.json": json.dumps(
+                {"file_format_version": "1.0.0", "ICD": {"library_path": icd_lib}}),
+        }, version=version)
+    return make
+
+
+def test_seed_accounts_fixed_ids_and_other_lines_kept(root: Path) -> None:
+    etc = root / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                "alice:x:1000:1000::/home/a:/bin/sh\n")
+    (etc / "group").write_text("root:x:0:\nalice:x:1000:\n")
+    (etc / "shadow").write_text("root:*:1::::::\n")
+    os.chmod(etc / "shadow", 0o640)
+    r = nixplane.seed(root, runtime=False)
+    assert sorted(r["changed"]) == ["/etc/group", "/etc/passwd", "/etc/shadow"]
+    passwd = (etc / "passwd").read_text().splitlines()
+    assert passwd[:2] == ["root:x:0:0:root:/root:/bin/sh", "alice:x:1000:1000::/home/a:/bin/sh"]
+    users = [ln.split(":") for ln in passwd if ln.startswith("nixbld")]
+    assert [(u[0], u[2], u[3], u[5], u[6]) for u in users] == [
+        (f"nixbld{i}", str(30000 + i), "30000", "/var/empty", "/usr/sbin/nologin")
+        for i in range(1, 33)]
+    group = (etc / "group").read_text().splitlines()
+    assert group[-1] == "nixbld:x:30000:" + ",".join(f"nixbld{i}" for i in range(1, 33))
+    assert all(ln.split(":")[1] == "!" for ln in (etc / "shadow").read_text().splitlines()
+               if ln.startswith("nixbld"))
+    assert stat.S_IMODE((etc / "shadow").stat().st_mode) == 0o640
+    assert nixplane.check_accounts(root) == []
+    before = snapshot(root)
+    assert nixplane.seed(root, runtime=False)["changed"] == []  # idempotent
+    assert snapshot(root) == before
+
+
+def test_seed_refuses_a_conflicting_nixbld_and_changes_nothing(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc/group").write_text("nixbld:x:1234:\n")
+    before = snapshot(root)
+    with pytest.raises(StateError, match="gid 1234, not 30000"):
+        nixplane.seed(root, runtime=False)
+    assert snapshot(root) == before
+    assert nixplane.check_accounts(root) == [
+        "group nixbld has gid 1234, not 30000",
+        "32 of the 32 nixbld users are missing from /etc/passwd"]
+
+
+def test_runtime_dirs_have_the_installers_modes(root: Path) -> None:
+    made = nixplane.seed(root, runtime=True)["changed"]
+    assert "/nix/store" in made and "/nix/var/nix/profiles/per-user" in made
+    st = (root / "nix/store").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o1775 and (st.st_uid, st.st_gid) == (0, 30000)
+    for rel in ("nix/var/nix/profiles/per-user", "nix/var/nix/gcroots/per-user",
+                "nix/var/nix/daemon-socket"):
+        assert stat.S_IMODE((root / rel).stat().st_mode) == 0o755
+    assert not (root / "nix/var/nix/db").exists()  # Nix makes its database itself
+
+
+def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_stone) -> None:
+    transaction.install(root, [nix_stone()])
+    conf = root / "etc/nix/nix.conf"
+    text = conf.read_text()
+    assert text.startswith("# Managed by onix") and "build-users-group = nixbld" in text
+    assert (root / "etc/profile.d/nix.sh").read_text().endswith((DECLARED / "nix.sh").read_text())
+    assert nixplane.drift(root).overrides == []
+    assert not (root / "nix").exists()  # a transaction never writes inside /nix
+    # New defaults replace an unedited file ...
+    transaction.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = false\n"
+                                         "max-jobs = 4\n", version="2.0")])
+    assert "max-jobs = 4" in conf.read_text()
+    # ... but a local edit is kept through later transactions, and counted.
+    conf.write_text(conf.read_text().replace("max-jobs = 4", "max-jobs = 16") + "cores = 2\n")
+    edited = conf.read_text()
+    transaction.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = true\n",
+                                         version="3.0")])
+    assert conf.read_text() == edited
+    d = nixplane.drift(root)
+    assert d.overrides == ["cores", "max-jobs", "sandbox"]
+    st = onix_json("status", "--root", root)
+    assert st["nix"]["drift"]["overrides"] == ["cores", "max-jobs", "sandbox"]
+    lines = onix("status", "--root", root, check=True).stdout.splitlines()
+    assert "etc drift: 3 local overrides" in lines
+    verbose = onix("status", "--root", root, "--verbose", check=True).stdout.splitlines()
+    assert "  nix.conf: max-jobs" in verbose
+
+
+def test_syntax_error_in_nix_conf_is_reported_with_its_line(root: Path, nix_stone) -> None:
+    transaction.install(root, [nix_stone()])
+    conf = root / "etc/nix/nix.conf"
+    conf.write_text(conf.read_text() + "this line is not a setting\n")
+    n = len(conf.read_text().splitlines())
+    out = onix("status", "--root", root, check=True).stdout
+    assert f"  error: /etc/nix/nix.conf line {n}: expected `key = value`" in out
+
+
+def test_status_lines_in_product_order(root: Path, nix_stone, mesa_stone) -> None:
+    r = transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+    nixplane.seed(root, runtime=True)
+    lines = onix("status", "--root", root, check=True).stdout.splitlines()
+    assert lines[0] == f"active fstx: {r.fstx}"
+    assert lines[1].startswith("nix daemon: down (no socket at ")
+    assert lines[2] == "etc drift: none"
+    assert lines[3] == "opengl: coherent"
+
+
+def test_missing_nixbld_group_is_a_status_note(root: Path, nix_stone) -> None:
+    transaction.install(root, [nix_stone()])
+    group = root / "etc/group"
+    group.write_text("".join(ln + "\n" for ln in group.read_text().splitlines()
+                             if not ln.startswith("nixbld:")))
+    notes = onix_json("status", "--root", root)["notes"]
+    assert "nix: group nixbld is missing from /etc/group (onix nix seed adds it)" in notes
+
+
+def test_daemon_health_stale_socket_and_silent_daemon(root: Path) -> None:
+    nixplane.seed(root, runtime=True)
+    sock_path = root / nixplane.SOCKET
+    assert nixplane.daemon_health(root) == ("down", f"no socket at {sock_path}")
+    # A daemon that died leaves its socket file: connecting is refused.
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(sock_path))
+    srv.close()
+    state, reason = nixplane.daemon_health(root)
+    assert state == "down" and reason.startswith("stale socket")
+    # Fault injection: a listener that accepts and never answers (a hung daemon).
+    sock_path.unlink()
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(sock_path))
+    srv.listen(1)
+    conns = []
+    t = threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True)
+    t.start()
+    try:
+        state, reason = nixplane.daemon_health(root)
+        assert state == "not ready" and "did not answer" in reason
+        line = onix("status", "--root", root).stdout
+        assert line == "" or "nix daemon" not in line or "not ready" in line
+    finally:
+        srv.close()
+        for c, _ in conns:
+            c.close()
+
+
+def test_opengl_bridge_follows_rollback_and_reports_stale(root: Path, nix_stone,
+                                                          mesa_stone) -> None:
+    one = transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+    bridge = root / "run/opengl-driver"
+    assert os.readlink(bridge) == f"/run/onix/opengl-driver-{one.fstx}"
+    driver = root / "run/onix" / f"opengl-driver-{one.fstx}"
+    assert os.readlink(driver / "lib/dri") == "/usr/lib/x86_64-linux-gnu/dri"
+    assert os.readlink(driver / "share/vulkan/icd.d") == "/usr/share/vulkan/icd.d"
+    assert nixplane.opengl_status(root, fstx=one.fstx) == "coherent"
+    two = transaction.install(root, [mesa_stone("25.0.7")])
+    assert os.readlink(bridge) == f"/run/onix/opengl-driver-{two.fstx}"
+    dri = root / "usr/lib/x86_64-linux-gnu/dri/swrast_dri.so"
+    assert dri.read_text() == "mesa 25.0.7"
+    transaction.rollback(root)
+    assert os.readlink(bridge) == f"/run/onix/opengl-driver-{one.fstx}"
+    assert dri.read_text() == "mesa 22.3.6"  # what a Nix app's loader finds through the bridge
+    assert sorted(p.name for p in (root / "run/onix").iterdir()) == \
+        [f"opengl-driver-{one.fstx}"]
+    # Stale: the bridge names another state (e.g. a /run restored from elsewhere).
+    os.unlink(bridge)
+    os.symlink(f"/run/onix/opengl-driver-{two.fstx}", bridge)
+    assert nixplane.opengl_status(root, fstx=one.fstx).startswith("stale: /run/opengl-driver "
+                                                                  "points at")
+    onix("nix", "seed", "--root", root, check=True)
+    assert onix_json("status", "--root", root)["nix"]["opengl"] == "coherent"
+    # Stale: an ICD file that names a library the state does not have.
+    transaction.install(root, [mesa_stone("25.0.8", icd_lib="/usr/lib/nope/libvk.so")])
+    assert "names /usr/lib/nope/libvk.so, which does not exist" in \
+        onix_json("status", "--root", root)["nix"]["opengl"]
+
+
+def test_gc_roots_for_store_links_follow_the_states(root: Path, make_stone) -> None:
+    nixplane.seed(root, runtime=True)
+    (root / "nix/store/aaaa-ripgrep-14.1/bin").mkdir(parents=True)
+    link = make_stone("uses-nix", {"bin/rg": ("symlink", "/nix/store/aaaa-ripgrep-14.1/bin/rg")})
+    r1 = transaction.install(root, [link])
+    roots = root / "nix/var/nix/gcroots/onix/states"
+    assert {p.name: os.readlink(p) for p in roots.iterdir()} == \
+        {"1-0": "/nix/store/aaaa-ripgrep-14.1"}
+    assert r1.nix == "untouched"  # onix's own roots are its seam, not Nix's
+    transaction.remove(root, ["uses-nix"])
+    assert {p.name for p in roots.iterdir()} == {"1-0"}  # state 1 still retained
+    prune.prune(root, keep=1)
+    assert list(roots.iterdir()) == []
+
+
+def test_nix_seed_cli_and_json(root: Path, nix_stone) -> None:
+    transaction.install(root, [nix_stone()])
+    r = onix_json("nix", "seed", "--root", root)
+    assert "/nix/store" in r["changed"]
+    assert onix_json("nix", "seed", "--root", root)["changed"] == []
