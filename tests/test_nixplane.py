@@ -236,3 +236,39 @@ def test_nix_seed_cli_and_json(root: Path, nix_stone) -> None:
     r = onix_json("nix", "seed", "--root", root)
     assert "/nix/store" in r["changed"]
     assert onix_json("nix", "seed", "--root", root)["changed"] == []
+
+
+def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
+                                                                    nix_stone) -> None:
+    """A real s6-svscan supervising a nix-daemon service whose run script fails."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("s6-svscan") is None:
+        pytest.fail("s6 is not installed: run ./scripts/bootstrap")
+    transaction.install(root, [nix_stone()])
+    nixplane.seed(root, runtime=True)
+    svc = root / nixplane.SERVICE
+    svc.mkdir(parents=True)
+    (svc / "run").write_text("#!/bin/sh\necho 'nix-daemon: cannot start' >&2\nexit 1\n")
+    os.chmod(svc / "run", 0o755)
+    scan = subprocess.Popen(["s6-svscan", str(svc.parent)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            state, reason = nixplane.daemon_health(root)
+            if "s6: down" in reason:
+                break
+            time.sleep(0.1)
+        assert state == "down" and "s6: down" in reason and "exit 1" in reason, reason
+        line = next(ln for ln in onix("status", "--root", root, check=True).stdout.splitlines()
+                    if ln.startswith("nix daemon:"))
+        assert line.startswith("nix daemon: down (no socket at ") and "exit 1" in line
+    finally:
+        subprocess.run(["s6-svscanctl", "-t", str(svc.parent)], check=False)
+        try:
+            scan.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(scan.pid, 9)
+            scan.wait()
