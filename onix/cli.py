@@ -487,6 +487,26 @@ def boot_set_default(state_id: Annotated[int, typer.Argument(metavar="ID")],
                                              xbootldr=xbootldr, wait=not no_wait), human)
 
 
+# -- services ----------------------------------------------------------------------------
+
+
+@app.command("services")
+def services_cmd(root: Root = Path("/"), json: Json = False) -> None:
+    """The live state's s6 services and what s6-svstat says of each."""
+    from onix import services
+
+    def human(rows: list) -> None:
+        out = console()
+        if not rows:
+            out.print("no services in the live state")
+        for r in rows:
+            where = "" if r.get("in_state") else " (not in the live state)"
+            state = r.get("error") or r.get("text") or r.get("state")
+            out.print(f"{r['name']:20} {state}{where}")
+
+    _run(json, lambda: services.list_services(root=root), human)
+
+
 # -- nix plane ---------------------------------------------------------------------------
 
 

@@ -570,7 +570,26 @@ def _after_activation(s: Session, result: Result) -> Result:
         result.detail["nix"] = nixplane.after_change(s)
     except (OnixError, OSError) as e:
         result.warnings.append(f"nix plane: {e.line() if isinstance(e, OnixError) else e}")
+    result.detail["services"] = _services_follow(s, result.warnings)
     return result
+
+
+def _services_follow(s: Session, warnings: list[str]) -> dict | None:
+    """Reconcile the live s6 scan directory with the live state's service definitions."""
+    from onix import services
+
+    live = s.live_state()
+    has_defs = (s.paths.usr / services.DEFINITIONS).is_dir()
+    if live is None or (not has_defs and not services.default_scandir(s.paths.root).is_dir()):
+        return None
+    try:
+        report = services.reconcile(root=s.paths.root, usr=s.paths.usr, state_id=live)
+    except (OnixError, OSError) as e:
+        warnings.append(f"services: {e.line() if isinstance(e, OnixError) else e}")
+        return None
+    for f in report.failed:
+        warnings.append(f"service {f['name']} did not come up: {f['reason']}")
+    return report.as_dict()
 
 
 def _mark_txn(paths: RootPaths) -> None:
