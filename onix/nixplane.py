@@ -84,6 +84,18 @@ def header(name: str) -> str:
 # -- /etc/passwd, /etc/group, /etc/shadow ------------------------------------------------
 
 
+def _real_dirs(root: Path, *rels: str) -> None:
+    """Refuse a symlink anywhere on the way to these directories of the root.
+
+    The root may be a scratch directory on a host: a root whose etc is a symlink to
+    /etc would have onix edit the host's accounts. (Missing directories are fine.)
+    """
+    from onix import safepath
+
+    for rel in rels:
+        safepath.lstat_below(root, rel, want=safepath.DIRECTORY)
+
+
 def _read_lines(path: Path) -> list[str]:
     try:
         return fsutil.read_nofollow(path).decode().splitlines()
@@ -138,6 +150,7 @@ def seed_accounts(root: Path) -> list[str]:
     """Add the nixbld group and users where missing; refuse conflicting ones."""
     want = _accounts(root)
     etc = root / "etc"
+    _real_dirs(root, "etc")
     group_lines = _read_lines(etc / "group")
     passwd_lines = _read_lines(etc / "passwd")
     shadow_lines = _read_lines(etc / "shadow")
@@ -211,6 +224,7 @@ def materialise(root: Path, usr: Path, seeded: dict[str, str]) -> tuple[list[str
     """Write the declared defaults to /etc where nobody edited them. Returns (changed, seeded)."""
     changed: list[str] = []
     seeded = dict(seeded)
+    _real_dirs(root, *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()})
     for name, data in declared(usr).items():
         rel = MATERIALISED[name]
         dest = root / rel
@@ -250,6 +264,7 @@ def seed_runtime(root: Path) -> list[str]:
     if not nix.exists():
         nix.mkdir(mode=0o755)
         made.append("/nix")
+    _real_dirs(root, *RUNTIME_DIRS, "nix/store")
     for rel in RUNTIME_DIRS:
         p = root / rel
         if not p.exists() and not p.is_symlink():
@@ -436,9 +451,7 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
     """Point /run/opengl-driver at the active state's Mesa (see the module docstring)."""
     root = Path(root)
     usr = usr or root / "usr"
-    run = root / "run"
-    if run.is_symlink() or (root / BRIDGE_DIRS).is_symlink():
-        raise StateError("is a symlink", path=run, hint="/run must be a real directory")
+    _real_dirs(root, BRIDGE_DIRS)
     libdir = _mesa_libdir(usr)
     if libdir is None:
         with suppress(FileNotFoundError):
@@ -574,12 +587,12 @@ def sync_gcroots(root: Path | str, *, states: dict[int, Path]) -> dict:
         for n, target in enumerate(store_links(usr)):
             want[f"{sid}-{n}"] = target
     have: dict[str, str] = {}
-    if base.is_dir() and not base.is_symlink():
+    _real_dirs(root, GCROOTS + "/states")
+    if base.is_dir():
         have = {p.name: os.readlink(p) for p in base.iterdir() if p.is_symlink()}
     if not want and not have:
         return {"added": [], "removed": []}
-    if (root / "nix").is_symlink():
-        raise StateError("is a symlink", path=root / "nix", hint="/nix must be a directory")
+    _real_dirs(root, GCROOTS + "/states")
     added, removed = [], []
     for name in sorted(set(have) - set(want)) + [n for n in want if n in have and
                                                   have[n] != want[n]]:

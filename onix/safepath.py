@@ -55,8 +55,8 @@ def _symlink_error(usr: Path, parts: list[str], i: int, dir_fd: int, want: str) 
     last = i == len(parts) - 1
     where = "" if last else f" (on the way to {_shown(usr, '/'.join(parts))})"
     return OnixError(f"{_shown(usr, here)} is a symlink to {target}{where}; onix follows no "
-                     "symlink in boot inputs, so that nothing from outside the state goes "
-                     "onto the ESP or into an initrd", path=usr / here,
+                     "symlink there, so that it never reads or writes outside the root",
+                     path=usr / here,
                      hint=f"ship {_shown(usr, here)} as {want if last else DIRECTORY}, "
                      "not a symlink")
 

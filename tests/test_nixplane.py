@@ -272,3 +272,22 @@ def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
         except subprocess.TimeoutExpired:
             os.killpg(scan.pid, 9)
             scan.wait()
+
+
+@pytest.mark.parametrize("rel", ["etc", "etc/nix", "run/onix", "nix/var"])
+def test_symlinked_directories_are_never_written_through(root: Path, nix_stone, mesa_stone,
+                                                         tmp_path: Path, rel: str) -> None:
+    """The root is a scratch dir on a host: a symlink there must not lead onix outside."""
+    transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = root / rel
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(outside)
+    r = onix("nix", "seed", "--root", root)
+    assert r.returncode == 1 and "is a symlink" in r.stderr and rel in r.stderr, r.stderr
+    assert list(outside.iterdir()) == []
