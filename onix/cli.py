@@ -491,9 +491,28 @@ def boot_set_default(state_id: Annotated[int, typer.Argument(metavar="ID")],
 
 
 @app.command("services")
-def services_cmd(root: Root = Path("/"), json: Json = False) -> None:
+def services_cmd(root: Root = Path("/"), json: Json = False,
+                 sync: Annotated[bool, typer.Option(
+                     "--sync", help="First reconcile the scan directory with the live state "
+                     "(what a boot service runs: /run starts empty).")] = False,
+                 no_wait: NoWait = False) -> None:
     """The live state's s6 services and what s6-svstat says of each."""
     from onix import services
+
+    def rows() -> list:
+        if sync:
+            from onix.paths import read_state_id
+            from onix.transaction import session
+
+            with session(root, wait=not no_wait, create=False) as s:
+                live = read_state_id(s.paths.usr)
+                if live is not None:
+                    report = services.reconcile(root=s.paths.root, usr=s.paths.usr,
+                                                state_id=live)
+                    for f in report.failed:
+                        sys.stderr.write(f"warning: service {f['name']} did not come up: "
+                                         f"{f['reason']}\n")
+        return services.list_services(root=root)
 
     def human(rows: list) -> None:
         out = console()
@@ -504,7 +523,7 @@ def services_cmd(root: Root = Path("/"), json: Json = False) -> None:
             state = r.get("error") or r.get("text") or r.get("state")
             out.print(f"{r['name']:20} {state}{where}")
 
-    _run(json, lambda: services.list_services(root=root), human)
+    _run(json, rows, human)
 
 
 # -- nix plane ---------------------------------------------------------------------------
@@ -520,7 +539,9 @@ def nix_seed(root: Root = Path("/"), json: Json = False, no_wait: NoWait = False
         with session(root, wait=not no_wait, create=False) as s:
             report = nixplane.seed_session(s, runtime=True)
             report.pop("seeded", None)
-            report.update(nixplane.after_change(s))
+            after = nixplane.after_change(s)
+            after.pop("seed", None)  # the same /etc step, already in "changed"
+            report.update(after)
             return report
 
     def human(r: dict) -> None:

@@ -364,32 +364,72 @@ def drift(root: Path | str, *, usr: Path | None = None) -> Drift:
         return out
     have, out.errors = parse_conf(have_raw.decode(errors="replace"), where="/etc/nix/nix.conf")
     out.overrides = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    try:
+        hook_want = header("nix.sh").encode() + (usr / DECLARED_DIR / "nix.sh").read_bytes()
+        hook_have = (root / MATERIALISED["nix.sh"]).read_bytes()
+        if hook_have != hook_want:
+            out.overrides.append("/etc/profile.d/nix.sh (edited)")
+    except FileNotFoundError:
+        if (usr / DECLARED_DIR / "nix.sh").is_file():
+            out.missing.append("/etc/profile.d/nix.sh")
+    except OSError:
+        pass
     return out
 
 
 # -- nix-daemon health ------------------------------------------------------------------------
 
 
-def handshake(sock_path: Path, *, timeout: float = 1.0) -> tuple[str, str]:
-    """(state, reason) from the first exchange of the Nix worker protocol.
+STDERR_LAST = 0x616C7473
 
-    The client sends WORKER_MAGIC_1 as a little-endian u64; a live daemon answers with
-    WORKER_MAGIC_2 and its protocol version. Connecting alone proves nothing (a dead
-    daemon's socket file stays behind: ECONNREFUSED).
+
+def handshake(sock_path: Path, *, timeout: float = 1.0) -> tuple[str, str]:
+    """(state, reason) from the opening of the Nix worker protocol.
+
+    The client sends WORKER_MAGIC_1 (a little-endian u64); a live daemon answers with
+    WORKER_MAGIC_2 and its protocol version. The client then sends its own version and
+    the two flags old daemons expect (no CPU affinity, no reserved space), and the daemon
+    ends its setup with STDERR_LAST; closing after that is an ordinary disconnect, not
+    an "unexpected end-of-file" in the daemon's log. Connecting alone proves nothing: a
+    dead daemon leaves its socket file behind (ECONNREFUSED).
     """
     if not sock_path.exists():
         return "down", f"no socket at {sock_path}"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
-    try:
-        s.connect(str(sock_path))
-        s.sendall(struct.pack("<Q", WORKER_MAGIC_1))
+
+    def read(n: int) -> bytes:
         data = b""
-        while len(data) < 16:
-            chunk = s.recv(16 - len(data))
+        while len(data) < n:
+            chunk = s.recv(n - len(data))
             if not chunk:
                 break
             data += chunk
+        return data
+
+    try:
+        s.connect(str(sock_path))
+        s.sendall(struct.pack("<Q", WORKER_MAGIC_1))
+        data = read(16)
+        if len(data) < 16:
+            return "not ready", "the daemon closed the connection during the handshake"
+        magic, version = struct.unpack("<QQ", data)
+        if magic != WORKER_MAGIC_2:
+            return "down", f"{sock_path} does not speak the Nix worker protocol"
+        minor = version & 0xFF
+        reply = struct.pack("<Q", version)
+        if minor >= 14:
+            reply += struct.pack("<Q", 0)  # no CPU affinity
+        if minor >= 11:
+            reply += struct.pack("<Q", 0)  # no reserved space
+        s.sendall(reply)
+        # Setup ends with STDERR_LAST (newer daemons send their version string first).
+        tail = b""
+        while struct.pack("<Q", STDERR_LAST) not in tail and len(tail) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            tail += chunk
     except ConnectionRefusedError:
         return "down", f"stale socket {sock_path}: nothing listens on it"
     except TimeoutError:
@@ -398,12 +438,7 @@ def handshake(sock_path: Path, *, timeout: float = 1.0) -> tuple[str, str]:
         return "down", f"{sock_path}: {e.strerror}"
     finally:
         s.close()
-    if len(data) < 16:
-        return "not ready", "the daemon closed the connection during the handshake"
-    magic, version = struct.unpack("<QQ", data)
-    if magic != WORKER_MAGIC_2:
-        return "down", f"{sock_path} does not speak the Nix worker protocol"
-    return "healthy", f"protocol {version >> 8}.{version & 0xFF}"
+    return "healthy", f"protocol {version >> 8}.{minor}"
 
 
 def _svstat(root: Path) -> str | None:
@@ -431,9 +466,10 @@ def daemon_health(root: Path | str) -> tuple[str, str]:
     """healthy / down / not ready, with the reason (the handshake, then what s6 says)."""
     root = Path(root)
     state, reason = handshake(root / SOCKET)
-    supervised = _svstat(root)
-    if state != "healthy" and supervised:
-        reason = f"{reason}; s6: {supervised}"
+    if state != "healthy":
+        supervised = _svstat(root)  # only then: s6-svstat is a process per status call
+        if supervised:
+            reason = f"{reason}; s6: {supervised}"
     return state, reason
 
 
@@ -457,6 +493,9 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
         with suppress(FileNotFoundError):
             if (root / BRIDGE).is_symlink():
                 (root / BRIDGE).unlink()
+            for old in (root / BRIDGE_DIRS).iterdir():
+                if old.name.startswith(("opengl-driver-", ".opengl-driver-")):
+                    fsutil.remove_tree(old)
         return {"bridge": None, "reason": "the active state has no Mesa (no lib/*/dri)"}
     target = root / BRIDGE_DIRS / f"opengl-driver-{fstx}"
     tmp = target.with_name(f".{target.name}.new")
@@ -587,6 +626,8 @@ def sync_gcroots(root: Path | str, *, states: dict[int, Path]) -> dict:
         for n, target in enumerate(store_links(usr)):
             want[f"{sid}-{n}"] = target
     have: dict[str, str] = {}
+    if not (root / "nix").is_dir():
+        return {"added": [], "removed": []}  # no Nix plane here: nothing could collect them
     _real_dirs(root, GCROOTS + "/states")
     if base.is_dir():
         have = {p.name: os.readlink(p) for p in base.iterdir() if p.is_symlink()}

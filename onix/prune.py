@@ -86,12 +86,14 @@ def _run(s: Session, doomed: list[int], *, kind: str) -> Result:
     detail = resume(s, tx)
     report = detail.pop("nix_report")
     detail["boot"] = boot.after_change(s)
-    from onix import nixplane
+    from onix.transaction import follow_live
 
-    detail["nix"] = nixplane.after_change(s)  # drops the GC roots of the pruned states
+    warnings: list[str] = []
+    detail.update(follow_live(s, warnings))  # drops the GC roots of the pruned states
     return Result(kind=kind, changed=bool(doomed or detail["objects"]), summary=(
         f"removed {len(doomed)} states, {detail['objects']} objects, "
-        f"{detail['bytes_freed']} bytes"), nix=report, recovered=s.recovered, detail=detail)
+        f"{detail['bytes_freed']} bytes"), nix=report, recovered=s.recovered, detail=detail,
+        warnings=warnings)
 
 
 def resume(s: Session, tx: dict) -> dict:

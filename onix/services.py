@@ -323,12 +323,12 @@ def _read_definition(fd: int, name: str, base: Path) -> Definition:
             raise _bad(base / "dependencies", "dependencies must be a file",
                        "one service name per line")
         deps = _parse_dependencies(by["dependencies"].data, base / "dependencies")
+    _ms_file(by, "timeout-down", base)  # checked here, read from the live copy when stopping
     return Definition(name=name, path=base, entries=tuple(out), dependencies=deps,
                       notification_fd=_int_file(by, "notification-fd", base),
                       log_notification_fd=_int_file(by, "log/notification-fd", base),
                       timeout_up=_ms_file(by, "timeout-up", base),
                       has_log=has_log, hash=content_hash(out), log_hash=_log_hash(out))
-    _ms_file(by, "timeout-down", base)  # checked here, read from the live copy when stopping
 
 
 def _open_below(base: Path, rel: str) -> int | None:

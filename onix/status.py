@@ -167,7 +167,9 @@ def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
 
     if not nixplane.declares_nix(paths.usr) and not paths.nix.exists():
         return None, []
-    notes = [f"nix: {p} (onix nix seed adds it)" for p in nixplane.check_accounts(paths.root)]
+    notes = [f"nix: {p} (" + ("onix nix seed adds it" if "missing" in p else
+                              "fix it by hand: onix keeps the build ids fixed") + ")"
+             for p in nixplane.check_accounts(paths.root)]
     if paths.nix.exists():
         daemon, reason = nixplane.daemon_health(paths.root)
     else:

@@ -149,6 +149,9 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
                 check_live_state(s)
                 boot.preflight(s)
                 s.recovered += boot.sync_if_needed(s)
+                if s.recovered and s.live_state() is not None:
+                    # A recovery or a boot changed what is live: the seams follow it too.
+                    follow_live(s, s.recovered)
                 yield s
             except BaseException as exc:
                 translated = _settle_after_failure(s, exc)
@@ -561,17 +564,26 @@ def _after_activation(s: Session, result: Result) -> Result:
 
     The state is committed by now. Boot files are required (an error says what to do);
     the Nix seams and services are reported as warnings when they fail, since the
-    machine is live and `onix nix seed` / `onix services` can redo them.
+    machine is live and `onix nix seed` / `onix services --sync` redo them.
     """
+    result.detail["boot"] = boot.after_change(s)
+    result.detail.update(follow_live(s, result.warnings))
+    return result
+
+
+def follow_live(s: Session, warnings: list[str]) -> dict:
+    """The Nix seams and the services, for whatever state is live now; failures become
+    warnings. Also run after a recovery or a reconcile changed the live state."""
     from onix import nixplane
 
-    result.detail["boot"] = boot.after_change(s)
+    out: dict = {}
     try:
-        result.detail["nix"] = nixplane.after_change(s)
+        out["nix"] = nixplane.after_change(s)
     except (OnixError, OSError) as e:
-        result.warnings.append(f"nix plane: {e.line() if isinstance(e, OnixError) else e}")
-    result.detail["services"] = _services_follow(s, result.warnings)
-    return result
+        warnings.append(f"nix plane: {e.line() if isinstance(e, OnixError) else e}; "
+                        "onix nix seed redoes it")
+    out["services"] = _services_follow(s, warnings)
+    return out
 
 
 def _services_follow(s: Session, warnings: list[str]) -> dict | None:
@@ -585,7 +597,8 @@ def _services_follow(s: Session, warnings: list[str]) -> dict | None:
     try:
         report = services.reconcile(root=s.paths.root, usr=s.paths.usr, state_id=live)
     except (OnixError, OSError) as e:
-        warnings.append(f"services: {e.line() if isinstance(e, OnixError) else e}")
+        warnings.append(f"services: {e.line() if isinstance(e, OnixError) else e}; "
+                        "onix services --sync redoes it")
         return None
     for f in report.failed:
         warnings.append(f"service {f['name']} did not come up: {f['reason']}")

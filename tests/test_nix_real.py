@@ -131,6 +131,9 @@ def test_seeded_plane_is_what_nix_reads(machine: Path) -> None:
         assert st["nix"]["daemon"] == "healthy", st["nix"]
         text = onix("status", "--root", machine, check=True).stdout
         assert "nix daemon: healthy" in text and "etc drift: none" in text
+        # status's handshake ends the way a client does: no error in the daemon's log.
+        log = p.sh("cat /var/log/nix-daemon/current 2>/dev/null || true").stdout
+        assert "accepted connection" in log and "unexpected end-of-file" not in log, log
     assert snapshot(machine / "etc") == etc_before
 
 

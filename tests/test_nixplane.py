@@ -291,3 +291,23 @@ def test_symlinked_directories_are_never_written_through(root: Path, nix_stone, 
     r = onix("nix", "seed", "--root", root)
     assert r.returncode == 1 and "is a symlink" in r.stderr and rel in r.stderr, r.stderr
     assert list(outside.iterdir()) == []
+
+
+def test_services_sync_lays_the_services_down_again_after_a_reboot(root: Path,
+                                                                   tmp_path: Path) -> None:
+    """/run starts empty at boot; `onix services --sync` (a boot service) lays the live
+    state's services down again. No s6-svscan runs here, so they are laid, not started."""
+    import shutil
+
+    from onix.stone import StoneMeta, pack
+
+    stone = tmp_path / "integration.stone"
+    pack(REPO / "stones/onix-nix-integration", stone,
+         StoneMeta(name="onix-nix-integration", version="1"))
+    transaction.install(root, [stone])
+    assert (root / "run/service/nix-daemon/run").exists()
+    shutil.rmtree(root / "run")  # the reboot
+    rows = onix_json("services", "--sync", "--root", root)
+    row = next(r for r in rows if r["name"] == "nix-daemon")
+    assert row["in_state"] and row["live"] and row["hash_match"]
+    assert (root / "run/service/nix-daemon/data/check").exists()
