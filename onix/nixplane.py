@@ -96,27 +96,79 @@ def _real_dirs(root: Path, *rels: str) -> None:
         safepath.lstat_below(root, rel, want=safepath.DIRECTORY)
 
 
+def mkdirs(path: Path, mode: int = 0o755) -> None:
+    """mkdir -p with the mode set explicitly: a root seeded under umask 027 must still
+    let users reach /etc/nix, /run/opengl-driver and the store."""
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chmod(d, mode)
+
+
 def _read_lines(path: Path) -> list[str]:
+    """Lines of an account file; bytes that are not UTF-8 (an old Latin-1 GECOS field)
+    survive the round trip through surrogateescape."""
     try:
-        return fsutil.read_nofollow(path).decode().splitlines()
+        return fsutil.read_nofollow(path).decode("utf-8", "surrogateescape").splitlines()
     except FileNotFoundError:
         return []
 
 
 def _write_lines(path: Path, lines: list[str], *, mode: int) -> None:
-    """Replace an account file atomically, keeping its mode and owner if it exists."""
+    """Replace an account file as useradd does: owner and mode set on the new file before
+    it takes the old one's place, so no moment exists where shadow is world-readable or
+    owned by someone unix_chkpwd does not expect."""
     try:
         st = path.lstat()
         mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
     except FileNotFoundError:
         uid = gid = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fsutil.atomic_write(path, ("\n".join(lines) + "\n").encode(), mode=mode)
-    os.chown(path, uid, gid)
+    data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+    mkdirs(path.parent)
+    tmp = path.with_name(f".{path.name}.onix-new")
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink()
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsutil.fsync_dir(path.parent)
+
+
+def _entries(lines: list[str], width: int) -> list[list[str]]:
+    """The records of an account file that glibc reads: no comments, no NIS +/- lines,
+    padded to `width` fields so a short line cannot crash the checks."""
+    out = []
+    for ln in lines:
+        if not ln.strip() or ln.lstrip().startswith(("#", "+", "-")):
+            continue
+        f = ln.split(":")
+        out.append(f + [""] * (width - len(f)))
+    return out
+
+
+def _add_lines(lines: list[str], new: list[str]) -> list[str]:
+    """Append records before the first NIS line, where useradd puts them."""
+    nis = next((i for i, ln in enumerate(lines) if ln.startswith(("+", "-"))), len(lines))
+    return lines[:nis] + new + lines[nis:]
 
 
 def _accounts(root: Path) -> dict:
-    """What must be in the account files, and what is."""
+    """What must be in the account files."""
     users = [f"nixbld{i}" for i in range(1, NIXBLD_USERS + 1)]
     return {"users": users, "uids": {u: NIXBLD_UID0 + i for i, u in enumerate(users)}}
 
@@ -125,44 +177,49 @@ def check_accounts(root: Path) -> list[str]:
     """Problems with the nixbld group and users in the root's /etc (empty: all fine)."""
     want = _accounts(root)
     problems: list[str] = []
-    groups = {ln.split(":")[0]: ln.split(":") for ln in _read_lines(root / "etc/group") if ln}
+    groups = {f[0]: f for f in _entries(_read_lines(root / "etc/group"), 4)}
     g = groups.get(NIXBLD_GROUP)
     if g is None:
         problems.append(f"group {NIXBLD_GROUP} is missing from /etc/group")
-    elif len(g) < 3 or g[2] != str(NIXBLD_GID):
-        problems.append(f"group {NIXBLD_GROUP} has gid {g[2] if len(g) > 2 else '?'}, "
-                        f"not {NIXBLD_GID}")
-    passwd = {ln.split(":")[0]: ln.split(":") for ln in _read_lines(root / "etc/passwd") if ln}
+    elif g[2] != str(NIXBLD_GID):
+        problems.append(f"group {NIXBLD_GROUP} has gid {g[2] or '?'}, not {NIXBLD_GID}")
+    else:
+        members = {m for m in g[3].split(",") if m}
+        lacking = [u for u in want["users"] if u not in members]
+        if lacking:
+            problems.append(f"group {NIXBLD_GROUP} is missing {len(lacking)} of its "
+                            f"{NIXBLD_USERS} members (Nix builds need them)")
+    passwd = {f[0]: f for f in _entries(_read_lines(root / "etc/passwd"), 7)}
     missing = [u for u in want["users"] if u not in passwd]
     if missing:
         problems.append(f"{len(missing)} of the {NIXBLD_USERS} nixbld users are missing from "
                         "/etc/passwd")
     for u in want["users"]:
         f = passwd.get(u)
-        if f is not None and (len(f) < 4 or f[2] != str(want["uids"][u])
-                              or f[3] != str(NIXBLD_GID)):
-            problems.append(f"user {u} has uid:gid {':'.join(f[2:4])}, not "
+        if f is not None and (f[2] != str(want["uids"][u]) or f[3] != str(NIXBLD_GID)):
+            problems.append(f"user {u} has uid:gid {f[2]}:{f[3]}, not "
                             f"{want['uids'][u]}:{NIXBLD_GID}")
     return problems
 
 
 def seed_accounts(root: Path) -> list[str]:
-    """Add the nixbld group and users where missing; refuse conflicting ones."""
+    """Add the nixbld group, its members and users where missing; refuse conflicting ones
+    before writing anything."""
     want = _accounts(root)
     etc = root / "etc"
     _real_dirs(root, "etc")
     group_lines = _read_lines(etc / "group")
     passwd_lines = _read_lines(etc / "passwd")
     shadow_lines = _read_lines(etc / "shadow")
-    gfields = [ln.split(":") for ln in group_lines if ln]
-    pfields = [ln.split(":") for ln in passwd_lines if ln]
-    by_gid = {f[2]: f[0] for f in gfields if len(f) > 2}
-    by_uid = {f[2]: f[0] for f in pfields if len(f) > 2}
+    gfields = _entries(group_lines, 4)
+    pfields = _entries(passwd_lines, 7)
+    by_gid = {f[2]: f[0] for f in gfields}
+    by_uid = {f[2]: f[0] for f in pfields}
     for f in gfields:
-        if f[0] == NIXBLD_GROUP and (len(f) < 3 or f[2] != str(NIXBLD_GID)):
-            raise StateError(f"group {NIXBLD_GROUP} exists with gid {f[2]}, not {NIXBLD_GID}",
-                             path=etc / "group", hint="onix keeps the build ids fixed; "
-                             "fix the group by hand (and chgrp /nix/store to match)")
+        if f[0] == NIXBLD_GROUP and f[2] != str(NIXBLD_GID):
+            raise StateError(f"group {NIXBLD_GROUP} exists with gid {f[2] or '?'}, not "
+                             f"{NIXBLD_GID}", path=etc / "group", hint="onix keeps the build "
+                             "ids fixed; fix the group by hand (and chgrp /nix/store to match)")
     if by_gid.get(str(NIXBLD_GID), NIXBLD_GROUP) != NIXBLD_GROUP:
         raise StateError(f"gid {NIXBLD_GID} belongs to group {by_gid[str(NIXBLD_GID)]}",
                          path=etc / "group", hint=f"free gid {NIXBLD_GID} for {NIXBLD_GROUP}")
@@ -173,28 +230,45 @@ def seed_accounts(root: Path) -> list[str]:
             raise StateError(f"uid {uid} belongs to {owner}, not {u}", path=etc / "passwd",
                              hint=f"free uids {NIXBLD_UID0}..{NIXBLD_UID0 + NIXBLD_USERS - 1}")
         for f in pfields:
-            if f[0] == u and (len(f) < 4 or f[2] != uid or f[3] != str(NIXBLD_GID)):
-                raise StateError(f"user {u} exists with uid:gid {':'.join(f[2:4])}",
+            if f[0] == u and (f[2] != uid or f[3] != str(NIXBLD_GID)):
+                raise StateError(f"user {u} exists with uid:gid {f[2]}:{f[3]}",
                                  path=etc / "passwd", hint="fix or remove it by hand")
     changed: list[str] = []
-    members = ",".join(want["users"])
-    names = [f[0] for f in gfields]
-    if NIXBLD_GROUP not in names:
-        group_lines.append(f"{NIXBLD_GROUP}:x:{NIXBLD_GID}:{members}")
+    group = next((f for f in gfields if f[0] == NIXBLD_GROUP), None)
+    if group is None:
+        group_lines = _add_lines(group_lines, [f"{NIXBLD_GROUP}:x:{NIXBLD_GID}:"
+                                               + ",".join(want["users"])])
+    else:
+        members = [m for m in group[3].split(",") if m]
+        lacking = [u for u in want["users"] if u not in members]
+        if lacking:
+            line = ":".join([*group[:3], ",".join(members + lacking)])
+            group_lines = [line if _entries([ln], 4) and _entries([ln], 4)[0][0] ==
+                           NIXBLD_GROUP else ln for ln in group_lines]
+    if group is None or group_lines != _read_lines(etc / "group"):
         _write_lines(etc / "group", group_lines, mode=0o644)
         changed.append("/etc/group")
+    gshadow = etc / "gshadow"
+    if gshadow.exists():  # grpck wants every group there too
+        gs_lines = _read_lines(gshadow)
+        if NIXBLD_GROUP not in {f[0] for f in _entries(gs_lines, 4)}:
+            _write_lines(gshadow, _add_lines(gs_lines, [f"{NIXBLD_GROUP}:!::"
+                                                        + ",".join(want["users"])]),
+                         mode=0o640)
+            changed.append("/etc/gshadow")
     have = {f[0] for f in pfields}
     new_users = [u for u in want["users"] if u not in have]
     if new_users:
-        passwd_lines += [f"{u}:x:{want['uids'][u]}:{NIXBLD_GID}:Nix build user "
-                         f"{u[6:]}:/var/empty:{NOLOGIN}" for u in new_users]
+        passwd_lines = _add_lines(passwd_lines, [
+            f"{u}:x:{want['uids'][u]}:{NIXBLD_GID}:Nix build user {u[6:]}:/var/empty:{NOLOGIN}"
+            for u in new_users])
         _write_lines(etc / "passwd", passwd_lines, mode=0o644)
         changed.append("/etc/passwd")
-    shadowed = {ln.split(":")[0] for ln in shadow_lines if ln}
+    shadowed = {f[0] for f in _entries(shadow_lines, 9)}
     new_shadow = [u for u in want["users"] if u not in shadowed]
     if new_shadow:
-        shadow_lines += [f"{u}:!:1::::::" for u in new_shadow]  # locked: no login, ever
-        _write_lines(etc / "shadow", shadow_lines, mode=0o640)
+        shadow_lines = _add_lines(shadow_lines, [f"{u}:!:1::::::" for u in new_shadow])
+        _write_lines(etc / "shadow", shadow_lines, mode=0o640)  # locked: no login, ever
         changed.append("/etc/shadow")
     return changed
 
@@ -220,7 +294,8 @@ def _b3(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def materialise(root: Path, usr: Path, seeded: dict[str, str]) -> tuple[list[str], dict]:
+def materialise(root: Path, usr: Path, seeded: dict, *,
+                remember=None) -> tuple[list[str], dict]:
     """Write the declared defaults to /etc where nobody edited them. Returns (changed, seeded)."""
     changed: list[str] = []
     seeded = dict(seeded)
@@ -234,14 +309,21 @@ def materialise(root: Path, usr: Path, seeded: dict[str, str]) -> tuple[list[str
         except FileNotFoundError:
             current = None
         if current == content:
-            seeded[rel] = _b3(content)
+            seeded[rel] = [_b3(content)]
             continue
-        ours = current is None or _b3(current) == seeded.get(rel)
+        known = seeded.get(rel) or []
+        known = [known] if isinstance(known, str) else known
+        ours = current is None or _b3(current) in known
         if not ours:
             continue  # a local edit: kept, and drift() reports it
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Remember the new content as ours before it is written (and the old until it is
+        # gone): a crash between the two must not make onix's own file look edited.
+        seeded[rel] = [*known[-1:], _b3(content)]
+        if remember is not None:
+            remember(seeded)
+        mkdirs(dest.parent)
         fsutil.atomic_write(dest, content, mode=0o644)
-        seeded[rel] = _b3(content)
+        seeded[rel] = [_b3(content)]
         changed.append(f"/{rel}")
     return changed, seeded
 
@@ -262,14 +344,13 @@ def seed_runtime(root: Path) -> list[str]:
     if nix.is_symlink():
         raise StateError("is a symlink", path=nix, hint="/nix must be a real directory")
     if not nix.exists():
-        nix.mkdir(mode=0o755)
+        mkdirs(nix)
         made.append("/nix")
     _real_dirs(root, *RUNTIME_DIRS, "nix/store")
     for rel in RUNTIME_DIRS:
         p = root / rel
         if not p.exists() and not p.is_symlink():
-            p.mkdir(mode=0o755)
-            os.chmod(p, 0o755)
+            mkdirs(p)
             made.append(f"/{rel}")
     store = root / "nix/store"
     if not store.exists() and not store.is_symlink():
@@ -284,7 +365,7 @@ def seed_runtime(root: Path) -> list[str]:
 
 
 def seed(root: Path | str, *, usr: Path | None = None, runtime: bool = True,
-         seeded: dict[str, str] | None = None) -> dict:
+         seeded: dict | None = None, remember=None) -> dict:
     """Lay down the Nix plane's machine-side seams (see the module docstring).
 
     Without a database (a test or an image build), `seeded` carries what onix last
@@ -292,8 +373,11 @@ def seed(root: Path | str, *, usr: Path | None = None, runtime: bool = True,
     """
     root = Path(root).absolute()
     usr = usr or root / "usr"
+    # Every directory this may write through is checked before the first write.
+    _real_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
+               *(RUNTIME_DIRS if runtime else ()))
     changed = seed_accounts(root)
-    files, seeded_now = materialise(root, usr, seeded or {})
+    files, seeded_now = materialise(root, usr, seeded or {}, remember=remember)
     changed += files
     if runtime:
         changed += seed_runtime(root)
@@ -304,10 +388,13 @@ def seed_session(s, *, runtime: bool) -> dict:
     """seed() inside a mutating session: remembers what was written in the meta table."""
     with s.db.read() as c:
         raw = s.db.get_meta(c, META_SEEDED)
+    def remember(seeded: dict) -> None:
+        with s.db.write() as c:
+            s.db.set_meta(c, META_SEEDED, json.dumps(seeded, sort_keys=True))
+
     report = seed(s.paths.root, usr=s.paths.usr, runtime=runtime,
-                  seeded=json.loads(raw) if raw else {})
-    with s.db.write() as c:
-        s.db.set_meta(c, META_SEEDED, json.dumps(report["seeded"], sort_keys=True))
+                  seeded=json.loads(raw) if raw else {}, remember=remember)
+    remember(report["seeded"])
     return report
 
 
@@ -329,21 +416,25 @@ class Drift:
 
 
 def parse_conf(text: str, *, where: str) -> tuple[dict[str, str], list[str]]:
-    """nix.conf as `key = value` lines (later wins, as in Nix); errors name the line."""
+    """nix.conf by Nix 2.8's own rule (later wins): a comment runs from `#` to the end of
+    the line; the rest splits on whitespace; `include`/`!include` take exactly one path;
+    anything else needs `=` as its second word — `max-jobs=4` is an illegal line to Nix,
+    so it is an error here too, with its line number."""
     values: dict[str, str] = {}
     errors: list[str] = []
     for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        words = raw.split("#", 1)[0].split()
+        if not words:
             continue
-        if line.startswith(("include ", "!include ")):
+        if words[0] in ("include", "!include"):
+            if len(words) != 2:
+                errors.append(f"{where} line {n}: {words[0]} takes exactly one path")
             continue
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key or " " in key:
-            errors.append(f"{where} line {n}: expected `key = value`, got {raw.strip()!r}")
+        if len(words) < 2 or words[1] != "=":
+            errors.append(f"{where} line {n}: illegal configuration line {raw.strip()!r} "
+                          "(Nix wants `name = value`, with spaces around =)")
             continue
-        values[key] = " ".join(value.split())
+        values[words[0]] = " ".join(words[2:])
     return values, errors
 
 
@@ -383,7 +474,7 @@ def drift(root: Path | str, *, usr: Path | None = None) -> Drift:
 STDERR_LAST = 0x616C7473
 
 
-def handshake(sock_path: Path, *, timeout: float = 1.0) -> tuple[str, str]:
+def handshake(sock_path: Path, *, timeout: float = 0.25) -> tuple[str, str]:
     """(state, reason) from the opening of the Nix worker protocol.
 
     The client sends WORKER_MAGIC_1 (a little-endian u64); a live daemon answers with
@@ -395,13 +486,23 @@ def handshake(sock_path: Path, *, timeout: float = 1.0) -> tuple[str, str]:
     """
     if not sock_path.exists():
         return "down", f"no socket at {sock_path}"
+    import time
+
+    deadline = time.monotonic() + timeout  # one budget for the whole exchange
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+
+    def recv(n: int) -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        s.settimeout(left)
+        return s.recv(n)
 
     def read(n: int) -> bytes:
         data = b""
         while len(data) < n:
-            chunk = s.recv(n - len(data))
+            chunk = recv(n - len(data))
             if not chunk:
                 break
             data += chunk
@@ -426,7 +527,7 @@ def handshake(sock_path: Path, *, timeout: float = 1.0) -> tuple[str, str]:
         # Setup ends with STDERR_LAST (newer daemons send their version string first).
         tail = b""
         while struct.pack("<Q", STDERR_LAST) not in tail and len(tail) < 4096:
-            chunk = s.recv(4096)
+            chunk = recv(4096)
             if not chunk:
                 break
             tail += chunk
@@ -504,11 +605,11 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
     for link, rel in MESA_LINKS.items():
         src = rel.format(libdir=libdir)
         if (usr / src).exists():
-            (tmp / link).parent.mkdir(parents=True, exist_ok=True)
+            mkdirs((tmp / link).parent)
             os.symlink(f"/usr/{src}", tmp / link)
     for lib in MESA_LIBS:
         if (usr / libdir / lib).exists():
-            (tmp / "lib").mkdir(parents=True, exist_ok=True)
+            mkdirs(tmp / "lib")
             os.symlink(f"/usr/{libdir}/{lib}", tmp / "lib" / lib)
     if target.exists() or target.is_symlink():
         fsutil.remove_tree(target)
@@ -640,7 +741,7 @@ def sync_gcroots(root: Path | str, *, states: dict[int, Path]) -> dict:
         (base / name).unlink()
         removed.append(name)
     if want:
-        base.mkdir(parents=True, exist_ok=True)
+        mkdirs(base)
     for name, target in sorted(want.items()):
         if have.get(name) != target:
             fsutil.atomic_symlink(target, base / name)
@@ -651,10 +752,12 @@ def sync_gcroots(root: Path | str, *, states: dict[int, Path]) -> dict:
 # -- after every transaction ---------------------------------------------------------------
 
 
-def after_change(s) -> dict:
-    """After a transaction, rollback or prune: /etc defaults, the bridge, the GC roots.
+def after_change(s, warnings: list[str] | None = None) -> dict:
+    """After a transaction, rollback or prune: GC roots, /etc defaults, the bridge.
 
-    Never writes inside /nix except the GC roots onix owns (gcroots/onix).
+    Each seam on its own, GC roots first: a problem in /etc must never leave a store
+    path the live /usr links to unrooted. A failing seam adds a warning (or, without a
+    warnings list, raises). Never writes inside /nix except onix's own gcroots/onix.
     """
     paths = s.paths
     live = s.live_state()
@@ -664,13 +767,30 @@ def after_change(s) -> dict:
     with s.db.read() as c:
         states = s.db.states(c)
     fstx = next((st["fstx"] for st in states if st["id"] == live), None)
-    if declares_nix(paths.usr):
-        out["seed"] = seed_session(s, runtime=False)["changed"]
-    if fstx is not None and (_mesa_libdir(paths.usr) is not None or
-                             (paths.root / BRIDGE).is_symlink()):
-        out["opengl"] = bridge(paths.root, fstx=fstx, usr=paths.usr)
     trees = {st["id"]: paths.usr if st["id"] == live else paths.state_tree(st["id"])
              for st in states}
-    out["gcroots"] = sync_gcroots(paths.root, states={k: v for k, v in trees.items()
-                                                      if v.is_dir()})
+
+    def gcroots() -> dict:
+        return sync_gcroots(paths.root, states={k: v for k, v in trees.items() if v.is_dir()})
+
+    def etc() -> list[str]:
+        return seed_session(s, runtime=False)["changed"]
+
+    def opengl() -> dict:
+        return bridge(paths.root, fstx=fstx, usr=paths.usr)
+
+    steps = [("gcroots", gcroots, "onix nix seed")]
+    if declares_nix(paths.usr):
+        steps.append(("seed", etc, "fix /etc as it says, then onix nix seed"))
+    if fstx is not None and (_mesa_libdir(paths.usr) is not None or
+                             (paths.root / BRIDGE).is_symlink()):
+        steps.append(("opengl", opengl, "onix nix seed"))
+    for name, step, redo in steps:
+        try:
+            out[name] = step()
+        except (OnixError, OSError, ValueError) as e:
+            if warnings is None:
+                raise
+            what = e.line() if isinstance(e, OnixError) else str(e)
+            warnings.append(f"nix plane ({name}): {what}; {redo} redoes it")
     return out

@@ -730,6 +730,7 @@ def _install_entries(dest: Path, d: Definition, old: Marker | None) -> None:
                     raise FileNotFoundError
             except FileNotFoundError:
                 os.mkdir(p, 0o755)
+                os.chmod(p, 0o755)  # not left to the umask
             os.chmod(p, (e.mode | 0o700) & 0o777)
             dirs.add(e.rel)
         else:
@@ -758,6 +759,7 @@ def _lay_down(scandir: Path, d: Definition, marker: Marker, *, down: bool) -> Pa
     tmp = scandir / f".{d.name}{NEW_SUFFIX}"
     _remove(tmp)
     os.mkdir(tmp, 0o755)
+    os.chmod(tmp, 0o755)  # not left to the umask
     _install_entries(tmp, d, None)
     if down:
         _write_file(tmp, "down", b"", 0o644)
@@ -965,7 +967,9 @@ def reconcile(*, root: Path, usr: Path, state_id: int, scandir: Path | None = No
     if not scandir.is_dir():
         if not defs:
             return report
-        scandir.mkdir(parents=True, exist_ok=True)
+        from onix.nixplane import mkdirs
+
+        mkdirs(scandir)  # 0755 whatever the umask: s6 tools run as other users read it
     s6 = _S6() if active else None
     with _locked(scandir):
         _clean_debris(scandir, s6, timeout)

@@ -30,8 +30,8 @@ def _query(db: Path) -> dict:
         row = con.execute("SELECT value FROM meta WHERE key = 'store_bytes'").fetchone()
         last = con.execute("SELECT kind, nix_report FROM transactions WHERE status = 'done' "
                            "AND nix_report IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
-        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
-                                "('boot_default', 'boot_fallback', 'boot_synced_tx')")
+        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('boot_default', "
+                                "'boot_fallback', 'boot_synced_tx', 'seams_synced_tx')")
                     .fetchall())
         last_done = con.execute("SELECT MAX(id) FROM transactions "
                                 "WHERE status = 'done'").fetchone()[0]
@@ -89,6 +89,10 @@ def status(root: Path | str) -> dict:
     notes.extend(boot_notes)
     nix, nix_notes = _nix(paths, st["fstx"] if st else None)
     notes.extend(nix_notes)
+    if st is not None and info["meta"].get("seams_synced_tx") not in (None, str(
+            info["last_done"])) and not info["running"]:
+        notes.append("the Nix seams or services lag behind the live state (a crash, or a "
+                     "warning at the last change); the next onix command redoes them")
     return {
         "root": str(paths.root),
         "boot_entry": boot.get("default"),

@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import shutil
+import subprocess
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,9 +150,8 @@ def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
                 check_live_state(s)
                 boot.preflight(s)
                 s.recovered += boot.sync_if_needed(s)
-                if s.recovered and s.live_state() is not None:
-                    # A recovery or a boot changed what is live: the seams follow it too.
-                    follow_live(s, s.recovered)
+                # A recovery, a boot, or a crash after the journal closed: the seams follow.
+                s.recovered += seams_if_needed(s)
                 yield s
             except BaseException as exc:
                 translated = _settle_after_failure(s, exc)
@@ -577,13 +577,46 @@ def follow_live(s: Session, warnings: list[str]) -> dict:
     from onix import nixplane
 
     out: dict = {}
-    try:
-        out["nix"] = nixplane.after_change(s)
-    except (OnixError, OSError) as e:
-        warnings.append(f"nix plane: {e.line() if isinstance(e, OnixError) else e}; "
-                        "onix nix seed redoes it")
+    before = len(warnings)
+    out["nix"] = nixplane.after_change(s, warnings)
     out["services"] = _services_follow(s, warnings)
+    if "/etc/nix/nix.conf" in out["nix"].get("seed", []):
+        # The daemon reads nix.conf once: new defaults mean nothing until it restarts.
+        _restart_service(s, "nix-daemon", warnings)
+    with s.db.write() as c:  # "" = lagging: status says so, the next command retries
+        s.db.set_meta(c, META_SEAMS_SYNCED,
+                      str(s.db.last_done_tx(c)) if len(warnings) == before else "")
     return out
+
+
+META_SEAMS_SYNCED = "seams_synced_tx"  # last transaction the Nix seams and services follow
+
+
+def seams_if_needed(s: Session) -> list[str]:
+    """Start of a mutating command: redo the seams a crash after the journal left undone."""
+    if s.live_state() is None:
+        return []
+    with s.db.read() as c:
+        synced = s.db.get_meta(c, META_SEAMS_SYNCED)
+        last = s.db.last_done_tx(c)
+    if synced == str(last):
+        return []
+    notes: list[str] = []
+    follow_live(s, notes)
+    return notes or ["brought the Nix seams and services up to date with the live state"]
+
+
+def _restart_service(s: Session, name: str, warnings: list[str]) -> None:
+    from onix import services
+
+    svc = services.default_scandir(s.paths.root) / name
+    if not (svc / "supervise").is_dir() or not services.svscan_running(svc.parent):
+        return
+    r = subprocess.run(["s6-svc", "-r", str(svc)], capture_output=True, text=True,
+                       check=False)
+    if r.returncode != 0:
+        warnings.append(f"service {name}: could not restart it for the new /etc/nix/nix.conf "
+                        f"({r.stderr.strip() or r.returncode}); s6-svc -r {svc}")
 
 
 def _services_follow(s: Session, warnings: list[str]) -> dict | None:
