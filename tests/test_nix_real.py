@@ -274,3 +274,44 @@ def test_harness_leaves_no_process_behind(machine: Path) -> None:
     assert pidns_members(pidns) == []
     with pytest.raises(HarnessError, match="not running"):
         p.sh("true")
+
+
+# -- review findings: new defaults reach the daemon; onix's GC roots hold --------------------
+
+
+def test_new_declared_nix_conf_restarts_the_daemon(plane: NixPlane, machine: Path,
+                                                   tmp_path: Path) -> None:
+    from nixkit import DATA, INTEGRATION
+
+    pid = plane.wait_ready(10)
+    conf = ((INTEGRATION / "usr/share/onix/nix/nix.conf").read_text()
+            + (DATA / "nix-test.conf").read_text() + "max-jobs = 3\n")
+    stone = integration_stone(tmp_path, version="2.0",
+                              extra={"share/onix/nix/nix.conf": conf})
+    r = onix("install", "--root", machine, stone, check=True)
+    assert "warning" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert plane.wait_ready(10, not_pid=pid) != pid  # restarted for the new nix.conf
+    shown = plane.run(["nix", "show-config"], user="alice").stdout
+    assert "max-jobs = 3" in shown
+
+
+@pytest.mark.slow
+def test_onix_gc_roots_keep_what_a_state_links_to(plane: NixPlane, machine: Path,
+                                                  make_stone) -> None:
+    alice(plane, "nix profile install nixpkgs#ripgrep", timeout=60)
+    rg = alice(plane, "readlink -f $(command -v rg)").stdout.strip()
+    path = "/".join(rg.split("/")[:4])
+    # A machine state that links into the store (as a Mesa built by Nix might).
+    onix("install", "--root", machine,
+         make_stone("uses-rg", {"bin/rg": ("symlink", rg)}), check=True)
+    roots = machine / "nix/var/nix/gcroots/onix/states"
+    assert path in {os.readlink(p) for p in roots.iterdir()}, list(roots.iterdir())
+    alice(plane, "nix profile remove 0")
+    alice(plane, "nix profile wipe-history")  # no old generation holds it any more
+    plane.run(["nix", "store", "gc"], timeout=60)
+    assert (machine / path.lstrip("/")).exists()  # onix's root holds it
+    onix("remove", "--root", machine, "uses-rg", check=True)
+    onix("prune", "--keep", "1", "--root", machine, check=True)
+    plane.run(["nix", "store", "gc"], timeout=60)
+    assert not (machine / path.lstrip("/")).exists()  # pruned state, root gone, collected
+    store_verify(plane)
