@@ -571,6 +571,22 @@ def _after_activation(s: Session, result: Result) -> Result:
     return result
 
 
+def check_seams(usr: Path) -> None:
+    """Before a state becomes live: its service definitions load (names, dependencies,
+    no cycles, no symlinks) and its declared nix.conf is one Nix would accept."""
+    from onix import nixplane, services
+
+    if (usr / services.DEFINITIONS).is_dir():
+        services.load_definitions(usr)
+    declared = nixplane.declared(usr).get("nix.conf")
+    if declared is not None:
+        _, errors = nixplane.parse_conf(declared.decode(errors="replace"),
+                                        where=f"usr/{nixplane.DECLARED_DIR}/nix.conf")
+        if errors:
+            raise StateError(errors[0], path=usr / nixplane.DECLARED_DIR / "nix.conf",
+                             hint="fix the stone's declared defaults")
+
+
 def follow_live(s: Session, warnings: list[str]) -> dict:
     """The Nix seams and the services, for whatever state is live now; failures become
     warnings. Also run after a recovery or a reconcile changed the live state."""
@@ -673,6 +689,7 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     faults.point(kind, "stateid")
     write_generated(paths.staging_usr, state_id, fstx)
     boot.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
+    check_seams(paths.staging_usr)
     faults.point(kind, "sync")
     fsutil.syncfs(paths.staging)
     faults.point(kind, "exchange")

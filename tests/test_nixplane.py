@@ -390,3 +390,20 @@ def test_directories_are_0755_whatever_the_umask(root: Path, nix_stone, mesa_sto
         os.umask(old)
     for rel in ("etc/nix", "etc/profile.d", "run", "run/onix", "nix", "nix/var/nix/profiles"):
         assert stat.S_IMODE((root / rel).stat().st_mode) == 0o755, rel
+
+
+def test_bad_declared_defaults_or_service_cycle_never_become_live(root: Path, nix_stone,
+                                                                  make_stone) -> None:
+    transaction.install(root, [nix_stone()])
+    live = (root / "usr/.stateID").read_text()
+    conf = root / "etc/nix/nix.conf"
+    before = conf.read_bytes()
+    r = onix("install", "--root", root, nix_stone(conf="max-jobs=4\n", version="2.0"))
+    assert r.returncode == 1 and "illegal configuration line" in r.stderr, r.stderr
+    cycle = make_stone("svc", {"lib/onix/services/a/run": ("#!/bin/sh\nexec sleep 9\n", 0o755),
+                               "lib/onix/services/a/dependencies": "b\n",
+                               "lib/onix/services/b/run": ("#!/bin/sh\nexec sleep 9\n", 0o755),
+                               "lib/onix/services/b/dependencies": "a\n"})
+    r = onix("install", "--root", root, cycle)
+    assert r.returncode == 1 and "cycle" in r.stderr.lower(), r.stderr
+    assert (root / "usr/.stateID").read_text() == live and conf.read_bytes() == before
