@@ -127,13 +127,6 @@ def out(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "root"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
 def scandir(root: Path) -> Path:
     return root / "run" / "service"
 
