@@ -98,6 +98,15 @@ def _print_result(r: dict) -> None:
         out.print(f"[yellow]warning:[/] {w}")
 
 
+def _print_summary_and_warnings(r: dict) -> None:
+    out = console()
+    for line in r.get("recovered") or []:
+        out.print(f"[yellow]recovered:[/] {line}")
+    out.print(r["summary"])
+    for w in r.get("warnings") or []:
+        out.print(f"[yellow]warning:[/] {w}")
+
+
 # -- transactions ----------------------------------------------------------------
 
 
@@ -157,6 +166,10 @@ def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to kee
         out.print(f"removed {d['objects']} store objects, freed {human_bytes(d['bytes_freed'])}")
         out.print("plane: machine")
         out.print(f"/nix: {r['nix']}")
+        for line in r.get("recovered") or []:
+            out.print(f"[yellow]recovered:[/] {line}")
+        for w in r.get("warnings") or []:
+            out.print(f"[yellow]warning:[/] {w}")
 
     _run(json, lambda: prune_mod.prune(root, keep=keep, wait=not no_wait,
                                        progress=_progress(json)), human)
@@ -313,7 +326,7 @@ def state_remove(ids: Annotated[list[int], typer.Argument(metavar="ID...")],
     from onix import prune as prune_mod
 
     _run(json, lambda: prune_mod.remove_states(root, ids, wait=not no_wait),
-         lambda r: console().print(r["summary"]))
+         _print_summary_and_warnings)
 
 
 # -- stones --------------------------------------------------------------------------
