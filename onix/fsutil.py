@@ -57,37 +57,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write a whole file so that readers see the old or the new content, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
+def atomic_write(path: Path, data: bytes, *, mode: int | None = 0o644,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Write a whole file so that readers see the old or the new content, never a part.
 
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Whole-file replace that FAT survives: temp name, fsync, rename, fsync the directory.
-
-    For the ESP: no chmod (vfat has no modes and refuses some changes), the temp file is
-    created with O_EXCL|O_NOFOLLOW (a planted symlink there is never written through),
-    and a failed write takes its temp file away again (a full ESP must not stay full of
-    our half-written kernel). Errors name `path`.
+    Temp name beside it (created O_EXCL|O_NOFOLLOW: a planted symlink is never written
+    through), owner and mode set before it takes the old file's place, fsync, rename,
+    fsync of the directory. `mode=None` sets no mode (vfat has none and refuses some).
+    A failed write takes its temp file away again (a full disk must not stay full of
+    it); errors name `path`.
     """
     tmp = path.with_name(f".{path.name}.onix-tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()  # debris of an earlier, interrupted write
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+                     if mode is not None else 0o644)
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -103,6 +93,12 @@ def replace_file(path: Path, data: bytes) -> None:
         if e.filename is None or e.filename == str(tmp):
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """atomic_write for the ESP: the directory is made, no mode is set (FAT)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data, mode=None)
 
 
 def read_nofollow(path: Path) -> bytes:

@@ -75,12 +75,11 @@ import dataclasses
 import gzip
 import os
 import stat
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix import kmod, safepath
+from onix import fsutil, kmod, safepath
 from onix.errors import OnixError
 from onix.safepath import is_directory, is_regular, read_regular
 
@@ -586,22 +585,7 @@ def cache_key(sources: list[Source], compression: str) -> str:
 
 def _atomic_write(dest: Path, data: bytes) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsutil.atomic_write(dest, data, mode=0o644)
 
 
 def build(*, usr: Path, kver: str, cache_dir: Path | None = None,

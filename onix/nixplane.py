@@ -127,26 +127,9 @@ def _write_lines(path: Path, lines: list[str], *, mode: int) -> None:
         mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
     except FileNotFoundError:
         uid = gid = 0
-    data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
     mkdirs(path.parent)
-    tmp = path.with_name(f".{path.name}.onix-new")
-    with suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink()
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    fsutil.fsync_dir(path.parent)
+    fsutil.atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
+                        mode=mode, owner=(uid, gid))
 
 
 def _entries(lines: list[str], width: int) -> list[list[str]]:
