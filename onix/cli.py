@@ -555,6 +555,12 @@ def nix_seed(root: Root = Path("/"), json: Json = False, no_wait: NoWait = False
             after = nixplane.after_change(s)
             after.pop("seed", None)  # the same /etc step, already in "changed"
             report.update(after)
+            if "/etc/nix/nix.conf" in report["changed"]:
+                from onix.transaction import restart_service
+
+                warnings: list[str] = []
+                restart_service(s, "nix-daemon", warnings)  # it reads nix.conf only once
+                report["warnings"] = warnings
             return report
 
     def human(r: dict) -> None:

@@ -598,7 +598,7 @@ def follow_live(s: Session, warnings: list[str]) -> dict:
     out["services"] = _services_follow(s, warnings)
     if "/etc/nix/nix.conf" in out["nix"].get("seed", []):
         # The daemon reads nix.conf once: new defaults mean nothing until it restarts.
-        _restart_service(s, "nix-daemon", warnings)
+        restart_service(s, "nix-daemon", warnings)
     with s.db.write() as c:  # "" = lagging: status says so, the next command retries
         s.db.set_meta(c, META_SEAMS_SYNCED,
                       str(s.db.last_done_tx(c)) if len(warnings) == before else "")
@@ -622,7 +622,7 @@ def seams_if_needed(s: Session) -> list[str]:
     return notes or ["brought the Nix seams and services up to date with the live state"]
 
 
-def _restart_service(s: Session, name: str, warnings: list[str]) -> None:
+def restart_service(s: Session, name: str, warnings: list[str]) -> None:
     from onix import services
 
     svc = services.default_scandir(s.paths.root) / name

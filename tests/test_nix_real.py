@@ -315,3 +315,15 @@ def test_onix_gc_roots_keep_what_a_state_links_to(plane: NixPlane, machine: Path
     plane.run(["nix", "store", "gc"], timeout=60)
     assert not (machine / path.lstrip("/")).exists()  # pruned state, root gone, collected
     store_verify(plane)
+
+
+def test_nix_seed_that_rewrites_nix_conf_restarts_the_daemon(plane: NixPlane,
+                                                             machine: Path) -> None:
+    """Deleting /etc/nix/nix.conf is how a user gets the defaults back; seed rewrites it
+    and restarts the daemon, which reads nix.conf only when it starts."""
+    pid = plane.wait_ready(10)
+    (machine / "etc/nix/nix.conf").unlink()
+    r = onix_json("nix", "seed", "--root", machine)
+    assert "/etc/nix/nix.conf" in r["changed"] and r["warnings"] == []
+    assert plane.wait_ready(10, not_pid=pid) != pid
+    assert nixplane.drift(machine).as_dict() == {"overrides": [], "errors": [], "missing": []}
