@@ -343,6 +343,20 @@ class Database:
             by_stone[s["name"]] = self.stone_layout(c, s["id"])
         return merge(by_stone)
 
+    def store_links(self, c: Connection) -> dict[int, list[str]]:
+        """state id → the /nix/store paths its /usr symlinks point into (sorted, unique),
+        from the layout rows: no tree walk on every transaction."""
+        rows = c.execute(select(state_stones_t.c.state_id, layout_t.c.target)
+                         .join(layout_t, layout_t.c.stone_id == state_stones_t.c.stone_id)
+                         .join(states_t, states_t.c.id == state_stones_t.c.state_id)
+                         .where(layout_t.c.kind == "symlink",
+                                layout_t.c.target.like("/nix/store/%"),
+                                states_t.c.status != "pending"))
+        out: dict[int, set[str]] = {}
+        for sid, target in rows:
+            out.setdefault(int(sid), set()).add("/".join(target.split("/")[:4]))
+        return {sid: sorted(paths) for sid, paths in out.items()}
+
     # -- journal ---------------------------------------------------------------
 
     def begin_tx(self, c: Connection, *, kind: str, from_state: int | None,

@@ -27,9 +27,10 @@ the layout NixOS uses. The links name /usr paths, so they follow /usr through ev
 exchange; the per-fstx directory is rebuilt after every transaction in case a state
 moves its Mesa. It never points into /nix/store (Nix's GC would delete an unrooted target).
 
-GC roots (`sync_gcroots()`): a state whose /usr holds a symlink into /nix/store gets a
-root /nix/var/nix/gcroots/onix/states/<id>-<n> → that store path, removed exactly when
-the state is pruned. That directory is the one place onix writes inside /nix; the /nix
+GC roots (`sync_gcroots()`): a state whose /usr holds a symlink into /nix/store (its
+layout rows in the database say so; no tree walk) gets a root
+/nix/var/nix/gcroots/onix/states/<id>-<n> → that store path, removed exactly when the
+state is pruned. That directory is the one place onix writes inside /nix; the /nix
 fingerprint (ownership.py) leaves it out and reports it on its own.
 
 Health (`daemon_health()`, `drift()`, `opengl_status()`) is computed for `onix status`
@@ -688,36 +689,21 @@ def _library_exists(root: Path, usr: Path, lib: str) -> bool:
 # -- GC roots for machine-plane links into /nix/store -----------------------------------------
 
 
-def store_links(usr: Path) -> list[str]:
-    """Targets of symlinks in a state tree that point into /nix/store (sorted, unique)."""
-    out: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(usr):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if p.is_symlink():
-                t = os.readlink(p)
-                if t.startswith("/nix/store/"):
-                    out.add("/".join(t.split("/")[:4]))  # the store path itself
-    return sorted(out)
-
-
-def sync_gcroots(root: Path | str, *, states: dict[int, Path]) -> dict:
-    """Make gcroots/onix/states hold exactly one root per store path each state links to."""
+def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
+    """Make gcroots/onix/states hold exactly one root per store path each state links to
+    (`links`: state id → store paths, Database.store_links)."""
     root = Path(root)
-    base = root / GCROOTS / "states"
-    want: dict[str, str] = {}
-    for sid, usr in sorted(states.items()):
-        for n, target in enumerate(store_links(usr)):
-            want[f"{sid}-{n}"] = target
-    have: dict[str, str] = {}
     if not (root / "nix").is_dir():
         return {"added": [], "removed": []}  # no Nix plane here: nothing could collect them
+    base = root / GCROOTS / "states"
+    want = {f"{sid}-{n}": target for sid, targets in sorted(links.items())
+            for n, target in enumerate(targets)}
     _real_dirs(root, GCROOTS + "/states")
+    have: dict[str, str] = {}
     if base.is_dir():
         have = {p.name: os.readlink(p) for p in base.iterdir() if p.is_symlink()}
     if not want and not have:
         return {"added": [], "removed": []}
-    _real_dirs(root, GCROOTS + "/states")
     added, removed = [], []
     for name in sorted(set(have) - set(want)) + [n for n in want if n in have and
                                                   have[n] != want[n]]:
@@ -750,11 +736,11 @@ def after_change(s, warnings: list[str] | None = None) -> dict:
     with s.db.read() as c:
         states = s.db.states(c)
     fstx = next((st["fstx"] for st in states if st["id"] == live), None)
-    trees = {st["id"]: paths.usr if st["id"] == live else paths.state_tree(st["id"])
-             for st in states}
 
     def gcroots() -> dict:
-        return sync_gcroots(paths.root, states={k: v for k, v in trees.items() if v.is_dir()})
+        with s.db.read() as c:
+            links = s.db.store_links(c)
+        return sync_gcroots(paths.root, links=links)
 
     def etc() -> list[str]:
         return seed_session(s, runtime=False)["changed"]
