@@ -686,10 +686,8 @@ def sync_if_needed(s) -> list[str]:
     if dirs is None or s.live_state() is None:
         return []
     with s.db.read() as c:
-        synced = s.db.get_meta(c, META_SYNCED)
-        last = s.db.last_done_tx(c)
-    if synced == str(last):
-        return []
+        if not s.db.behind(c, META_SYNCED):
+            return []
     try:
         with _guard(s, ""):
             sync_session(s)

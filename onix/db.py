@@ -395,6 +395,11 @@ class Database:
         return c.execute(select(func.max(transactions_t.c.id))
                          .where(transactions_t.c.status == "done")).scalar() or 0
 
+    def behind(self, c: Connection, key: str) -> bool:
+        """Whether the meta key naming the last transaction something follows (the boot
+        files, the Nix seams) lags behind the log: then the next command redoes it."""
+        return self.get_meta(c, key) != str(self.last_done_tx(c))
+
     def activations(self, c: Connection, kinds: Iterable[str]) -> dict[int, int]:
         """state id → id of the last finished transaction of these kinds that made it live."""
         rows = c.execute(select(transactions_t.c.to_state, func.max(transactions_t.c.id))

@@ -613,10 +613,8 @@ def seams_if_needed(s: Session) -> list[str]:
     if s.live_state() is None:
         return []
     with s.db.read() as c:
-        synced = s.db.get_meta(c, META_SEAMS_SYNCED)
-        last = s.db.last_done_tx(c)
-    if synced == str(last):
-        return []
+        if not s.db.behind(c, META_SEAMS_SYNCED):
+            return []
     notes: list[str] = []
     follow_live(s, notes)
     return notes or ["brought the Nix seams and services up to date with the live state"]
