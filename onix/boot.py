@@ -44,7 +44,8 @@ import json
 import logging
 import os
 import re
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -522,27 +523,23 @@ def dirs_for(paths: RootPaths, *, esp_dir: Path | None = None,
     return dirs, cfg
 
 
-def _guard(s, what: str):
-    """Turn an OSError on the ESP into one BootError (or DiskFullError) naming the file."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def guard():
-        try:
-            yield
-        except OnixError as e:
-            if what:
-                raise BootError(f"{what}: {e.line()}",
-                                hint="fix that, then run onix boot sync") from e
-            raise
-        except OSError as e:
-            full = fsutil.disk_full(e)
-            cls = DiskFullError if full else BootError
-            msg = f"{what}: {e.strerror}" if what else e.strerror or str(e)
-            raise cls(msg, path=e.filename, hint="make room on the ESP, then run onix boot "
-                      "sync" if full else "fix that, then run onix boot sync") from e
-
-    return guard()
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """Turn an OSError on the ESP into one BootError (or DiskFullError) naming the file;
+    with `what`, an OnixError from inside is prefixed with it."""
+    try:
+        yield
+    except OnixError as e:
+        if what:
+            raise BootError(f"{what}: {e.line()}",
+                            hint="fix that, then run onix boot sync") from e
+        raise
+    except OSError as e:
+        full = fsutil.disk_full(e)
+        cls = DiskFullError if full else BootError
+        msg = f"{what}: {e.strerror}" if what else e.strerror or str(e)
+        raise cls(msg, path=e.filename, hint="make room on the ESP, then run onix boot "
+                  "sync" if full else "fix that, then run onix boot sync") from e
 
 
 def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
@@ -563,7 +560,7 @@ def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None
 
 def after_change(s) -> dict | None:
     """End of a command that changed states: sync, or fail with what to do."""
-    with _guard(s, f"state {s.live_state()} is live, but the boot files were not updated"):
+    with _guard(f"state {s.live_state()} is live, but the boot files were not updated"):
         return sync_session(s)
 
 
@@ -689,7 +686,7 @@ def sync_if_needed(s) -> list[str]:
         if not s.db.behind(c, META_SYNCED):
             return []
     try:
-        with _guard(s, ""):
+        with _guard(""):
             sync_session(s)
     except OnixError as e:
         return [f"boot files are out of date and could not be updated: {e.line()}"]
@@ -708,7 +705,7 @@ def prune_entries(s, doomed: list[int]) -> None:
     if dirs is None or not doomed:
         return
     try:
-        with _guard(s, ""):
+        with _guard(""):
             sync_session(s, exclude=set(doomed))
         return
     except OnixError as e:
@@ -762,7 +759,7 @@ def mark_good(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -
         return {"entry": cur.file, "changed": False}
     blessed = bls.EntryName(fstx=cur.fstx)
     entries = bls.entries_dir(dirs.boot)
-    with _guard(s, "could not bless the entry"):
+    with _guard("could not bless the entry"):
         fsutil.replace_file(entries / blessed.file, fsutil.read_nofollow(entries / cur.file))
         default = bls.EntryName.parse(bls.read_default(dirs.esp) or "")
         if default is not None and default.fstx == cur.fstx:
@@ -797,7 +794,7 @@ def set_default(s, state_id: int, *, once: bool = False, esp_dir: Path | None = 
             raise BootError(f"state {state_id} has no boot entry (not retained)",
                             path=bls.entries_dir(dirs.boot),
                             hint="onix boot status lists the entries")
-        with _guard(s, "could not set the one-time default"):
+        with _guard("could not set the one-time default"):
             bootloader.write_var("LoaderEntryOneShot", entry.file)
         return {"state": state_id, "entry": entry.file, "once": True}
     with s.db.write() as c:
@@ -805,7 +802,7 @@ def set_default(s, state_id: int, *, once: bool = False, esp_dir: Path | None = 
         s.db.set_meta(c, META_RESET, str(state_id))
         s.db.set_meta(c, META_SYNCED, "")  # an interrupted sync is redone by the next run
         s.db.delete_meta(c, META_FALLBACK)
-    with _guard(s, f"state {state_id} is the boot default now, but the boot files were not "
+    with _guard(f"state {state_id} is the boot default now, but the boot files were not "
                 "updated"):
         report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr) or {}
     return {"state": state_id, "entry": report.get("default"), "once": False}
@@ -869,7 +866,7 @@ def _session(root: Path | str, *, wait: bool):
 
 def sync(root: Path | str, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
          wait: bool = True) -> dict:
-    with _session(root, wait=wait) as s, _guard(s, ""):
+    with _session(root, wait=wait) as s, _guard(""):
         report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr)
         if report is None:
             raise BootError("no ESP found for this root", path=s.paths.root / "boot",
