@@ -1,6 +1,6 @@
 """The state log: SQLite at <root>/.onix/db/onix.db, through SQLAlchemy Core.
 
-Schema (version 1)
+Schema (version 2)
 ------------------
     meta          key → value: schema version, cached store size
     stones        one row per imported stone file (identity: blake3 of the file)
@@ -9,7 +9,9 @@ Schema (version 1)
     states        id, fstx, created, summary, pinned, status, parent,
                   layout digest, file count and bytes
                   status: pending (journalled, not yet live), active, archived
-    state_stones  which stones make up a state
+    state_stones  which stones make up a state, and whether each was asked for
+                  by name (explicit) or pulled in as a dependency; `onix remove`
+                  drops dependencies no explicit stone needs any more (schema 2)
     transactions  the journal: kind, from/to state, step ("journal" while
                   running — prune also records "trash" — and "end" once
                   closed), status running|done|undone, detail, and the /nix
@@ -58,7 +60,7 @@ from onix.errors import LockedError, StateError
 from onix.layout import Entry
 from onix.paths import RootPaths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -107,7 +109,10 @@ states_t = Table("states", metadata,
 state_stones_t = Table("state_stones", metadata,
                        Column("state_id", Integer, ForeignKey("states.id", ondelete="CASCADE"),
                               primary_key=True),
-                       Column("stone_id", Integer, ForeignKey("stones.id"), primary_key=True))
+                       Column("stone_id", Integer, ForeignKey("stones.id"), primary_key=True),
+                       # A stone in a schema-1 state counts as explicit: never an orphan.
+                       Column("explicit", Boolean, nullable=False, default=True,
+                              server_default="1"))
 
 transactions_t = Table("transactions", metadata,
                        Column("id", Integer, primary_key=True),
@@ -167,7 +172,18 @@ class Database:
                 if have is None:
                     c.execute(insert(meta_t), [{"key": "schema", "value": str(SCHEMA_VERSION)},
                                                {"key": "store_bytes", "value": "0"}])
+                else:
+                    self._migrate(c, int(have[0]) if str(have[0]).isdigit() else SCHEMA_VERSION)
         self._check_schema()
+
+    def _migrate(self, c: Connection, have: int) -> None:
+        """Bring an older log up to SCHEMA_VERSION inside the opening write transaction."""
+        if have < 2:
+            # schema 2: state_stones.explicit; every stone of an older state was explicit
+            c.exec_driver_sql("ALTER TABLE state_stones ADD COLUMN explicit BOOLEAN "
+                              "NOT NULL DEFAULT 1")
+        if have < SCHEMA_VERSION:
+            self.set_meta(c, "schema", str(SCHEMA_VERSION))
 
     def _check_schema(self) -> None:
         with self.read() as c:
@@ -302,6 +318,17 @@ class Database:
         return list(c.execute(select(state_stones_t.c.stone_id)
                               .where(state_stones_t.c.state_id == state_id)).scalars())
 
+    def state_implicit(self, c: Connection, state_id: int) -> set[int]:
+        """Stones of a state that were pulled in as dependencies, not asked for."""
+        return set(c.execute(select(state_stones_t.c.stone_id).where(
+            state_stones_t.c.state_id == state_id, state_stones_t.c.explicit.is_(False)))
+            .scalars())
+
+    def mark_explicit(self, c: Connection, state_id: int, stone_ids: list[int]) -> None:
+        c.execute(update(state_stones_t).where(state_stones_t.c.state_id == state_id,
+                                               state_stones_t.c.stone_id.in_(stone_ids))
+                  .values(explicit=True))
+
     def next_state_id(self, c: Connection) -> int:
         # Ids are never reused, even after prune: logs, boot entries and fstx stay unambiguous.
         top_state = c.execute(select(func.max(states_t.c.id))).scalar() or 0
@@ -310,13 +337,15 @@ class Database:
 
     def add_state(self, c: Connection, *, state_id: int, fstx: str, summary: str,
                   parent: int | None, layout_digest: str, stone_ids: list[int], files: int,
-                  nbytes: int) -> None:
+                  nbytes: int, implicit: Iterable[int] = ()) -> None:
         c.execute(insert(states_t).values(
             id=state_id, fstx=fstx, created=now(), summary=summary, pinned=False,
             status="pending", parent=parent, layout_digest=layout_digest, files=files,
             bytes=nbytes))
         if stone_ids:  # an empty state (every stone removed) is legal
-            c.execute(insert(state_stones_t), [{"state_id": state_id, "stone_id": s}
+            implicit = set(implicit)
+            c.execute(insert(state_stones_t), [{"state_id": state_id, "stone_id": s,
+                                                "explicit": s not in implicit}
                                                for s in stone_ids])
 
     def set_status(self, c: Connection, state_id: int, status: str) -> None:

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -666,7 +667,7 @@ def _unmark_txn(paths: RootPaths) -> None:
 
 
 def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[Entry],
-                summary: str) -> Result:
+                summary: str, implicit: Iterable[int] = ()) -> Result:
     paths = s.paths
     from_state = s.live_state()
     digest = canonical_digest(entries)
@@ -678,7 +679,7 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
         fstx = fstx_of(state_id, digest)
         s.db.add_state(c, state_id=state_id, fstx=fstx, summary=summary, parent=from_state,
                        layout_digest=digest, stone_ids=stone_ids, files=len(files),
-                       nbytes=sum(e.size for e in files))
+                       nbytes=sum(e.size for e in files), implicit=implicit)
         tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
                               detail={"source": "staging"}, nix_before=nix_before)
     _mark_txn(paths)
@@ -722,12 +723,17 @@ def _settle_after_failure(s: Session, exc: BaseException) -> OnixError | None:
 
 
 def _selection(s: Session) -> dict[str, dict]:
-    """Stone name → stone row for the live state (empty on a fresh root)."""
+    """Stone name → stone row for the live state (empty on a fresh root).
+
+    Each row carries `explicit`: asked for by name, or pulled in as a dependency.
+    """
     live = s.live_state()
     if live is None:
         return {}
     with s.db.read() as c:  # check_live_state() made sure the database knows it
-        return {r["name"]: r for r in s.db.stones(c, s.db.state_stone_ids(c, live))}
+        implicit = s.db.state_implicit(c, live)
+        return {r["name"]: {**r, "explicit": r["id"] not in implicit}
+                for r in s.db.stones(c, s.db.state_stone_ids(c, live))}
 
 
 def _plan(s: Session, selection: dict[str, dict], new: dict[str, Candidate]) -> list[Entry]:
@@ -738,16 +744,21 @@ def _plan(s: Session, selection: dict[str, dict], new: dict[str, Candidate]) -> 
     return merge(layouts)
 
 
-def install(root: Path | str, files: list[Path], *, wait: bool = True,
-            progress: Progress = SILENT) -> Result:
-    """Install or replace stones by file; one transaction, one new state."""
+def install(root: Path | str, files: list[Path], *, dependencies: Iterable[str] = (),
+            wait: bool = True, progress: Progress = SILENT) -> Result:
+    """Install or replace stones by file; one transaction, one new state.
+
+    Stones are recorded as explicit (asked for) unless their name is in `dependencies`
+    (pulled in by the resolver), which `onix remove` may later drop as orphans.
+    """
     if not files:
         raise OnixError("nothing to install", hint="name one or more .stone files")
     with open_candidates(files) as cands:  # every stone checked before anything is written
-        return _install(root, cands, wait=wait, progress=progress)
+        return _install(root, cands, dependencies=set(dependencies), wait=wait,
+                        progress=progress)
 
 
-def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
+def _install(root: Path | str, cands: list[Candidate], *, dependencies: set[str], wait: bool,
              progress: Progress) -> Result:
     paths = RootPaths.of(root)
     check_usr_is_ours(paths)
@@ -756,6 +767,9 @@ def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
         current = _selection(s)
         selection = dict(current)
         new = {cand.meta["name"]: cand for cand in cands}
+        # An explicit request promotes a dependency; a dependency never demotes a request.
+        explicit = {n for n, r in current.items() if r["explicit"]}
+        explicit |= {n for n in new if n not in dependencies}
         changes = []
         for name, cand in new.items():
             old = current.get(name)
@@ -766,8 +780,15 @@ def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
                            else f"{name} {evr}")
             selection[name] = cand.meta
         if not changes:
+            promoted = sorted(n for n in new if n in explicit and n in current
+                              and not current[n]["explicit"])
+            if promoted:  # intent, not layout: recorded on the live state in place
+                with s.db.write() as c:
+                    s.db.mark_explicit(c, s.live_state(), [current[n]["id"] for n in promoted])
             return Result(kind="install", changed=False, from_state=s.live_state(),
-                          summary="already installed", recovered=s.recovered)
+                          summary="already installed" + (
+                              f" (now explicit: {', '.join(promoted)})" if promoted else ""),
+                          recovered=s.recovered)
         unmet = unmet_dependencies(selection)
         if unmet:
             raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
@@ -776,11 +797,12 @@ def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
         boot.check_layout(s, entries, read=_content_reader(s, list(new.values())))
         imported = import_stones(s, [new[n] for n in new
                                      if selection[n] is not current.get(n)])
-        stone_ids = [imported.ids.get(n) or selection[n]["id"] for n in sorted(selection)]
+        ids = {n: imported.ids.get(n) or selection[n]["id"] for n in selection}
         before = s.live_state()
         try:
-            return build_state(s, kind="install", stone_ids=stone_ids, entries=entries,
-                               summary="install " + ", ".join(changes))
+            return build_state(s, kind="install", stone_ids=[ids[n] for n in sorted(ids)],
+                               implicit=[ids[n] for n in ids if n not in explicit],
+                               entries=entries, summary="install " + ", ".join(changes))
         except BaseException:
             # Settle the journal now (the session would too), and if the old state is still
             # live, take the import back as well: a failed install leaves no new stones.
@@ -791,8 +813,9 @@ def _install(root: Path | str, cands: list[Candidate], *, wait: bool,
             raise
 
 
-def remove(root: Path | str, names: list[str], *, wait: bool = True,
+def remove(root: Path | str, names: list[str], *, orphans: bool = True, wait: bool = True,
            progress: Progress = SILENT) -> Result:
+    """Remove stones by name, and (unless orphans=False) the dependencies they alone needed."""
     if not names:
         raise OnixError("nothing to remove", hint="name one or more installed stones")
     with session(root, wait=wait, progress=progress, create=False) as s:
@@ -807,10 +830,21 @@ def remove(root: Path | str, names: list[str], *, wait: bool = True,
         if unmet:
             raise ConflictError("removal would break dependencies: " + "; ".join(unmet),
                                 path=s.paths.usr, hint="remove the dependents too")
+        dropped: set[str] = set()
+        if orphans:
+            from onix.resolve import orphans as find_orphans
+
+            dropped = find_orphans(selection=selection,
+                                   explicit={n for n, r in selection.items() if r["explicit"]})
+            selection = {n: r for n, r in selection.items() if n not in dropped}
         entries = _plan(s, selection, {})
         boot.check_layout(s, entries, read=_content_reader(s, []))
+        summary = "remove " + ", ".join(sorted(names))
+        if dropped:
+            summary += f" (and orphans {', '.join(sorted(dropped))})"
         return build_state(s, kind="remove", stone_ids=[r["id"] for r in selection.values()],
-                           entries=entries, summary="remove " + ", ".join(sorted(names)))
+                           implicit=[r["id"] for r in selection.values() if not r["explicit"]],
+                           entries=entries, summary=summary)
 
 
 # -- execute: switch to an archived state ----------------------------------------
