@@ -1,0 +1,284 @@
+"""Upstream sources: fetched into a cache, verified by sha256, placed for a build.
+
+Cache layout (default ``~/.cache/onix/sources``; ``onix build --cache DIR`` uses
+``DIR/sources``, and ``ONIX_SOURCE_CACHE`` overrides either)::
+
+    <cache>/<sha256>/<file name>     a verified download; re-hashed before every use
+    <cache>/.dl-XXXX/                a download in progress (removed afterwards)
+    <cache>/apt/                     the private apt state for Debian *source* packages:
+        sources.list.d/onix.sources    Types: deb-src, the machine's Debian mirror
+        lists/, cache/                 apt-get update's lists and package caches
+    <cache>/apt.lock                 flock: one apt-get update at a time
+
+A download is written under a temporary name in the cache, hashed, and renamed into
+place only when it matches the recipe's pin; a mismatch deletes it. Nothing of the
+host's apt configuration or state is written: the source lists live in the cache, and
+binary packages are fetched with ``apt-get download`` from the machine's own lists.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from onix import proc
+from onix.errors import OnixError
+from onix.recipe import TARBALL_SUFFIXES, Recipe, Upstream, is_tarball, upstream_path
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SUITE = "bookworm"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def default_cache() -> Path:
+    """Where sources are cached when no --cache is given."""
+    env = os.environ.get("ONIX_SOURCE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "onix" / "sources"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mismatch(what: Path | str, *, expected: str, actual: str, recipe: Recipe,
+              u: Upstream) -> OnixError:
+    return OnixError(f"sha256 mismatch: expected {expected}, got {actual}", path=what,
+                     hint="the upstream changed or the pin is wrong: check, then update sha256 "
+                     f"in {recipe.where(u.sha256_line or u.line)}")
+
+
+def fetch(upstream: Upstream, *, cache: Path, recipe: Recipe) -> Path:
+    """The verified local file (or directory, for a `path` upstream) of an upstream."""
+    if upstream.kind == "path":
+        return _fetch_path(upstream, recipe)
+    assert upstream.sha256 is not None  # the recipe loader requires it for Debian upstreams
+    slot = cache / upstream.sha256
+    if slot.is_dir():
+        for cached in sorted(slot.iterdir()):
+            if cached.name.startswith("."):
+                continue
+            actual = sha256_file(cached)
+            if actual != upstream.sha256:
+                cached.unlink()
+                raise OnixError(f"the cached file is corrupt (sha256 {actual}, expected "
+                                f"{upstream.sha256}); it was removed", path=cached,
+                                hint="run the build again to download it afresh, and check "
+                                "the disk holding the cache")
+            if upstream.file is None or cached.name == upstream.file:
+                return cached
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
+        if upstream.kind == "debian-source":
+            got = _download_source(upstream, cache=cache, into=Path(tmp), recipe=recipe)
+        else:
+            got = _download_binary(upstream, into=Path(tmp), recipe=recipe)
+        actual = sha256_file(got)
+        if actual != upstream.sha256:
+            got.unlink()
+            raise _mismatch(f"{upstream.describe()}: {got.name}", expected=upstream.sha256,
+                            actual=actual, recipe=recipe, u=upstream)
+        slot.mkdir(exist_ok=True)
+        final = slot / got.name
+        os.replace(got, final)
+    return final
+
+
+def _fetch_path(u: Upstream, recipe: Recipe) -> Path:
+    p = upstream_path(recipe, u)
+    if not p.exists():
+        raise OnixError("the path upstream does not exist", path=p,
+                        hint=f"fix `path:` in {recipe.where(u.line)}")
+    if u.sha256 is not None:
+        if not p.is_file():
+            raise OnixError("sha256 pins files only, and this path upstream is a directory",
+                            path=p, hint=f"drop sha256 in {recipe.where(u.sha256_line)}")
+        actual = sha256_file(p)
+        if actual != u.sha256:
+            raise _mismatch(p, expected=u.sha256, actual=actual, recipe=recipe, u=u)
+    return p
+
+
+# -- Debian ----------------------------------------------------------------------
+
+
+def machine_mirror(etc_apt: Path = Path("/etc/apt")) -> tuple[str, str]:
+    """(mirror URI, suite) of the machine's main Debian archive, or the defaults.
+
+    Read from deb822 `.sources` files first, then one-line `sources.list` entries; the
+    security archive (a suite with "-security") is skipped: source packages come from the
+    main archive.
+    """
+    entries: list[tuple[str, str]] = []
+    parts = etc_apt / "sources.list.d"
+    for f in sorted(parts.glob("*.sources")) if parts.is_dir() else []:
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        for stanza in re.split(r"\n\s*\n", text):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line:
+                    continue
+                k, _, v = line.partition(":")
+                fields[k.strip().lower()] = v.strip()
+            if "deb" not in fields.get("types", "").split():
+                continue
+            for uri in fields.get("uris", "").split():
+                for suite in fields.get("suites", "").split():
+                    entries.append((uri, suite))
+    lists = [etc_apt / "sources.list"]
+    lists += sorted(parts.glob("*.list")) if parts.is_dir() else []
+    for f in lists:
+        try:
+            lines = f.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb":
+                entries.append((words[1], words[2]))
+    for uri, suite in entries:
+        if "/debian" in uri and "security" not in uri and "-" not in suite:
+            return uri.rstrip("/"), suite
+    return DEFAULT_MIRROR, DEFAULT_SUITE
+
+
+def _apt_options(state: Path) -> list[str]:
+    # Every apt directory that update or source would write points into our cache:
+    # the host's lists, pkgcache.bin and archives stay as they are.
+    return ["-o", "Dir::Etc::SourceList=/dev/null",
+            "-o", f"Dir::Etc::SourceParts={state / 'sources.list.d'}",
+            "-o", f"Dir::State::Lists={state / 'lists'}",
+            "-o", f"Dir::Cache={state / 'cache'}",
+            "-o", "APT::Get::List-Cleanup=false",
+            "-q"]
+
+
+def _download_source(u: Upstream, *, cache: Path, into: Path, recipe: Recipe) -> Path:
+    state = cache / "apt"
+    (state / "sources.list.d").mkdir(parents=True, exist_ok=True)
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    mirror, suite = machine_mirror()
+    sources = (f"Types: deb-src\nURIs: {mirror}\nSuites: {suite}\nComponents: main\n"
+               f"Signed-By: {KEYRING}\n")
+    (state / "sources.list.d" / "onix.sources").write_text(sources)
+    opts = _apt_options(state)
+    spec = f"{u.ref}={u.version}" if u.version else u.ref
+    with open(cache / "apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # apt-get update takes its own lock and fails fast
+        r = proc.run(["apt-get", *opts, "update"], check=False)
+        if r.returncode != 0:
+            raise OnixError(f"apt-get update of the private source list failed: "
+                            f"{_tail(r)}", path=f"{mirror} {suite} (deb-src)",
+                            hint="check the network and that the mirror is reachable")
+        r = proc.run(["apt-get", *opts, "source", "--download-only", spec], cwd=into,
+                     check=False)
+    if r.returncode != 0:
+        raise OnixError(f"apt-get source --download-only {spec} failed: {_tail(r)}",
+                        path=recipe.where(u.line),
+                        hint="check the package name and version (apt-cache showsrc NAME "
+                        "lists what the mirror has)")
+    got = into / (u.file or "")
+    if not u.file or not got.is_file():
+        have = ", ".join(sorted(p.name for p in into.iterdir())) or "nothing"
+        raise OnixError(f"apt-get source {spec} did not bring {u.file} (it brought {have})",
+                        path=recipe.where(u.line), hint="fix `file:` in the recipe")
+    return got
+
+
+def _download_binary(u: Upstream, *, into: Path, recipe: Recipe) -> Path:
+    spec = f"{u.ref}={u.version}"
+    r = proc.run(["apt-get", "download", "-q", spec], cwd=into, check=False)
+    if r.returncode != 0:
+        raise OnixError(f"apt-get download {spec} failed: {_tail(r)}",
+                        path=recipe.where(u.line),
+                        hint="run apt-get update (the machine's package lists may be stale), "
+                        "or fix the name/version")
+    debs = sorted(into.glob("*.deb"))
+    if len(debs) != 1:
+        raise OnixError(f"apt-get download {spec} gave {len(debs)} .deb files",
+                        path=recipe.where(u.line), hint="run apt-get update and retry")
+    return debs[0]
+
+
+def _tail(r) -> str:
+    text = ((r.stderr or b"") + (r.stdout or b"")).decode(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.startswith(("E:", "W:"))] or text.splitlines()
+    return "; ".join(lines[-2:]) or f"exit status {r.returncode}"
+
+
+# -- placing ---------------------------------------------------------------------
+
+
+def place(upstream: Upstream, fetched: Path, *, sourcedir: Path) -> Path:
+    """Put a fetched upstream into sourcedir; returns what it became.
+
+    Tarballs (unless `unpack: false`) are unpacked into sourcedir/<their top directory>
+    (a tarball without a single top directory goes to sourcedir/<name without .tar.*>);
+    a .deb is extracted with dpkg-deb -x into sourcedir/<package>/; other files and
+    directories are copied as sourcedir/<name>, symlinks kept as symlinks.
+    """
+    sourcedir.mkdir(parents=True, exist_ok=True)
+    if upstream.kind == "debian-binary":
+        dest = _free(sourcedir / upstream.ref)
+        dest.mkdir()
+        proc.run(["dpkg-deb", "-x", fetched, dest])
+        return dest
+    if fetched.is_file() and upstream.wants_unpack(fetched.name):
+        return _unpack(fetched, sourcedir=sourcedir)
+    dest = _free(sourcedir / fetched.name)
+    if fetched.is_dir():
+        shutil.copytree(fetched, dest, symlinks=True)
+    else:
+        shutil.copy2(fetched, dest)
+    return dest
+
+
+def _free(dest: Path) -> Path:
+    if dest.exists() or dest.is_symlink():
+        raise OnixError("two upstreams would be placed at the same path", path=dest,
+                        hint="rename one of them")
+    return dest
+
+
+def _unpack(tarball: Path, *, sourcedir: Path) -> Path:
+    if not is_tarball(tarball.name):
+        raise OnixError("unpack: true on a file that is not a tarball", path=tarball,
+                        hint="set unpack: false, or point at a .tar.* file")
+    tmp = Path(tempfile.mkdtemp(dir=sourcedir, prefix=".unpack-"))
+    try:
+        # GNU tar refuses members with `..` and strips leading `/`, so nothing lands
+        # outside tmp; no owner or permission bits of the tarball's author are kept
+        # beyond what the umask allows.
+        proc.run(["tar", "-xf", tarball, "-C", tmp, "--no-same-owner", "--delay-directory-restore"])
+        top = sorted(tmp.iterdir())
+        if len(top) == 1 and top[0].is_dir() and not top[0].is_symlink():
+            dest = _free(sourcedir / top[0].name)
+            os.rename(top[0], dest)
+        else:
+            stem = tarball.name
+            for suffix in sorted(TARBALL_SUFFIXES, key=len, reverse=True):
+                if stem.endswith(suffix):
+                    stem = stem.removesuffix(suffix)
+                    break
+            dest = _free(sourcedir / stem)
+            os.rename(tmp, dest)
+            return dest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest
