@@ -111,23 +111,68 @@ def _print_summary_and_warnings(r: dict) -> None:
 
 
 @app.command()
-def install(stones: Annotated[list[Path], typer.Argument(help="Stone files to install.")],
+def install(targets: Annotated[list[str], typer.Argument(
+                metavar="STONE...", help="Stone names (from repositories), provider strings "
+                "such as 'binary(rg)', or .stone files.")],
             root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
-    """Install or replace stones; one transaction, one new state."""
-    from onix import transaction
+    """Install or replace stones, with their dependencies; one transaction, one new state."""
+    from onix import selection
 
-    _run(json, lambda: transaction.install(root, stones, wait=not no_wait,
-                                           progress=_progress(json)), _print_result)
+    _run(json, lambda: selection.install(root, targets, wait=not no_wait,
+                                         progress=_progress(json)), _print_result)
 
 
 @app.command()
 def remove(names: Annotated[list[str], typer.Argument(help="Installed stone names.")],
+           keep_orphans: Annotated[bool, typer.Option(
+               "--keep-orphans", help="Keep dependencies nothing asked for any more.")] = False,
            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
-    """Remove stones by name; one transaction, one new state."""
+    """Remove stones by name, and dependencies only they needed; one new state."""
     from onix import transaction
 
-    _run(json, lambda: transaction.remove(root, names, wait=not no_wait,
-                                          progress=_progress(json)), _print_result)
+    _run(json, lambda: transaction.remove(root, names, orphans=not keep_orphans,
+                                          wait=not no_wait, progress=_progress(json)),
+         _print_result)
+
+
+@app.command()
+def search(term: Annotated[str, typer.Argument(help="Part of a name, summary or provider.")],
+           root: Root = Path("/"), json: Json = False) -> None:
+    """Stones the configured repositories offer."""
+    from onix import repo
+
+    def human(rows: list) -> None:
+        if not rows:
+            console().print(f"no stone matches {term!r}")
+        for a in rows:
+            console().print(f"{a['name']} {a['version']}-{a['release']}  [dim]{a['repo']}[/]  "
+                            f"{a['summary']}")
+
+    _run(json, lambda: [a.as_dict() for a in repo.search(root, term)], human)
+
+
+@app.command()
+def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
+    """One stone: what the live state has and what the repositories offer."""
+    from onix import selection
+
+    def human(r: dict) -> None:
+        out = console()
+        mine = r["installed"]
+        if mine:
+            out.print(f"[bold]{mine['name']}[/] {mine['version']}-{mine['release']} installed"
+                      + (" (explicit)" if mine["explicit"] else " (as a dependency)"))
+            out.print(f"  {mine['summary']}  [dim]{mine['license']}[/]")
+            for k in ("provides", "depends"):
+                if mine[k]:
+                    out.print(f"  {k}: {', '.join(mine[k])}")
+        else:
+            out.print(f"[bold]{r['name']}[/] not installed")
+        for a in r["available"]:
+            out.print(f"available: {a['version']}-{a['release']} from {a['repo']} "
+                      f"({human_bytes(a['size'])}) {a['location']}")
+
+    _run(json, lambda: selection.info(root, name), human)
 
 
 def _print_switch(r: dict) -> None:
@@ -582,6 +627,150 @@ def nix_check(user: Annotated[str, typer.Option("--user", help="Build as this us
     _run(json, lambda: nixcheck.check(user=user),
          lambda r: console().print(f"nix daemon built {r['path']} as {user} "
                                    f"in {r['seconds']:.1f} s: ok"))
+
+
+# -- builder and repositories --------------------------------------------------------------
+
+
+@app.command()
+def build(recipes: Annotated[list[Path], typer.Argument(metavar="RECIPE...",
+                                                        help="recipes/*.yaml files.")],
+          out: Annotated[Path, typer.Option("-o", "--output", help="Directory for the stones.")
+                         ] = Path("stones"),
+          cache: Annotated[Path | None, typer.Option(
+              "--cache", help="Source cache and work directories "
+              "(default ~/.cache/onix, or $ONIX_SOURCE_CACHE).")] = None,
+          jobs: Annotated[int | None, typer.Option("--jobs", "-j")] = None,
+          keep: Annotated[bool, typer.Option("--keep", help="Keep the work directory.")] = False,
+          json: Json = False) -> None:
+    """Build recipes into stones (+ -dbginfo, + a JSON manifest) in a clean environment."""
+    from onix import build as build_mod
+
+    def run() -> list:
+        results = []
+        for r in recipes:
+            note = None if json else (lambda step, r=r: console().print(
+                f"[dim]{r.stem}:[/] {step}"))
+            results.append(build_mod.build(r, out=out, cache=cache, jobs=jobs, keep=keep,
+                                           progress=note).as_dict())
+        return results
+
+    def human(rows: list) -> None:
+        for r in rows:
+            for st in r["stones"]:
+                console().print(f"{st['file']}  {human_bytes(st['size'])}")
+            console().print(f"manifest: {r['manifest']}")
+
+    _run(json, run, human)
+
+
+key_app = typer.Typer(help="Signing keys for repository indexes.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+repo_app = typer.Typer(help="Repositories stones are installed from by name.",
+                       no_args_is_help=True)
+app.add_typer(repo_app, name="repo")
+
+
+@key_app.command("generate")
+def key_generate(out: Annotated[Path, typer.Option(
+                     "--out", help="Writes OUT.key (private, 0600) and OUT.pub.")],
+                 comment: Annotated[str, typer.Option("--comment")] = "onix",
+                 json: Json = False) -> None:
+    """Make an ed25519 key pair for signing a repository index."""
+    from onix import keys
+
+    def run() -> dict:
+        private, public = keys.generate(out=out, comment=comment)
+        return {"private": str(private), "public": str(public),
+                "public_key": public.read_text().strip()}
+
+    _run(json, run, lambda r: console().print(
+        f"private key: {r['private']}\npublic key:  {r['public']}\n{r['public_key']}"))
+
+
+@app.command("index")
+def index_cmd(directory: Annotated[Path, typer.Argument(metavar="DIR", file_okay=False)],
+              key: Annotated[Path, typer.Option("--key", help="Private key (onix key generate).")],
+              name: Annotated[str | None, typer.Option("--name", help="Repository name.")] = None,
+              json: Json = False) -> None:
+    """Write DIR/index.json for the stones in DIR and sign it (index.json.sig)."""
+    from onix import repo
+
+    _run(json, lambda: repo.write_index(directory=directory, key=key, name=name),
+         lambda r: console().print(f"{r['index']}: {r['stones']} stones, signed by key "
+                                   f"{r['key_id']}"))
+
+
+def _repo_lock(root: Path, no_wait: bool):
+    """The root lock around repository changes, once the root has a .onix (a first
+    `repo add` on a fresh root must leave nothing behind when it is refused)."""
+    from contextlib import nullcontext
+
+    from onix.lock import root_lock
+    from onix.paths import RootPaths
+
+    paths = RootPaths.of(root)
+    return root_lock(paths, wait=not no_wait) if paths.onix.is_dir() else nullcontext()
+
+
+def _print_repos(rows: list) -> None:
+    if not rows:
+        console().print("no repositories (onix repo add NAME URI --key PUBKEY)")
+    for r in rows:
+        state = f"{r['stones']} stones" if r["status"] == "ok" else f"[yellow]{r['status']}[/]"
+        console().print(f"{r['name']}  {r['uri']}  priority {r['priority']}  key {r['key_id']}"
+                        f"  {state}")
+
+
+@repo_app.command("add")
+def repo_add(name: str, uri: str,
+             key: Annotated[str, typer.Option("--key", help="Public key line or .pub file.")],
+             priority: Annotated[int, typer.Option("--priority")] = 0,
+             root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Add a repository (a directory or an http(s) URL); its index must verify."""
+    from onix import repo
+
+    def run():
+        with _repo_lock(root, no_wait):
+            return repo.add(root, name=name, uri=uri, public_key=key, priority=priority)
+
+    _run(json, run, lambda r: _print_repos([r]))
+
+
+@repo_app.command("list")
+def repo_list(root: Root = Path("/"), json: Json = False) -> None:
+    """Configured repositories and whether their cached index verifies."""
+    from onix import repo
+
+    _run(json, lambda: [r.as_dict() for r in repo.list_repos(root)], _print_repos)
+
+
+@repo_app.command("remove")
+def repo_remove(name: str, root: Root = Path("/"), json: Json = False,
+                no_wait: NoWait = False) -> None:
+    """Forget a repository (installed stones stay)."""
+    from onix import repo
+
+    def run():
+        with _repo_lock(root, no_wait):
+            return repo.remove(root, name=name)
+
+    _run(json, run, lambda r: console().print(f"removed repository {r['name']}"))
+
+
+@repo_app.command("update")
+def repo_update(names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]")] = None,
+                root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Fetch and verify the indexes again (all repositories, or NAME...)."""
+    from onix import repo
+
+    def run():
+        with _repo_lock(root, no_wait):
+            return [u.as_dict() for u in repo.update(root, names=names or None)]
+
+    _run(json, run, lambda rows: [console().print(
+        f"{u['name']}: {u['stones']} stones" + (" (changed)" if u["changed"] else ""))
+        for u in rows])
 
 
 def main() -> None:

@@ -780,15 +780,7 @@ def _install(root: Path | str, cands: list[Candidate], *, dependencies: set[str]
                            else f"{name} {evr}")
             selection[name] = cand.meta
         if not changes:
-            promoted = sorted(n for n in new if n in explicit and n in current
-                              and not current[n]["explicit"])
-            if promoted:  # intent, not layout: recorded on the live state in place
-                with s.db.write() as c:
-                    s.db.mark_explicit(c, s.live_state(), [current[n]["id"] for n in promoted])
-            return Result(kind="install", changed=False, from_state=s.live_state(),
-                          summary="already installed" + (
-                              f" (now explicit: {', '.join(promoted)})" if promoted else ""),
-                          recovered=s.recovered)
+            return _promote(s, current, sorted(n for n in new if n in explicit))
         unmet = unmet_dependencies(selection)
         if unmet:
             raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
@@ -811,6 +803,29 @@ def _install(root: Path | str, cands: list[Candidate], *, dependencies: set[str]
                 if s.live_state() == before:
                     imported.undo(s)
             raise
+
+
+def mark_explicit(root: Path | str, names: list[str], *, wait: bool = True) -> Result:
+    """Record installed stones as asked for (never orphans); no new state: intent only."""
+    with session(root, wait=wait, create=False) as s:
+        current = _selection(s)
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
+                             hint="see onix state show for what the active state holds")
+        return _promote(s, current, names)
+
+
+def _promote(s: Session, current: dict[str, dict], names: list[str]) -> Result:
+    """Mark installed dependencies as asked for: intent, not layout, so no new state."""
+    promoted = [n for n in names if not current[n]["explicit"]]
+    if promoted:
+        with s.db.write() as c:
+            s.db.mark_explicit(c, s.live_state(), [current[n]["id"] for n in promoted])
+    return Result(kind="install", changed=False, from_state=s.live_state(),
+                  summary="already installed" + (
+                      f" (now explicit: {', '.join(promoted)})" if promoted else ""),
+                  recovered=s.recovered)
 
 
 def remove(root: Path | str, names: list[str], *, orphans: bool = True, wait: bool = True,

@@ -1,0 +1,130 @@
+"""The whole path a user takes, through the real CLI: key → index → repo add (HTTP on
+loopback) → install by name with dependencies → info/search → remove with orphans."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import onix, onix_json, snapshot
+
+
+@pytest.fixture
+def http_dir():
+    servers = []
+
+    def serve(directory: Path) -> str:
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.fixture
+def signed_repo(tmp_path, make_stone):
+    """A stones dir: app → soname(libcore) ← libcore → busybox-ish base; plus a loner."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    stones = [
+        make_stone("libcore", {"lib/libcore.so.1": "core"},
+                   provides=["soname(libcore.so.1(x86_64))"], depends=["base"]),
+        make_stone("base", {"bin/sh": "sh"}, provides=["binary(sh)"]),
+        make_stone("app", {"bin/app": "app"}, provides=["binary(app)"],
+                   depends=["soname(libcore.so.1(x86_64))"]),
+        make_stone("loner", {"bin/loner": "l"}),
+        make_stone("broken", {"bin/broken": "b"}, depends=["soname(libgone.so.9(x86_64))"]),
+    ]
+    for s in stones:
+        shutil.copy(s, repo / s.name)
+    key = tmp_path / "keys" / "test"
+    key.parent.mkdir()
+    onix("key", "generate", "--out", key, "--comment", "tests", check=True)
+    onix("index", repo, "--key", f"{key}.key", "--name", "test", check=True)
+    return repo, Path(f"{key}.pub")
+
+
+def test_install_by_name_over_http_pulls_dependencies_and_remove_drops_orphans(
+        root, signed_repo, http_dir):
+    repo, pub = signed_repo
+    url = http_dir(repo)
+    onix("repo", "add", "test", url, "--key", pub, "--root", root, check=True)
+    listed = onix_json("repo", "list", "--root", root)
+    assert listed[0]["status"] == "ok" and listed[0]["stones"] == 5
+
+    r = onix_json("install", "app", "--root", root)
+    assert r["changed"] and "app" in r["summary"] and "libcore" in r["summary"]
+    assert (root / "usr/bin/app").read_text() == "app"
+    assert (root / "usr/bin/sh").exists()  # base: a dependency of a dependency
+
+    info = onix_json("info", "libcore", "--root", root)
+    assert info["installed"]["explicit"] is False
+    assert info["available"][0]["location"].startswith(url)
+    assert onix_json("info", "app", "--root", root)["installed"]["explicit"] is True
+    assert [a["name"] for a in onix_json("search", "core", "--root", root)] == ["libcore"]
+
+    onix("install", "loner", "--root", root, check=True)
+    r = onix_json("remove", "app", "--root", root)
+    assert "orphans base, libcore" in r["summary"]
+    assert not (root / "usr/bin/sh").exists()
+    assert (root / "usr/bin/loner").exists()
+
+
+def test_provider_strings_and_the_human_output(root, signed_repo):
+    repo, pub = signed_repo
+    onix("repo", "add", "local", repo, "--key", pub, "--root", root, check=True)
+    r = onix("install", "binary(app)", "--root", root, check=True)
+    assert "app" in r.stdout
+    assert (root / "usr/bin/app").exists()
+
+
+def test_missing_provider_is_one_line_and_nothing_changes(root, signed_repo, make_stone):
+    repo, pub = signed_repo
+    onix("repo", "add", "local", repo, "--key", pub, "--root", root, check=True)
+    onix("install", "loner", "--root", root, check=True)
+    before = snapshot(root)
+    r = onix("install", "broken", "--root", root)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "nothing provides soname(libgone.so.9(x86_64)) needed by broken" in lines[0]
+    assert snapshot(root) == before
+    r = onix("install", "nosuchthing", "--root", root)
+    assert r.returncode != 0 and "nosuchthing" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_tampered_index_is_refused_at_add_and_leaves_the_root_as_it_was(root, signed_repo):
+    repo, pub = signed_repo
+    index = repo / "index.json"
+    data = json.loads(index.read_bytes())
+    data["stones"][0]["summary"] = "evil"
+    index.write_bytes(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+    before = snapshot(root)
+    r = onix("repo", "add", "local", repo, "--key", pub, "--root", root)
+    assert r.returncode != 0
+    assert "signature does not match" in r.stderr and "index.json" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_a_stone_file_and_a_name_in_one_command(root, signed_repo, make_stone):
+    repo, pub = signed_repo
+    onix("repo", "add", "local", repo, "--key", pub, "--root", root, check=True)
+    extra = make_stone("extra", {"bin/extra": "x"})
+    onix("install", "app", str(extra), "--root", root, check=True)
+    assert (root / "usr/bin/extra").exists() and (root / "usr/bin/app").exists()
+    assert onix_json("info", "extra", "--root", root)["installed"]["explicit"] is True
