@@ -1,7 +1,7 @@
 """Upstream sources: fetched into a cache, verified by sha256, placed for a build.
 
-Cache layout (default ``~/.cache/onix/sources``; ``onix build --cache DIR`` uses
-``DIR/sources``, and ``ONIX_SOURCE_CACHE`` overrides either)::
+Cache layout (onix.build passes ``<cache root>/sources``, default
+``~/.cache/onix/sources``; ``ONIX_SOURCE_CACHE`` overrides it)::
 
     <cache>/<sha256>/<file name>     a verified download; re-hashed before every use
     <cache>/.dl-XXXX/                a download in progress (removed afterwards)
@@ -33,15 +33,6 @@ from onix.recipe import TARBALL_SUFFIXES, Recipe, Upstream, is_tarball, upstream
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-
-
-def default_cache() -> Path:
-    """Where sources are cached when no --cache is given."""
-    env = os.environ.get("ONIX_SOURCE_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "onix" / "sources"
 
 
 def sha256_file(path: Path) -> str:
