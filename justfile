@@ -19,6 +19,10 @@ demo:
 test *ARGS:
     ./scripts/test {{ARGS}}
 
+# build recipes/*.yaml (or the RECIPES given) into stones/, a signed local repository
+stones *RECIPES:
+    ./scripts/stones {{RECIPES}}
+
 # lint
 lint:
     {{venv}}/ruff check onix tests

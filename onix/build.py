@@ -3,7 +3,9 @@
 Steps: load the recipe → check its builddeps are installed → fetch and verify the
 upstreams → wipe and fill the work dir → run setup, build, install in a clean
 environment → keep only installroot/usr → strip, debug info into a -dbginfo stone →
-check → split into packages by glob → ELF analysis per stone → pack → manifest.
+check → split into packages by glob → ELF analysis per stone → with `closure: debian`,
+one more stone per Debian package providing a library those stones need
+(onix/closure.py) → pack → manifest.
 
 Work dir, one per recipe name, at a fixed path so that paths compiled into binaries
 are the same every build (``<cache>/work/<name>``, flock ``<cache>/work/<name>.lock``,
@@ -28,9 +30,12 @@ Output, in the `-o` directory (each written under a temporary name, then renamed
     <name>-<version>-<release>-x86_64.stone           the main stone
     <split>-<version>-<release>-x86_64.stone          one per non-empty package split
     <name>-dbginfo-<version>-<release>-x86_64.stone   when any debug info was split off
+    <debpkg>-<debversion>-1-x86_64.stone              `closure: debian`: one per library
+                                                      package (Debian version, no epoch)
     <name>-<version>-<release>.manifest.json          canonical JSON (sorted keys, compact):
         {"format": 1, "name", "version", "release", "source_date_epoch",
-         "upstreams": [{"kind", "ref", "version", "file", "sha256"}],
+         "upstreams": [{"kind", "ref", "version", "file", "sha256"}]  (closure packages
+                       as kind "debian-closure"),
          "dropped": [paths outside usr/ that install wrote, removed],
          "debug": {"written": […], "no_build_id": […]},
          "stones": [{"name", "file", "sha256", "size", "summary", "provides",
@@ -140,9 +145,6 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
     begin("load")
     recipe = load(Path(recipe_path))
     end("load")
-    if recipe.closure:
-        raise OnixError("closure: not built yet", path=recipe.path,
-                        hint="the Debian library closure lands with onix/closure.py")
     root = Path(cache) if cache is not None else default_cache_root()
     source_cache = (Path(os.environ["ONIX_SOURCE_CACHE"]) if os.environ.get("ONIX_SOURCE_CACHE")
                     else root / "sources")
@@ -236,6 +238,13 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
                                license=recipe.license),
                 tree=dirs["debug"], entries=_walk(dirs["debug"]), reasons={}))
         end("analyse")
+        closure_records: list[dict] = []
+        if recipe.closure:
+            begin("closure")
+            more, closure_records = _closure_stones(recipe, install, cache=source_cache,
+                                                    work=work / "closure", say=say)
+            stones += more
+            end("closure")
 
         begin("pack")
         out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +254,8 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
         try:
             results, manifest_stones = [], []
             for planned in stones:
-                fname = f"{planned.meta.name}-{recipe.version}-{recipe.release}-{ARCH}.stone"
+                meta = planned.meta
+                fname = f"{meta.name}-{meta.version}-{meta.release}-{ARCH}.stone"
                 say(f"pack {fname}")
                 stage = dirs["stage"] / planned.meta.name
                 _stage(planned.tree, stage, planned.entries)
@@ -268,7 +278,8 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
                 "format": 1, "name": recipe.name, "version": recipe.version,
                 "release": recipe.release, "source_date_epoch": recipe.source_date_epoch,
                 "upstreams": [_upstream_record(recipe, u, f)
-                              for u, f in zip(recipe.upstreams, fetched, strict=True)],
+                              for u, f in zip(recipe.upstreams, fetched, strict=True)]
+                + closure_records,
                 "dropped": dropped,
                 "debug": {"written": debug_written, "no_build_id": no_build_id},
                 "stones": manifest_stones,
@@ -476,6 +487,31 @@ def _analyse(recipe: Recipe, install: Path,
         planned.append(_Planned(meta=meta, tree=install, entries=owners[name],
                                 reasons={d: sorted(v) for d, v in reasons.items()}))
     return planned
+
+
+def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
+                    say: Progress) -> tuple[list[_Planned], list[dict]]:
+    """`closure: debian`: one stone per Debian package that provides a library the
+    recipe's files need (onix.closure decides, by ELF analysis), and manifest records."""
+    from onix import closure
+    from onix.elf import analyse
+
+    seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
+    found = closure.resolve(tree=install, seeds=seeds, cache=cache, work=work, progress=say)
+    planned, records = [], []
+    for p in found.packages:
+        a = analyse(p.tree, arch=ARCH)
+        meta = StoneMeta(name=p.name, version=p.stone_version, release=1, arch=ARCH,
+                         summary=f"Debian's {p.name} {p.version}, repacked: a library "
+                         f"{recipe.name} needs (scaffolding)",
+                         license=f"see /usr/share/doc/{p.name}/copyright",
+                         provides=sorted(a.provides),
+                         depends=sorted(d for d in a.depends if d not in a.provides))
+        planned.append(_Planned(meta=meta, tree=p.tree, entries=_walk(p.tree),
+                                reasons={d: sorted(a.reasons.get(d, [])) for d in meta.depends}))
+        records.append({"kind": "debian-closure", "ref": p.name, "version": p.version,
+                        "file": None, "sha256": p.sha256})
+    return planned, records
 
 
 def _stage(tree: Path, stage: Path, entries: list[tuple[str, str]]) -> None:

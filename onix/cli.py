@@ -638,8 +638,8 @@ def build(recipes: Annotated[list[Path], typer.Argument(metavar="RECIPE...",
           out: Annotated[Path, typer.Option("-o", "--output", help="Directory for the stones.")
                          ] = Path("stones"),
           cache: Annotated[Path | None, typer.Option(
-              "--cache", help="Source cache and work directories "
-              "(default ~/.cache/onix, or $ONIX_SOURCE_CACHE).")] = None,
+              "--cache", help="Cache root: DIR/sources (verified downloads) and DIR/work "
+              "(default $ONIX_CACHE or ~/.cache/onix).")] = None,
           jobs: Annotated[int | None, typer.Option("--jobs", "-j")] = None,
           keep: Annotated[bool, typer.Option("--keep", help="Keep the work directory.")] = False,
           json: Json = False) -> None:
