@@ -721,6 +721,7 @@ def fetch(root: Path | str, entry: Available, *,
     try:
         if final.is_file() and not final.is_symlink():
             if _sha256_file(final) == (entry.sha256, entry.size):
+                _check_meta(entry, final)
                 if progress:
                     progress(entry.size)
                 return final
@@ -728,12 +729,47 @@ def fetch(root: Path | str, entry: Available, *,
         # the pid keeps two onix processes fetching one stone from writing one temp file
         tmp = d / f".{entry.sha256}.stone.{os.getpid()}.tmp"
         _download(entry, tmp, progress)
+        try:
+            _check_meta(entry, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.rename(tmp, final)
         fsync_dir(d)
         return final
     except BaseException:
         _undo_dirs(created)
         raise
+
+
+def _check_meta(entry: Available, path: Path) -> None:
+    """The stone is the one its index entry describes. Resolution chose it by the
+    entry's name, version and provides; a stone that says otherwise (an index written
+    by hand, or signed over the wrong file) would install something nobody asked for
+    under a name nobody chose, and be recorded as asked for."""
+    from onix.errors import StoneError
+    from onix.stone import Stone
+
+    try:
+        with Stone(path) as s:
+            m = s.meta
+    except StoneError as e:
+        raise OnixError(f"is not a valid stone ({e.message}), though its index entry "
+                        f"({entry.name} {entry.evr}) verified", path=entry.location,
+                        hint=f"ask the owner of repository {entry.repo} to re-index it "
+                        "with onix index") from None
+    said = (entry.name, entry.version, entry.release, entry.arch,
+            sorted(set(entry.provides)), sorted(set(entry.depends)))
+    have = (m.name, m.version, m.release, m.arch, sorted(set(m.provides)),
+            sorted(set(m.depends)))
+    if said != have:
+        what = [f"{k} {a!r} (index) vs {b!r} (stone)" for k, a, b in zip(
+            ("name", "version", "release", "arch", "provides", "depends"), said, have,
+            strict=True) if a != b]
+        raise OnixError(f"the stone is not what repository {entry.repo}'s index says "
+                        f"({'; '.join(what)})", path=entry.location,
+                        hint=f"ask the owner of repository {entry.repo} to re-index it with "
+                        "onix index; nothing was installed")
 
 
 def _download(entry: Available, tmp: Path, progress: Callable[[int], None] | None) -> None:

@@ -1,0 +1,91 @@
+"""Adversarial review of the builder, repositories and install by name (issue 5):
+each test here failed before the fix it names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import onix, snapshot
+
+from onix import keys, repo
+from onix.stone import Stone
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "keys").mkdir()
+    return keys.generate(out=tmp_path / "keys" / "test", comment="test key")
+
+
+def _resign(directory: Path, key: Path, edit) -> None:
+    """Rewrite a signed index with `edit(index)` applied and sign it again: what a
+    repository owner (or a stolen key) can publish."""
+    index = json.loads((directory / "index.json").read_bytes())
+    edit(index)
+    data = repo._canonical(index)
+    (directory / "index.json").write_bytes(data)
+    (directory / "index.json.sig").write_bytes(keys.sign(data, key=key))
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, make_stone, signer):
+    """A signed repository with stones `evil` and `loner`; edit(fn) re-signs it changed."""
+    d = tmp_path / "stones"
+    d.mkdir()
+    for name in ("evil", "loner"):
+        s = make_stone(name, {f"bin/{name}": name})
+        shutil.move(s, d / f"{name}.stone")
+    repo.write_index(directory=d, key=signer[0], name="test")
+
+    def edit(fn) -> Path:
+        _resign(d, signer[0], fn)
+        return d
+
+    return d, edit
+
+
+def _entry(index: dict, name: str) -> dict:
+    return next(e for e in index["stones"] if e["name"] == name)
+
+
+def test_a_stone_whose_metadata_differs_from_its_index_entry_is_refused(root, hostile, signer):
+    # The index says `app`, the file it points at is `evil`: installing `app` must not
+    # install (and record as explicit) a stone of another name.
+    d, edit = hostile
+    edit(lambda i: _entry(i, "evil").update(name="app"))
+    onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
+    before = snapshot(root)
+    r = onix("install", "app", "--root", root)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("fetching ")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "evil.stone" in lines[0] and "app" in lines[0] and "evil" in lines[0]
+    assert not (root / "usr/bin/evil").exists()
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if "cache/downloads" not in k} == \
+        {k: v for k, v in before.items() if "cache/downloads" not in k}
+    assert not [k for k in after if k.endswith(".stone")]  # the lying stone is not kept
+
+
+def test_an_index_entry_whose_version_differs_from_the_stone_is_refused(root, hostile, signer):
+    d, edit = hostile
+    edit(lambda i: _entry(i, "evil").update(version="9.9"))
+    onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
+    r = onix("install", "evil", "--root", root)
+    assert r.returncode != 0 and "9.9" in r.stderr and "1.0" in r.stderr
+    assert not (root / "usr/bin/evil").exists()
+
+
+def test_fetch_checks_the_stone_against_its_entry_on_a_cache_hit_too(root, hostile, signer):
+    d, _edit = hostile
+    onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
+    entry = next(a for a in repo.available(root) if a.name == "evil")
+    got = repo.fetch(root, entry)  # a truthful entry: fetched and kept
+    with Stone(got) as s:
+        assert s.meta.name == "evil"
+    lying = repo.Available(**{**entry.__dict__, "name": "app"})
+    with pytest.raises(repo.OnixError, match="app"):
+        repo.fetch(root, lying)
