@@ -406,7 +406,8 @@ def _bad_index(where: str, what: str) -> OnixError:
 
 
 def _plain_file_name(file: object) -> bool:
-    if not isinstance(file, str) or not file or file.startswith("/") or "\\" in file:
+    if (not isinstance(file, str) or not file or file.startswith("/") or "\\" in file
+            or not file.isprintable()):  # a NUL or control character is no file name
         return False
     return all(part not in ("", ".", "..") for part in file.split("/"))
 

@@ -79,6 +79,19 @@ def test_an_index_entry_whose_version_differs_from_the_stone_is_refused(root, ho
     assert not (root / "usr/bin/evil").exists()
 
 
+def test_an_index_file_name_with_a_nul_byte_is_a_bad_index_not_a_traceback(root, hostile,
+                                                                          signer):
+    d, edit = hostile
+    edit(lambda i: _entry(i, "evil").update(file="evil\0.stone"))
+    before = snapshot(root)
+    r = onix("repo", "add", "test", d, "--key", signer[1], "--root", root)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "index.json" in r.stderr and "malformed" in r.stderr
+    assert snapshot(root) == before
+
+
 def test_fetch_checks_the_stone_against_its_entry_on_a_cache_hit_too(root, hostile, signer):
     d, _edit = hostile
     onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
