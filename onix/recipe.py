@@ -231,7 +231,13 @@ class _Reader:
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
             raise self.fail(node, f"{what} must be an integer, not {_kind(node)}",
                             f"write a whole number ≥ {minimum}")
-        value = int(node.value.replace("_", ""), 0)
+        # YAML 1.1 also calls 010 (octal), 0x10, 0b10 and 1:30 (base 60) integers; a
+        # release or an epoch is written in decimal, so anything else is a mistake
+        if not re.fullmatch(r"\+?(0|[1-9][0-9_]*)", node.value):
+            raise self.fail(node, f"{what} must be a plain decimal number, not {node.value!r}",
+                            f"write a whole number ≥ {minimum} in decimal, without leading "
+                            "zeros")
+        value = int(node.value.replace("_", ""))
         if value < minimum:
             raise self.fail(node, f"{what} must be ≥ {minimum}, not {value}",
                             f"write a whole number ≥ {minimum}")

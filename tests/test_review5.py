@@ -102,3 +102,28 @@ def test_fetch_checks_the_stone_against_its_entry_on_a_cache_hit_too(root, hosti
     lying = repo.Available(**{**entry.__dict__, "name": "app"})
     with pytest.raises(repo.OnixError, match="app"):
         repo.fetch(root, lying)
+
+
+# -- recipes ---------------------------------------------------------------------------
+
+RECIPE = """\
+name: demo
+version: "1.0"
+release: {release}
+summary: a demo
+license: MIT
+"""
+
+
+@pytest.mark.parametrize("release", ["010", "1:30", "0x10", "0b1"])
+def test_a_release_that_is_no_plain_decimal_is_one_error_line(tmp_path, release):
+    # YAML 1.1 reads 010 as octal and 1:30 as base 60; int(…, 0) then raised ValueError,
+    # a traceback instead of recipe.yaml:3
+    from onix.recipe import RecipeError, load
+
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE.format(release=release))
+    with pytest.raises(RecipeError) as e:
+        load(p)
+    assert e.value.path == f"{p}:3" and "release" in e.value.message
+
