@@ -309,8 +309,15 @@ def load(path: Path) -> Recipe:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RecipeError(f"not valid YAML: {e.problem or e.context}", path=where,
                           hint="fix the YAML syntax") from None
+    except yaml.reader.ReaderError as e:
+        # a character YAML refuses (NUL, other controls): its line from the position
+        line = text.count("\n", 0, e.position) + 1
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        raise RecipeError(f"not valid YAML: the character U+{char:04X} is not allowed",
+                          path=f"{path}:{line}", hint="remove it") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"not valid YAML: {e}", path=path, hint="fix the YAML syntax") from None
+        raise RecipeError(f"not valid YAML: {' '.join(str(e).split())}", path=path,
+                          hint="fix the YAML syntax") from None
     r = _Reader(path)
     if root is None:
         raise RecipeError("the recipe is empty", path=f"{path}:1",

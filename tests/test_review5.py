@@ -127,3 +127,12 @@ def test_a_release_that_is_no_plain_decimal_is_one_error_line(tmp_path, release)
         load(p)
     assert e.value.path == f"{p}:3" and "release" in e.value.message
 
+
+def test_a_nul_in_a_recipe_is_one_error_line_with_its_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(RECIPE.format(release=1).encode() + b"homepage: a\0b\n")
+    r = onix("build", p, "-o", tmp_path / "out", "--cache", tmp_path / "cache")
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if not ln.endswith(": load")]
+    assert len(lines) == 1, r.stderr
+    assert f"{p}:6" in lines[0]
