@@ -206,6 +206,7 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
             raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
                             path=install, hint="install into %(installroot)/usr/…")
         entries = _walk(install)
+        _check_names(install, entries, step="install")
         files = [rel for rel, kind in entries if kind != "dir"]
 
         debug_written: list[str] = []
@@ -225,6 +226,7 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
                       work=work)
             end("check")
             entries = _walk(install)  # a check that adds files adds them to the stone
+            _check_names(install, entries, step="check")
             files = [rel for rel, kind in entries if kind != "dir"]
 
         begin("analyse")
@@ -376,7 +378,30 @@ def _keep_usr(install: Path) -> list[str]:
         else:
             dropped.append(top.name)
         remove_tree(top)
-    return dropped
+    # the manifest is UTF-8 JSON: a name that is not UTF-8 is listed with \xNN escapes
+    return [os.fsencode(rel).decode("utf-8", "backslashreplace") for rel in dropped]
+
+
+def _check_names(install: Path, entries: list[tuple[str, str]], *, step: str) -> None:
+    """Every path (and symlink target) the stones get is UTF-8: a stone's layout is JSON."""
+    for rel, kind in entries:
+        bad = rel if not _utf8(rel) else None
+        if bad is None and kind == "symlink" and not _utf8(os.readlink(install / rel)):
+            bad = rel + " (its symlink target)"
+        if bad is not None:
+            shown = os.fsencode(bad).decode("utf-8", "backslashreplace")
+            raise OnixError(f"the {step} step wrote a name that is not UTF-8: {shown}",
+                            path=install / os.fsencode(rel).decode("utf-8", "backslashreplace"),
+                            hint="stones hold UTF-8 names only: rename it in the recipe's "
+                            f"{step} step")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _walk(tree: Path, *, top: str = "usr") -> list[tuple[str, str]]:

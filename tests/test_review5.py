@@ -136,3 +136,33 @@ def test_a_nul_in_a_recipe_is_one_error_line_with_its_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if not ln.endswith(": load")]
     assert len(lines) == 1, r.stderr
     assert f"{p}:6" in lines[0]
+
+
+# -- the builder -----------------------------------------------------------------------
+
+STEPS = RECIPE.format(release=1) + "install: |\n  mkdir -p %(installroot)/usr/bin\n"
+
+
+def _build(tmp_path: Path, install: str):
+    p = tmp_path / "r.yaml"
+    p.write_text(STEPS + "".join(f"  {ln}\n" for ln in install.splitlines()))
+    return onix("build", p, "-o", tmp_path / "out", "--cache", tmp_path / "cache", "--json")
+
+
+def test_a_file_name_that_is_not_utf8_is_one_error_naming_it(tmp_path):
+    # It crashed with UnicodeEncodeError while packing (a stone's layout is UTF-8 JSON).
+    r = _build(tmp_path, "touch %(installroot)/usr/bin/ok %(installroot)/usr/bin/$'a\\xff'")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    err = json.loads(r.stdout)
+    assert "usr/bin/a\\xff" in err["error"] + str(err["path"]) and "UTF-8" in err["error"]
+    assert not list((tmp_path / "out").glob("*.stone"))
+
+
+def test_a_dropped_file_name_that_is_not_utf8_does_not_break_the_manifest(tmp_path):
+    # Only usr/ is kept; the manifest lists what went, and could not encode this name.
+    r = _build(tmp_path, "touch %(installroot)/usr/bin/ok\n"
+               "mkdir %(installroot)/etc; touch %(installroot)/etc/$'b\\xff'")
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads(Path(json.loads(r.stdout)[0]["manifest"]).read_text())
+    assert manifest["dropped"] == ["etc/", "etc/b\\xff"]
