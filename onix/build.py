@@ -588,5 +588,6 @@ def _tree_sha256(top: Path) -> str:
         mode = stat.S_IMODE(p.lstat().st_mode)
         what = (os.readlink(p) if kind == "symlink" else
                 sources.sha256_file(p) if kind == "file" else "")
-        h.update(f"{rel}\0{kind}\0{mode:o}\0{what}\n".encode())
+        # surrogateescape: a name that is not UTF-8 hashes as its bytes (UTF-8 ones as before)
+        h.update(f"{rel}\0{kind}\0{mode:o}\0{what}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()

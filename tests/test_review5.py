@@ -4,6 +4,7 @@ each test here failed before the fix it names."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -166,3 +167,20 @@ def test_a_dropped_file_name_that_is_not_utf8_does_not_break_the_manifest(tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     manifest = json.loads(Path(json.loads(r.stdout)[0]["manifest"]).read_text())
     assert manifest["dropped"] == ["etc/", "etc/b\\xff"]
+
+
+def test_a_path_upstream_directory_with_a_non_utf8_name_is_recorded(tmp_path):
+    # The manifest records a directory upstream by a sha256 over its entries; encoding a
+    # non-UTF-8 name for that hash crashed the build at the very end.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / os.fsdecode(b"n\xff")).write_text("x")
+    p = tmp_path / "r.yaml"
+    p.write_text(STEPS + "upstreams:\n  - path: src\n"
+                 "  - path: src2\n")
+    (tmp_path / "src2").mkdir()
+    (tmp_path / "src2" / "ok").write_text("y")
+    r = onix("build", p, "-o", tmp_path / "out", "--cache", tmp_path / "cache", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads(Path(json.loads(r.stdout)[0]["manifest"]).read_text())
+    assert [len(u["sha256"]) for u in manifest["upstreams"]] == [64, 64]
