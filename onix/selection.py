@@ -65,9 +65,12 @@ def install(root: Path | str, targets: list[str], *, wait: bool = True,
         return transaction.install(root, files, wait=wait, progress=progress)
     plan = plan_install(root, names)
     if not plan.install:
-        if files:
-            return transaction.install(root, files, wait=wait, progress=progress)
-        return transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
+        if not files:
+            return transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
+        result = transaction.install(root, files, wait=wait, progress=progress)
+        if plan.already:  # named, installed: asked for now, whatever the files were
+            transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
+        return result
     from onix import repo
 
     fetched = []

@@ -184,3 +184,37 @@ def test_a_path_upstream_directory_with_a_non_utf8_name_is_recorded(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     manifest = json.loads(Path(json.loads(r.stdout)[0]["manifest"]).read_text())
     assert [len(u["sha256"]) for u in manifest["upstreams"]] == [64, 64]
+
+
+# -- install by name -------------------------------------------------------------------
+
+
+@pytest.fixture
+def deps_repo(tmp_path: Path, make_stone, signer):
+    """app needs libcore (by soname); extra is a stone file outside any repository."""
+    d = tmp_path / "deps"
+    d.mkdir()
+    for s in (make_stone("libcore", {"lib/libcore.so.1": "c"},
+                         provides=["soname(libcore.so.1(x86_64))"]),
+              make_stone("app", {"bin/app": "a"}, depends=["soname(libcore.so.1(x86_64))"])):
+        with Stone(s) as st:
+            name = st.meta.name
+        shutil.move(s, d / f"{name}.stone")
+    repo.write_index(directory=d, key=signer[0], name="deps")
+    return d
+
+
+def test_naming_an_installed_dependency_with_a_stone_file_makes_it_explicit(
+        root, deps_repo, signer, make_stone):
+    # `onix install libcore extra.stone`: libcore is installed as app's dependency, so the
+    # plan fetches nothing and only the file was installed, forgetting that libcore was
+    # now asked for by name: removing app then dropped it as an orphan.
+    onix("repo", "add", "deps", deps_repo, "--key", signer[1], "--root", root, check=True)
+    onix("install", "app", "--root", root, check=True)
+    extra = make_stone("extra", {"bin/extra": "x"})
+    onix("install", "libcore", str(extra), "--root", root, check=True)
+    info = json.loads(onix("info", "libcore", "--root", root, "--json", check=True).stdout)
+    assert info["installed"]["explicit"] is True
+    r = onix("remove", "app", "--root", root, "--json", check=True)
+    assert "orphans" not in json.loads(r.stdout)["summary"]
+    assert (root / "usr/lib/libcore.so.1").exists()
