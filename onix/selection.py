@@ -63,7 +63,7 @@ def install(root: Path | str, targets: list[str], *, wait: bool = True,
     names = [t for t in targets if not is_file_target(t)]
     if not names:
         return transaction.install(root, files, wait=wait, progress=progress)
-    plan = plan_install(root, names)
+    plan = plan_install(root, names, files=files)
     if not plan.install:
         if not files:
             return transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
@@ -85,17 +85,30 @@ def install(root: Path | str, targets: list[str], *, wait: bool = True,
     return result
 
 
-def plan_install(root: Path | str, names: list[str]):
-    """The resolver's plan for names against the live selection and the repositories."""
+def plan_install(root: Path | str, names: list[str], *, files: list[Path] = ()):
+    """The resolver's plan for names against the live selection and the repositories.
+
+    Stone `files` installed in the same transaction count as installed already: what
+    they provide is not fetched, and a repository's stone of the same name is never
+    chosen over the file the user gave.
+    """
     from onix import repo, resolve
+    from onix.stone import Stone
 
     if not repo.configs(root):
         raise OnixError(f"{names[0]} is not a stone file and no repository is configured",
                         path=names[0], hint="give a path to a .stone file, or add a repository "
                         "with onix repo add NAME URI --key PUBKEY")
     installed, explicit = live_selection(root)
-    return resolve.resolve(requested=names, installed=installed,
-                           available=repo.available(root), explicit=explicit)
+    installed = dict(installed)
+    given: set[str] = set()
+    for f in files:
+        with Stone(Path(f)) as s:
+            installed[s.meta.name] = s.meta.as_dict()
+            given.add(s.meta.name)
+    available = [a for a in repo.available(root) if a.name not in given]
+    return resolve.resolve(requested=names, installed=installed, available=available,
+                           explicit=explicit)
 
 
 @dataclass

@@ -218,3 +218,19 @@ def test_naming_an_installed_dependency_with_a_stone_file_makes_it_explicit(
     r = onix("remove", "app", "--root", root, "--json", check=True)
     assert "orphans" not in json.loads(r.stdout)["summary"]
     assert (root / "usr/lib/libcore.so.1").exists()
+
+
+def test_a_stone_file_meets_the_dependency_of_a_name_in_the_same_command(
+        root, deps_repo, signer, make_stone):
+    # `onix install app ./libcore.stone` (a local build of the dependency): resolution did
+    # not see the file, fetched the repository's libcore too, and the transaction refused
+    # "two stones named libcore" after both downloads.
+    onix("repo", "add", "deps", deps_repo, "--key", signer[1], "--root", root, check=True)
+    mine = make_stone("libcore", {"lib/libcore.so.1": "mine"}, version="0.9",
+                      provides=["soname(libcore.so.1(x86_64))"])
+    r = onix("install", "app", str(mine), "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "usr/lib/libcore.so.1").read_text() == "mine"
+    assert "fetching libcore" not in r.stderr
+    info = json.loads(onix("info", "libcore", "--root", root, "--json", check=True).stdout)
+    assert info["installed"]["version"] == "0.9" and info["installed"]["explicit"] is True
