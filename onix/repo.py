@@ -416,7 +416,7 @@ def parse_index(data: bytes, *, where: str) -> dict:
     """The index as a dict, with every field's type checked (call after verifying it)."""
     try:
         index = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past json's limit
         raise _bad_index(where, "not JSON") from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
         raise _bad_index(where, "no format 1 object")

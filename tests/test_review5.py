@@ -234,3 +234,15 @@ def test_a_stone_file_meets_the_dependency_of_a_name_in_the_same_command(
     assert "fetching libcore" not in r.stderr
     info = json.loads(onix("info", "libcore", "--root", root, "--json", check=True).stdout)
     assert info["installed"]["version"] == "0.9" and info["installed"]["explicit"] is True
+
+
+def test_a_deeply_nested_index_is_a_bad_index_not_a_traceback(root, hostile, signer):
+    d, _edit = hostile
+    data = b'{"format":1,"name":"test","stones":[' + b"[" * 100000 + b"]" * 100000 + b"]}"
+    (d / "index.json").write_bytes(data)
+    (d / "index.json.sig").write_bytes(keys.sign(data, key=signer[0]))
+    before = snapshot(root)
+    r = onix("repo", "add", "test", d, "--key", signer[1], "--root", root)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "index.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert snapshot(root) == before
