@@ -48,7 +48,9 @@ with nothing to strip is not touched, nor is a signed kernel module (stripping w
 signature), nor an ELF file for a machine other than x86_64/i386. A file with debug info but
 no build-id is stripped and its debug info dropped (reported in `no_build_id`). Each file is
 rewritten in place (same inode, mode and times), so every hard link to it sees the stripped
-bytes, and each inode is stripped once.
+bytes, and each inode is stripped once — unless the inode also has a link outside `paths` (a
+build step hard-linked it from elsewhere on the disk): then the tree's paths get a new inode
+with the stripped bytes and the file outside is never written.
 """
 
 from __future__ import annotations
@@ -563,6 +565,31 @@ def _rewrite_in_place(path: Path, data: bytes) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def _rewrite_detached(tree: Path, rels: list[str], data: bytes) -> None:
+    """Give the paths `rels` of one inode new bytes in a new inode (mode and times kept,
+    still hard links of each other); the old inode, linked from elsewhere, is untouched."""
+    first = tree / rels[0]
+    st = os.lstat(first)
+    fd, tmp = tempfile.mkstemp(dir=first.parent, prefix=".onix-strip-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        for rel in rels[1:]:
+            other = tree / rel
+            link = other.with_name(f".onix-strip-{other.name}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            os.link(tmp, link)
+            os.replace(link, other)
+        os.replace(tmp, first)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def split_debug(*, tree: Path, debug_tree: Path, paths: Iterable[str]) -> DebugSplit:
     """Strip the ELF files among `paths` and keep their debug info in debug_tree by build-id.
 
@@ -575,13 +602,17 @@ def split_debug(*, tree: Path, debug_tree: Path, paths: Iterable[str]) -> DebugS
     no_build_id: list[str] = []
     stripped: list[str] = []
     skipped: list[str] = []
-    seen: set[tuple[int, int]] = set()
+    # inode -> its paths among `paths`: a file is stripped once, for all its hard links
+    inodes: dict[tuple[int, int], list[str]] = {}
+    nlink: dict[tuple[int, int], int] = {}
     for rel in _scope(tree, paths):
+        st = os.lstat(tree / rel)
+        if stat.S_ISREG(st.st_mode):
+            inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+            nlink[(st.st_dev, st.st_ino)] = st.st_nlink
+    for ino, rels in inodes.items():
+        rel = rels[0]
         src = tree / rel
-        st = os.lstat(src)
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
         info = read_elf(src, rel=rel)
         if info is None or info.machine not in _STRIPPABLE:
             continue
@@ -615,7 +646,13 @@ def split_debug(*, tree: Path, debug_tree: Path, paths: Iterable[str]) -> DebugS
                 dest.write_bytes(debug.read_bytes())
                 os.chmod(dest, 0o644)
                 written.add(debug_rel)
-            _rewrite_in_place(src, out.read_bytes())
+            if nlink[ino] > len(rels):
+                # a hard link outside the tree shares this inode (an install step's `ln`
+                # or `cp -al` from elsewhere): that file must not change, so the tree's
+                # paths get a new inode instead
+                _rewrite_detached(tree, rels, out.read_bytes())
+            else:
+                _rewrite_in_place(src, out.read_bytes())
         stripped.append(rel)
     return DebugSplit(written=sorted(written), no_build_id=no_build_id, stripped=stripped,
                       skipped=skipped)

@@ -246,3 +246,27 @@ def test_a_deeply_nested_index_is_a_bad_index_not_a_traceback(root, hostile, sig
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "index.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert snapshot(root) == before
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_stripping_never_rewrites_a_file_hard_linked_from_outside_the_build(tmp_path):
+    # Stripping rewrote each ELF file in place (same inode). An install step that
+    # hard-links a file from elsewhere on the disk — `cp -al`, `ln` from the host's own
+    # /usr — had that file stripped too: the build modified the machine it ran on.
+    import hashlib
+    import subprocess
+
+    outside = tmp_path / "elsewhere" / "tool"
+    outside.parent.mkdir()
+    (tmp_path / "t.c").write_text("int main(void) { return 0; }\n")
+    subprocess.run(["gcc", "-g", "-Wl,--build-id", "-o", outside, tmp_path / "t.c"], check=True)
+    before = hashlib.sha256(outside.read_bytes()).hexdigest()
+    r = _build(tmp_path, f"ln {outside} %(installroot)/usr/bin/tool\n"
+               "ln %(installroot)/usr/bin/tool %(installroot)/usr/bin/tool2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hashlib.sha256(outside.read_bytes()).hexdigest() == before
+    stones = {s["name"]: s for s in json.loads(r.stdout)[0]["stones"]}
+    assert "demo-dbginfo" in stones  # it was stripped, in the build's own copy
+    with Stone(Path(stones["demo"]["file"])) as s:
+        sizes = {e.path: e.size for e in s.layout if e.path.startswith("bin/")}
+    assert sizes["bin/tool"] == sizes["bin/tool2"] < outside.stat().st_size
