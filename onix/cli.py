@@ -730,9 +730,9 @@ def repo_add(name: str, uri: str,
     """Add a repository (a directory or an http(s) URL); its index must verify."""
     from onix import repo
 
-    def run():
-        with _repo_lock(root, no_wait):
-            return repo.add(root, name=name, uri=uri, public_key=key, priority=priority)
+    def run():  # the root lock is taken after the index is fetched, not during
+        return repo.add(root, name=name, uri=uri, public_key=key, priority=priority,
+                        lock=lambda: _repo_lock(root, no_wait))
 
     _run(json, run, lambda r: _print_repos([r]))
 
@@ -764,9 +764,9 @@ def repo_update(names: Annotated[list[str] | None, typer.Argument(metavar="[NAME
     """Fetch and verify the indexes again (all repositories, or NAME...)."""
     from onix import repo
 
-    def run():
-        with _repo_lock(root, no_wait):
-            return [u.as_dict() for u in repo.update(root, names=names or None)]
+    def run():  # the root lock is taken after the indexes are fetched, not during
+        return [u.as_dict() for u in repo.update(root, names=names or None,
+                                                 lock=lambda: _repo_lock(root, no_wait))]
 
     _run(json, run, lambda rows: [console().print(
         f"{u['name']}: {u['stones']} stones" + (" (changed)" if u["changed"] else ""))

@@ -587,10 +587,11 @@ def _info(root: Path, conf: RepoConfig) -> RepoInfo:
 # -- commands ------------------------------------------------------------------------
 
 
-def add(root: Path | str, *, name: str, uri: str, public_key: str,
-        priority: int = 0) -> RepoInfo:
+def add(root: Path | str, *, name: str, uri: str, public_key: str, priority: int = 0,
+        lock: Callable[[], contextlib.AbstractContextManager] | None = None) -> RepoInfo:
     """Configure a repository; its index is fetched and verified first (else nothing is
-    written). `public_key` is the key line or a path to the .pub file."""
+    written). `public_key` is the key line or a path to the .pub file. `lock()` (the
+    root lock) is held from after the fetch until the configuration is written."""
     root = _root(root)
     check_name(name)
     path = root / CONFIG_DIR / f"{name}.conf"
@@ -607,19 +608,23 @@ def add(root: Path | str, *, name: str, uri: str, public_key: str,
     conf = RepoConfig(name=name, uri=normalize_uri(uri), key=keys.load_public(public_key),
                       priority=priority, path=path)
     data, sig, _index = _fetch_index(conf.uri, name=name, key=conf.key)
-    created: list[Path] = []
-    cache = root / CACHE_DIR / name
-    had_cache = cache.exists() or cache.is_symlink()
-    try:
-        _make_dirs(root, CONFIG_DIR, created)
-        _store_cache(root, name, data, sig, created)  # replaces any stale cache of that name
-        atomic_write(path, _format_config(conf))
-    except BaseException:
-        if not had_cache:
-            remove_tree(cache)
-        _undo_dirs(created)
-        raise
-    return _info(root, conf)
+    with lock() if lock else contextlib.nullcontext():
+        if path.exists() or path.is_symlink():  # added by another onix meanwhile
+            raise OnixError(f"repository {name} already exists", path=path,
+                            hint=f"choose another name, or onix repo remove {name} first")
+        created: list[Path] = []
+        cache = root / CACHE_DIR / name
+        had_cache = cache.exists() or cache.is_symlink()
+        try:
+            _make_dirs(root, CONFIG_DIR, created)
+            _store_cache(root, name, data, sig, created)  # replaces a stale cache of that name
+            atomic_write(path, _format_config(conf))
+        except BaseException:
+            if not had_cache:
+                remove_tree(cache)
+            _undo_dirs(created)
+            raise
+        return _info(root, conf)
 
 
 def remove(root: Path | str, *, name: str) -> RepoInfo:
@@ -640,9 +645,12 @@ def list_repos(root: Path | str) -> list[RepoInfo]:
     return [_info(root, conf) for conf in configs(root)]
 
 
-def update(root: Path | str, *, names: list[str] | None = None) -> list[UpdateResult]:
+def update(root: Path | str, *, names: list[str] | None = None,
+           lock: Callable[[], contextlib.AbstractContextManager] | None = None
+           ) -> list[UpdateResult]:
     """Refetch and verify the indexes of `names` (default: all); all of them verify
-    before any cache is replaced."""
+    before any cache is replaced. `lock()` (the root lock) is held only while the
+    caches are replaced: a slow or stalled server must not hold every other onix up."""
     root = _root(root)
     all_confs = configs(root)
     if names:
@@ -664,10 +672,11 @@ def update(root: Path | str, *, names: list[str] | None = None) -> list[UpdateRe
         fetched.append((conf, data, sig, index, old != data))
     results = []
     created: list[Path] = []
-    for conf, data, sig, index, changed in fetched:
-        _store_cache(root, conf.name, data, sig, created)
-        results.append(UpdateResult(name=conf.name, uri=conf.uri, stones=len(index["stones"]),
-                                    changed=changed))
+    with lock() if lock else contextlib.nullcontext():
+        for conf, data, sig, index, changed in fetched:
+            _store_cache(root, conf.name, data, sig, created)
+            results.append(UpdateResult(name=conf.name, uri=conf.uri,
+                                        stones=len(index["stones"]), changed=changed))
     return results
 
 

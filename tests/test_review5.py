@@ -270,3 +270,50 @@ def test_stripping_never_rewrites_a_file_hard_linked_from_outside_the_build(tmp_
     with Stone(Path(stones["demo"]["file"])) as s:
         sizes = {e.path: e.size for e in s.layout if e.path.startswith("bin/")}
     assert sizes["bin/tool"] == sizes["bin/tool2"] < outside.stat().st_size
+
+
+# -- repositories over HTTP ------------------------------------------------------------
+
+
+def test_repo_update_does_not_hold_the_root_lock_while_the_server_answers(root, hostile,
+                                                                          signer):
+    # `onix repo update` held the root lock for the whole fetch: a slow or stalled server
+    # (30 s per read, no bound on the whole) held every install, remove and rollback up.
+    import functools
+    import http.server
+    import threading
+
+    from onix.lock import lock_held
+    from onix.paths import RootPaths
+
+    d, _edit = hostile
+    onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
+    paths = RootPaths.of(root)
+    assert paths.onix.is_dir()
+    seen: list[bool] = []
+
+    class Watch(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.endswith("index.json"):
+                seen.append(lock_held(paths))
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Watch, directory=str(d)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        conf = paths.root / "etc/onix/repos/test.conf"
+        conf.write_text(conf.read_text().replace(f"uri = {d}", f"uri = {url}"))
+        r = onix("repo", "update", "--root", root, "--json", "--no-wait",
+                 env={"http_proxy": "", "HTTP_PROXY": ""})
+        assert r.returncode == 0, r.stderr
+        onix("repo", "add", "again", url, "--key", signer[1], "--root", root, check=True,
+             env={"http_proxy": "", "HTTP_PROXY": ""})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [False, False]
