@@ -396,11 +396,16 @@ def test_a_second_build_of_the_same_recipe_is_refused(tmp_path):
     assert (tmp_path / "out" / "demo-1.0.0-1-x86_64.stone").is_file()
 
 
-def test_closure_is_parsed_but_not_built_here(tmp_path):
-    r = small(tmp_path, "", extra="closure: debian\n")
+def test_closure_of_a_tree_that_needs_no_library_adds_no_stone(tmp_path):
+    # nothing to seed from and no ELF file needing anything: no Debian package is asked
+    # for (no apt), and the main stone is all there is
+    r = small(tmp_path, "install: |\n  mkdir -p %(installroot)/usr/share/demo\n"
+              "  echo hi > %(installroot)/usr/share/demo/readme\n", extra="closure: debian\n")
     assert load(r).closure is True
-    with pytest.raises(OnixError, match="closure"):
-        build(r, out=tmp_path / "out", cache=tmp_path / "cache")
+    res = build(r, out=tmp_path / "out", cache=tmp_path / "cache")
+    assert [s.name for s in res.stones] == ["demo"]
+    manifest = json.loads(res.manifest.read_text())
+    assert not [u for u in manifest["upstreams"] if u["kind"] == "debian-closure"]
 
 
 # -- the repository's own recipes ------------------------------------------------------
