@@ -16,6 +16,7 @@ so a change in between is refused, not half-applied.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,15 @@ from onix.errors import OnixError
 from onix.paths import RootPaths, read_state_id
 from onix.progress import SILENT, Progress
 
+# soname(…), binary(…), interpreter(/usr/lib/ld….so(x86_64)): the last has slashes
+PROVIDER_RE = re.compile(r"[a-z][a-z0-9_-]*\(.+\)\Z")
+
 
 def is_file_target(target: str) -> bool:
-    """A command-line target that names a stone file rather than a stone."""
+    """A command-line target that names a stone file rather than a stone (a provider
+    string is never one, slashes and all, unless a file of that name exists)."""
+    if PROVIDER_RE.match(target) and not os.path.exists(target):
+        return False
     return target.endswith(".stone") or os.sep in target
 
 

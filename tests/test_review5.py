@@ -317,3 +317,19 @@ def test_repo_update_does_not_hold_the_root_lock_while_the_server_answers(root, 
         server.shutdown()
         server.server_close()
     assert seen == [False, False]
+
+
+def test_a_provider_string_with_a_slash_is_not_taken_for_a_file(root, tmp_path, make_stone,
+                                                                 signer):
+    # interpreter(/usr/lib/ld-musl-x86_64.so.1(x86_64)) has slashes: it was read as a
+    # path to a stone file ("no such file") instead of being resolved.
+    d = tmp_path / "musl"
+    d.mkdir()
+    interp = "interpreter(/usr/lib/ld-musl-x86_64.so.1(x86_64))"
+    shutil.move(make_stone("musl", {"lib/ld-musl-x86_64.so.1": "ld"}, provides=[interp]),
+                d / "musl.stone")
+    repo.write_index(directory=d, key=signer[0], name="musl")
+    onix("repo", "add", "musl", d, "--key", signer[1], "--root", root, check=True)
+    r = onix("install", interp, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "usr/lib/ld-musl-x86_64.so.1").exists()
