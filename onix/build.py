@@ -584,6 +584,8 @@ def _tree_sha256(top: Path) -> str:
     """sha256 over a directory's sorted (path, type, mode, content or target) records."""
     h = hashlib.sha256()
     for rel, kind in _walk(top.parent, top=top.name):
+        if any(part in sources.SKIP for part in rel.split("/")):
+            continue  # not copied by sources.place either
         p = top.parent / rel
         mode = stat.S_IMODE(p.lstat().st_mode)
         what = (os.readlink(p) if kind == "symlink" else

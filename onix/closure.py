@@ -7,7 +7,9 @@ yet: glibc, libstdc++, libsqlite3, … Rather than a hand-kept list, the builder
 1. what do the recipe's own files need?  `onix.elf.analyse` → `soname(…)` and
    `interpreter(…)` dependencies the tree does not meet;
 2. who might provide it?  Debian's `Depends`/`Pre-Depends` of the packages seen so
-   far *propose* candidates (first alternative of each);
+   far *propose* candidates (first alternative of each); for a need none of them
+   meets, the build host's dpkg database proposes the packages that ship a file of
+   that name (`dpkg-query -S '*/libgcc_s.so.1'`);
 3. who does?  each candidate is downloaded (`apt-get download`, by name, through the
    machine's signed package lists; the .deb's sha256 is checked against the list),
    unpacked into a merged-usr tree and analysed. A candidate is **kept only if it
@@ -216,7 +218,18 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
     offers: dict[str, set[str]] = {}  # kept package → what it provides
     rejected: list[str] = []
     work.mkdir(parents=True, exist_ok=True)
-    while queue and any(n not in provided for n in needs):
+    asked: set[str] = set()  # needs already looked up in the dpkg database
+    while any(n not in provided for n in needs):
+        if not queue:
+            # Nothing Debian's Depends proposed meets these: ask which package ships a file
+            # of that name (the build host's dpkg database) — PyPI wheels, for one, name
+            # libgcc_s.so.1 without any Debian relation pointing at libgcc-s1.
+            open_needs = [n for n in needs if n not in provided and n not in asked]
+            asked.update(open_needs)
+            queue = [p for n in sorted(open_needs) for p in shipping(_file_of(n))
+                     if p not in seen]
+            if not queue:
+                break
         name = queue.pop(0)
         if name in seen:
             continue
@@ -250,13 +263,34 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
     missing = sorted(n for n in needs if n not in provided)
     if missing:
         who = ", ".join(needs[missing[0]][:2]) or "the recipe's files"
-        raise OnixError(f"nothing in Debian's proposals provides {missing[0]} "
+        raise OnixError(f"no Debian package found provides {missing[0]} "
                         f"(needed by {who})" + (f" and {len(missing) - 1} more"
                                                  if len(missing) > 1 else ""),
                         path=str(tree), hint="add the package that ships it as a "
                         "debian-binary upstream of the recipe, or build it as a stone")
     return Closure(packages=sorted(kept, key=lambda p: p.name), rejected=sorted(rejected),
                    satisfied=dict(sorted(provided.items())))
+
+
+def _file_of(need: str) -> str:
+    """soname(libgcc_s.so.1(x86_64)) → libgcc_s.so.1; interpreter(/usr/lib64/x(…)) → x."""
+    inner = need[need.index("(") + 1:need.rindex("(")]
+    return inner.rsplit("/", 1)[-1]
+
+
+def shipping(filename: str) -> list[str]:
+    """Debian packages the build host's dpkg database says ship */filename."""
+    r = proc.run(["dpkg-query", "-S", f"*/{filename}"], check=False)
+    out = []
+    for line in r.stdout.decode(errors="replace").splitlines():
+        pkgs, _, path = line.partition(": ")
+        if path.rsplit("/", 1)[-1] != filename:
+            continue
+        for p in pkgs.split(","):
+            name = p.strip().split(":", 1)[0]
+            if name and name not in out:
+                out.append(name)
+    return out
 
 
 def _relations(info: dict[str, str]) -> str:

@@ -92,7 +92,10 @@ UPSTREAM_KEYS = {
     "debian-source": ({"debian-source", "version", "file", "sha256", "unpack"},
                       ("file", "sha256")),
     "debian-binary": ({"debian-binary", "version", "sha256"}, ("version", "sha256")),
+    # a wheel from PyPI, by project name and version; `file` picks the exact wheel
+    "pypi": ({"pypi", "version", "file", "sha256"}, ("version", "file", "sha256")),
 }
+PYPI_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 OPTION_KEYS = {"strip"}
 PACKAGE_KEYS = {"name", "summary", "paths", "rundeps"}
 
@@ -103,7 +106,7 @@ class RecipeError(OnixError):
 
 @dataclass(frozen=True)
 class Upstream:
-    kind: str                 # "path" | "debian-source" | "debian-binary"
+    kind: str                 # "path" | "debian-source" | "debian-binary" | "pypi"
     ref: str                  # the path as written, or the Debian package name
     version: str | None = None
     file: str | None = None   # debian-source: the file to keep
@@ -120,7 +123,7 @@ class Upstream:
     def wants_unpack(self, filename: str) -> bool:
         if self.unpack is not None:
             return self.unpack
-        return self.kind != "debian-binary" and is_tarball(filename)
+        return self.kind not in ("debian-binary", "pypi") and is_tarball(filename)
 
 
 @dataclass(frozen=True)
@@ -416,18 +419,23 @@ class _AnyKey(set):
 def _upstream(node: yaml.Node, r: _Reader) -> Upstream:
     if not isinstance(node, yaml.MappingNode):
         raise r.fail(node, "an upstream must be a mapping",
-                     "start it with path:, debian-source: or debian-binary:")
+                     "start it with path:, debian-source:, debian-binary: or pypi:")
     keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
     kinds = [k for k in keys if k in UPSTREAM_KEYS]
     if len(kinds) != 1:
-        raise r.fail(node, "an upstream needs exactly one of path, debian-source, debian-binary"
+        raise r.fail(node, "an upstream needs exactly one of path, debian-source, "
+                     "debian-binary, pypi"
                      + (f" (it has {', '.join(kinds)})" if kinds else ""),
                      "split it into one entry per upstream")
     kind = kinds[0]
     allowed, required = UPSTREAM_KEYS[kind]
     m = r.mapping(node, f"a {kind} upstream", allowed, required)
     ref = r.string(m[kind][1], kind)
-    if kind != "path" and not NAME_RE.match(ref):
+    if kind == "pypi":
+        if not PYPI_RE.match(ref):
+            raise r.fail(m[kind][1], f"{ref!r} is not a PyPI project name",
+                         "write the project name only (version goes in `version:`)")
+    elif kind != "path" and not NAME_RE.match(ref):
         raise r.fail(m[kind][1], f"{ref!r} is not a Debian package name",
                      "write the package name only (version goes in `version:`)")
     sha = None

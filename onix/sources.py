@@ -31,6 +31,7 @@ from onix.errors import OnixError
 from onix.recipe import TARBALL_SUFFIXES, Recipe, Upstream, is_tarball, upstream_path
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SKIP = ("__pycache__",)  # never part of a `path` upstream (see place())
 DEFAULT_SUITE = "bookworm"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -73,6 +74,8 @@ def fetch(upstream: Upstream, *, cache: Path, recipe: Recipe) -> Path:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
         if upstream.kind == "debian-source":
             got = _download_source(upstream, cache=cache, into=Path(tmp), recipe=recipe)
+        elif upstream.kind == "pypi":
+            got = _download_wheel(upstream, into=Path(tmp), recipe=recipe)
         else:
             got = _download_binary(upstream, into=Path(tmp), recipe=recipe)
         actual = sha256_file(got)
@@ -206,6 +209,35 @@ def _download_binary(u: Upstream, *, into: Path, recipe: Recipe) -> Path:
     return debs[0]
 
 
+# The guest's Python: CPython 3.11 on glibc x86_64 (recipes/python.yaml). pip picks the
+# wheel for that interpreter, not for the one running onix; `file` then names exactly
+# which wheel the pin is for.
+WHEEL_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                "--abi", "abi3", "--abi", "none",
+                *(a for plat in ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64",
+                                 "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
+                  for a in ("--platform", plat))]
+
+
+def _download_wheel(u: Upstream, *, into: Path, recipe: Recipe) -> Path:
+    import sys
+
+    spec = f"{u.ref}=={u.version}"
+    r = proc.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                  "--disable-pip-version-check", "--no-cache-dir", "-q", "-d", into,
+                  *WHEEL_TARGET, spec], check=False, timeout=600)
+    if r.returncode != 0:
+        raise OnixError(f"pip download {spec} failed: {_tail(r)}", path=recipe.where(u.line),
+                        hint="check the project name and version on PyPI")
+    got = into / str(u.file)
+    if not got.is_file():
+        offered = ", ".join(sorted(p.name for p in into.iterdir())) or "nothing"
+        raise OnixError(f"pip download {spec} gave {offered}, not {u.file}",
+                        path=recipe.where(u.line), hint="fix `file:` to the wheel for "
+                        "CPython 3.11 on manylinux x86_64 (or pure Python)")
+    return got
+
+
 def _tail(r) -> str:
     text = ((r.stderr or b"") + (r.stdout or b"")).decode(errors="replace")
     lines = [ln for ln in text.splitlines() if ln.startswith(("E:", "W:"))] or text.splitlines()
@@ -233,7 +265,9 @@ def place(upstream: Upstream, fetched: Path, *, sourcedir: Path) -> Path:
         return _unpack(fetched, sourcedir=sourcedir)
     dest = _free(sourcedir / fetched.name)
     if fetched.is_dir():
-        shutil.copytree(fetched, dest, symlinks=True)
+        # Python's byte-code caches are the developer's, not the source: leaving them out
+        # keeps a `path` upstream (and the manifest's hash of it) the same on every machine
+        shutil.copytree(fetched, dest, symlinks=True, ignore=shutil.ignore_patterns(*SKIP))
     else:
         shutil.copy2(fetched, dest)
     return dest

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import textwrap
@@ -499,3 +500,66 @@ def test_busybox_from_debian_source_is_static_and_reproducible(tmp_path):
         main.meta.provides
     assert main.meta.depends == []
     assert [s.name for s in a.stones] == ["busybox", "busybox-dbginfo"]
+
+
+# -- pypi upstreams and path upstreams without byte-code caches -----------------------
+
+MDURL = ("mdurl", "0.1.2", "mdurl-0.1.2-py3-none-any.whl")  # a 10 KB pure-Python wheel
+
+
+def _pypi_reachable() -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/mdurl/", timeout=10).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_pypi_upstream_needs_version_file_and_a_project_name(tmp_path):
+    e = error_of(write(tmp_path / "r.yaml", BASE + "upstreams:\n  - pypi: mdurl\n"
+                       "    version: '0.1.2'\n    sha256: " + "ab" * 32 + "\n"))
+    assert e.path == f"{tmp_path / 'r.yaml'}:7" and "file" in e.message
+    e = error_of(write(tmp_path / "s.yaml", BASE + "upstreams:\n  - pypi: 'md url'\n"
+                       "    version: '1'\n    file: x.whl\n    sha256: " + "ab" * 32 + "\n"))
+    assert "not a PyPI project name" in e.message and e.path.endswith(":7")
+
+
+@pytest.mark.skipif(not _pypi_reachable(), reason="PyPI is not reachable from here")
+def test_pypi_wheel_is_fetched_verified_and_cached(tmp_path):
+    import hashlib as h
+
+    name, version, file = MDURL
+    good = write(tmp_path / "r.yaml", BASE + f"upstreams:\n  - pypi: {name}\n"
+                 f"    version: '{version}'\n    file: {file}\n    sha256: " + "00" * 32 + "\n")
+    recipe = load(good)
+    with pytest.raises(OnixError) as e:  # a wrong pin: refused, nothing kept
+        sources.fetch(recipe.upstreams[0], cache=tmp_path / "cache", recipe=recipe)
+    assert "00" * 32 in e.value.message and file in e.value.path
+    assert not list((tmp_path / "cache").glob("*/*.whl"))
+    # the real pin, read from the refusal, then checked independently below
+    real = next(a for a in re.findall(r"[0-9a-f]{64}", e.value.message) if a != "00" * 32)
+    ok = write(tmp_path / "ok.yaml", BASE + f"upstreams:\n  - pypi: {name}\n"
+               f"    version: '{version}'\n    file: {file}\n    sha256: {real}\n")
+    recipe = load(ok)
+    got = sources.fetch(recipe.upstreams[0], cache=tmp_path / "cache", recipe=recipe)
+    assert got.name == file and h.sha256(got.read_bytes()).hexdigest() == real
+    placed = sources.place(recipe.upstreams[0], got, sourcedir=tmp_path / "src")
+    assert placed == tmp_path / "src" / file  # a wheel is copied, not unpacked
+
+
+def test_path_upstream_leaves_out_python_byte_code(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "__pycache__").mkdir(parents=True)
+    (pkg / "mod.py").write_text("x = 1\n")
+    (pkg / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"machine-specific")
+    r = write(tmp_path / "r.yaml", BASE + "upstreams:\n  - path: pkg\ninstall: |\n"
+              "  mkdir -p %(installroot)/usr/lib\n"
+              "  cp -a %(sourcedir)/pkg %(installroot)/usr/lib/\n")
+    first = build(r, out=tmp_path / "a", cache=tmp_path / "cache")
+    shutil.rmtree(pkg / "__pycache__")
+    second = build(r, out=tmp_path / "b", cache=tmp_path / "cache")
+    assert first.manifest.read_bytes() == second.manifest.read_bytes()
+    with Stone(first.stones[0].file) as s:
+        assert [e.path for e in s.layout if "__pycache__" in e.path] == []

@@ -97,3 +97,12 @@ def test_s6_closure_is_found_by_elf_analysis_and_runs_in_a_chroot(tmp_path):
     # 100 is s6's usage exit; a missing library would be 127 from the dynamic loader
     assert r.returncode == 100, r.stderr
     assert b"usage" in r.stderr.lower()
+
+
+def test_a_need_no_relation_proposes_is_looked_up_by_file_name():
+    # PyPI wheels need libgcc_s.so.1 with no Debian relation naming libgcc-s1
+    assert closure._file_of("soname(libgcc_s.so.1(x86_64))") == "libgcc_s.so.1"
+    assert closure._file_of("interpreter(/usr/lib64/ld-linux-x86-64.so.2(x86_64))") == \
+        "ld-linux-x86-64.so.2"
+    assert closure.shipping("libgcc_s.so.1") == ["libgcc-s1"]
+    assert closure.shipping("no-such-library.so.42") == []
