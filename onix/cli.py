@@ -640,7 +640,8 @@ def build(recipes: Annotated[list[Path], typer.Argument(metavar="RECIPE...",
           cache: Annotated[Path | None, typer.Option(
               "--cache", help="Cache root: DIR/sources (verified downloads) and DIR/work "
               "(default $ONIX_CACHE or ~/.cache/onix).")] = None,
-          jobs: Annotated[int | None, typer.Option("--jobs", "-j")] = None,
+          jobs: Annotated[int | None, typer.Option(
+              "--jobs", "-j", help="Parallel jobs for the steps (default: CPU count).")] = None,
           keep: Annotated[bool, typer.Option("--keep", help="Keep the work directory.")] = False,
           json: Json = False) -> None:
     """Build recipes into stones (+ -dbginfo, + a JSON manifest) in a clean environment."""

@@ -349,9 +349,10 @@ def load(path: Path) -> Recipe:
     if "source-date-epoch" in top:
         recipe.source_date_epoch = r.integer(val("source-date-epoch"), "source-date-epoch",
                                              minimum=0)
-    for key in ("builddeps", "rundeps"):
-        if key in top:
-            setattr(recipe, key, r.strings(val(key), key))
+    if "builddeps" in top:
+        recipe.builddeps = r.strings(val("builddeps"), "builddeps")
+    if "rundeps" in top:
+        recipe.rundeps = _rundeps(val("rundeps"), r, recipe)
     if "closure" in top:
         node = val("closure")
         if r.string(node, "closure") != "debian":
@@ -462,6 +463,16 @@ def _upstream(node: yaml.Node, r: _Reader) -> Upstream:
                     line=node.start_mark.line + 1, sha256_line=sha_line)
 
 
+def _rundeps(node: yaml.Node, r: _Reader, recipe: Recipe) -> list[str]:
+    """Dependency strings, with the name macros a split's name may use (%(name)-libs)."""
+    out = []
+    for dep, dnode in zip(r.strings(node, "rundeps"), node.value, strict=True):
+        _check_macros(dep, dnode, r, NAME_MACROS, dnode.start_mark.line + 1)
+        out.append(expand(dep, {"name": recipe.name, "version": recipe.version,
+                                "release": str(recipe.release)}, where=r.at(dnode)))
+    return out
+
+
 def _package(node: yaml.Node, r: _Reader, recipe: Recipe) -> Package:
     m = r.mapping(node, "a package split", PACKAGE_KEYS, ("name", "paths"))
     name_node = m["name"][1]
@@ -479,7 +490,7 @@ def _package(node: yaml.Node, r: _Reader, recipe: Recipe) -> Package:
                          "globs match paths like usr/include/*")
     summary = (r.string(m["summary"][1], "summary") if "summary" in m
                else f"{recipe.summary} ({name.removeprefix(recipe.name + '-')})")
-    rundeps = r.strings(m["rundeps"][1], "rundeps") if "rundeps" in m else []
+    rundeps = _rundeps(m["rundeps"][1], r, recipe) if "rundeps" in m else []
     return Package(name=name, summary=summary, paths=tuple(paths), rundeps=tuple(rundeps))
 
 

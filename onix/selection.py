@@ -87,6 +87,8 @@ def install(root: Path | str, targets: list[str], *, wait: bool = True,
         fetched.append(repo.fetch(root, entry))
     result = transaction.install(root, files + fetched, dependencies=plan.dependencies,
                                  wait=wait, progress=progress)
+    for f in fetched:  # imported now (store + the engine's stone cache): one copy is enough
+        f.unlink(missing_ok=True)
     if plan.already:  # named stones already installed: the user now wants them explicitly
         transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
     return result

@@ -563,3 +563,12 @@ def test_path_upstream_leaves_out_python_byte_code(tmp_path):
     assert first.manifest.read_bytes() == second.manifest.read_bytes()
     with Stone(first.stones[0].file) as s:
         assert [e.path for e in s.layout if "__pycache__" in e.path] == []
+
+
+def test_rundeps_take_the_name_macros_and_refuse_others(tmp_path):
+    r = write(tmp_path / "r.yaml", BASE + 'rundeps: ["%(name)-data"]\npackages:\n'
+              '  - name: "%(name)-tools"\n    paths: [usr/bin/*]\n    rundeps: ["%(name)"]\n')
+    recipe = load(r)
+    assert recipe.rundeps == ["demo-data"] and recipe.packages[0].rundeps == ("demo",)
+    e = error_of(write(tmp_path / "s.yaml", BASE + 'rundeps: ["%(jobs)"]\n'))
+    assert e.path == f"{tmp_path / 's.yaml'}:6" and "%(jobs)" in e.message

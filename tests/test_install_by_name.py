@@ -70,6 +70,8 @@ def test_install_by_name_over_http_pulls_dependencies_and_remove_drops_orphans(
     assert r["changed"] and "app" in r["summary"] and "libcore" in r["summary"]
     assert (root / "usr/bin/app").read_text() == "app"
     assert (root / "usr/bin/sh").exists()  # base: a dependency of a dependency
+    # downloads are dropped once imported: the store holds the content
+    assert not list((root / ".onix/cache/downloads").glob("*.stone"))
 
     info = onix_json("info", "libcore", "--root", root)
     assert info["installed"]["explicit"] is False
