@@ -794,7 +794,7 @@ def _install(root: Path | str, cands: list[Candidate], *, dependencies: set[str]
         try:
             return build_state(s, kind="install", stone_ids=[ids[n] for n in sorted(ids)],
                                implicit=[ids[n] for n in ids if n not in explicit],
-                               entries=entries, summary="install " + ", ".join(changes))
+                               entries=entries, summary=_install_summary(changes, explicit))
         except BaseException:
             # Settle the journal now (the session would too), and if the old state is still
             # live, take the import back as well: a failed install leaves no new stones.
@@ -826,6 +826,17 @@ def _promote(s: Session, current: dict[str, dict], names: list[str]) -> Result:
                   summary="already installed" + (
                       f" (now explicit: {', '.join(promoted)})" if promoted else ""),
                   recovered=s.recovered)
+
+
+def _install_summary(changes: list[str], explicit: set[str]) -> str:
+    """'install a 1-1, b 2-1' — what was asked for first; dependencies counted past a few
+    (installing nix by name pulls ~50 libraries; state list should stay readable)."""
+    asked = [c for c in changes if c.split(" ", 1)[0] in explicit]
+    pulled = [c for c in changes if c.split(" ", 1)[0] not in explicit]
+    if len(changes) <= 6:
+        return "install " + ", ".join(asked + pulled)
+    return "install " + ", ".join(asked) + (f" and {len(pulled)} dependencies" if asked else
+                                            f"{len(pulled)} dependencies")
 
 
 def remove(root: Path | str, names: list[str], *, orphans: bool = True, wait: bool = True,
