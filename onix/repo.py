@@ -181,21 +181,19 @@ def _root(root: Path | str) -> Path:
 
 def _real_dir(root: Path, rel: str) -> Path | None:
     """root/rel if it is a directory reached through no symlink, None if it is missing."""
-    p = root
-    for part in rel.split("/"):
-        p = p / part
-        if p.is_symlink():
-            raise OnixError("is a symlink; onix keeps what it writes inside the root", path=p,
-                            hint="replace it with a real directory")
-        if not p.exists():
-            return None
-        if not p.is_dir():
-            raise OnixError("is not a directory", path=p, hint="move it away")
-    return p
+    return _walk_dirs(root, rel, created=None)
 
 
 def _make_dirs(root: Path, rel: str, created: list[Path]) -> Path:
     """mkdir root/rel one part at a time (no symlinks); new dirs go on `created`."""
+    p = _walk_dirs(root, rel, created=created)
+    assert p is not None
+    return p
+
+
+def _walk_dirs(root: Path, rel: str, *, created: list[Path] | None) -> Path | None:
+    """Walk root/rel refusing symlinks and non-directories; with `created`, make what is
+    missing (and record it), else stop at the first missing part (None)."""
     p = root
     for part in rel.split("/"):
         p = p / part
@@ -203,6 +201,8 @@ def _make_dirs(root: Path, rel: str, created: list[Path]) -> Path:
             raise OnixError("is a symlink; onix keeps what it writes inside the root", path=p,
                             hint="replace it with a real directory")
         if not p.exists():
+            if created is None:
+                return None
             p.mkdir(mode=0o755)
             created.append(p)
         elif not p.is_dir():
