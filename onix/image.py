@@ -77,6 +77,31 @@ DEFAULT_STONES = ("busybox", "linux", "firmware", "systemd-boot", "onix-exchange
 OPTIONAL_STONES = ("onix",)  # added by default_stones() when the repository has them
 USERS = (("root", 0, "/root"), ("alice", 1000, "/home/alice"))
 
+# Validation fixtures (build_image(fixtures=True)), for the scenarios of onix/validate.py:
+NIX_FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "nix"
+NIX_FIXTURES_AT = "srv/onix-nix"  # the local flake `nixpkgs` and its registry.json
+TEST_REPO_AT = "srv/onix-repo"  # a signed repository of the tiny TEST_STONES
+TEST_REPO_NAME = "test"
+# Offline Nix for the guest (no network): a local edit of /etc/nix/nix.conf, which onix
+# keeps and reports as drift (docs/nix-plane.md); the same words tests/data/nix/nix-test.conf
+# appends in the namespace tests.
+NIX_OFFLINE = ("\n# -- onix image build (fixtures): offline Nix for validation --\n"
+               "substituters =\n"
+               f"flake-registry = /{NIX_FIXTURES_AT}/registry.json\n")
+# name -> (summary, {path below the stone's root: text})
+TEST_STONES: dict[str, tuple[str, dict[str, str]]] = {
+    "onix-test-hello": ("a marker file: a second machine state to boot",
+                        {"usr/share/onix-test/hello": "hello from onix-test-hello\n"}),
+    "onix-test-extra": ("another marker file: a third machine state",
+                        {"usr/share/onix-test/extra": "extra\n"}),
+    # A state that cannot finish booting: its kernel command-line snippet names an init
+    # that does not exist, so the initrd stops ("no ... in the root file system") and
+    # reboots; systemd-boot counts the try and falls back (docs/boot.md).
+    "onix-test-broken-init": ("a state that cannot boot: init= names a missing file",
+                              {"usr/lib/kernel/cmdline.d/zz-onix-test-broken.conf":
+                               "init=/usr/lib/onix-test/no-such-init\n"}),
+}
+
 
 @dataclass
 class Partition:
@@ -144,7 +169,8 @@ def default_stones(repo: Path) -> list[str]:
 
 
 def input_key(*, repo: Path, key: Path, stones: list[str], size: int, esp_size: int,
-              cmdline: list[str], boot_conf: str, hostname: str) -> str:
+              cmdline: list[str], boot_conf: str, hostname: str,
+              fixtures: bool = False) -> str:
     repo = Path(repo)
     for f in ("index.json", "index.json.sig"):
         if not (repo / f).is_file():
@@ -154,8 +180,17 @@ def input_key(*, repo: Path, key: Path, stones: list[str], size: int, esp_size: 
              "sig": _sha256(repo / "index.json.sig"), "key": Path(key).read_text().strip(),
              "stones": list(stones), "size": size, "esp_size": esp_size,
              "cmdline": list(cmdline), "boot_conf": boot_conf, "hostname": hostname,
-             "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+             "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+             "fixtures": _fixtures_hash() if fixtures else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fixtures_hash() -> str:
+    h = hashlib.sha256(json.dumps(TEST_STONES, sort_keys=True).encode())
+    for p in sorted(NIX_FIXTURES.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(NIX_FIXTURES)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
 
 
 # -- the image root --------------------------------------------------------------------
@@ -190,7 +225,8 @@ def write_etc(root: Path, *, hostname: str, cmdline: list[str], boot_conf: str) 
 
 
 def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostname: str,
-                 cmdline: list[str], boot_conf: str) -> object:
+                 cmdline: list[str], boot_conf: str, fixtures: bool = False,
+                 fixtures_keydir: Path | None = None) -> object:
     """A fresh image root with state 1 installed from the repository; returns the
     transaction's Result."""
     from onix import nixplane, selection, transaction
@@ -206,7 +242,52 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
     result = selection.install(root, list(stones))
     with transaction.session(root, create=False) as s:
         nixplane.seed_session(s, runtime=True)
+    if fixtures:
+        add_fixtures(root, keydir=Path(fixtures_keydir or root.parent))
     return result
+
+
+def add_fixtures(root: Path, *, keydir: Path) -> None:
+    """The validation fixtures in an image root (what the scenarios use in the guest):
+
+    * /srv/onix-repo: TEST_STONES packed and indexed, the index signed with a key made
+      for this image (the private half stays in `keydir`, outside the image), configured
+      as the repository `test` with onix repo add (onix.repo.add), its uri then set to
+      the path the guest sees;
+    * /srv/onix-nix: tests/data/nix (the flake `nixpkgs` whose ripgrep is a tiny script,
+      and registry.json naming it), the global flake registry of the guest's Nix;
+    * /etc/nix/nix.conf: NIX_OFFLINE appended (a local edit: onix keeps it).
+    """
+    from onix import keys
+    from onix import repo as repos
+    from onix.stone import StoneMeta, pack
+
+    root = Path(root)
+    srv = root / TEST_REPO_AT
+    srv.mkdir(parents=True)
+    keydir.mkdir(parents=True, exist_ok=True)
+    priv = keydir / "test-repo.key"
+    if not priv.exists():
+        keys.generate(out=keydir / "test-repo", comment="onix validation test repository")
+    src = root.parent / ".stone-src"
+    for name, (summary, files) in sorted(TEST_STONES.items()):
+        tree = src / name
+        for rel, text in files.items():
+            _write(tree / rel, text)
+        pack(tree, srv / f"{name}-1-1-x86_64.stone",
+             StoneMeta(name=name, version="1", summary=summary, license="MPL-2.0"))
+    shutil.rmtree(src)
+    repos.write_index(directory=srv, key=priv, name=TEST_REPO_NAME)
+    repos.add(root, name=TEST_REPO_NAME, uri=str(srv), public_key=str(keydir / "test-repo.pub"))
+    conf = repos.config_path(root, TEST_REPO_NAME)
+    conf.write_text("".join(f"uri = /{TEST_REPO_AT}\n" if ln.startswith("uri =") else ln
+                            for ln in conf.read_text().splitlines(keepends=True)))
+    dest = root / NIX_FIXTURES_AT
+    shutil.copytree(NIX_FIXTURES, dest, ignore=shutil.ignore_patterns("*.conf"))
+    for p in [dest, *dest.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    nixconf = root / "etc/nix/nix.conf"
+    nixconf.write_text(nixconf.read_text() + NIX_OFFLINE)
 
 
 def clone_root(src: Path, dest: Path) -> Path:
@@ -532,7 +613,7 @@ def build_image(*, out: Path, repo: Path, key: Path, stones: list[str] | None = 
                 size: int | str = "2G", esp_size: int | str = "128M",
                 work: Path | None = None, cmdline: list[str] | None = None,
                 boot_conf: str = "timeout = 0\n", hostname: str = "onix-guest",
-                progress=None) -> ImageResult:
+                fixtures: bool = False, progress=None) -> ImageResult:
     """A bootable disk at `out` from `stones` of the signed repository (see the module
     docstring). `cmdline` adds kernel command-line words to the image's defaults."""
     say = progress or (lambda _msg: None)
@@ -546,7 +627,7 @@ def build_image(*, out: Path, repo: Path, key: Path, stones: list[str] | None = 
         words.append(f"init={GUEST_INIT}")
     words += list(cmdline or [])
     k = input_key(repo=repo, key=key, stones=stones, size=size_b, esp_size=esp_b,
-                  cmdline=words, boot_conf=boot_conf, hostname=hostname)
+                  cmdline=words, boot_conf=boot_conf, hostname=hostname, fixtures=fixtures)
     work = Path(work) if work is not None else default_work()
     entry = work / k
     seconds: dict[str, float] = {}
@@ -560,7 +641,8 @@ def build_image(*, out: Path, repo: Path, key: Path, stones: list[str] | None = 
             t = time.monotonic()
             say(f"composing the image root ({', '.join(stones)})")
             compose_root(tmp / "root", repo=repo, key=key, stones=stones, hostname=hostname,
-                         cmdline=words, boot_conf=boot_conf)
+                         cmdline=words, boot_conf=boot_conf, fixtures=fixtures,
+                         fixtures_keydir=tmp / "keys")
             seconds["compose"] = round(time.monotonic() - t, 3)
             t = time.monotonic()
             say("writing the disk (ESP + ext4 root)")

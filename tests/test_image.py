@@ -8,7 +8,7 @@ onix.image.build_image, then booted with onix.qemu (TCG here). The story:
      through the control port.
   2. a validation plan written onto the disk (debugfs) runs in two boots: steps pass and
      fail as they should, results are read back from the disk (debugfs), the ESP shows
-     systemd-boot's boot counting (mtools).
+     systemd-boot's boot counting and the guest's blessing (mtools).
   3. a new state is installed into (a clone of) the image root with onix's transaction;
      the rebuilt disk boots that state.
 
@@ -152,9 +152,14 @@ def test_a_plan_runs_over_two_boots_and_its_results_are_read_back(built) -> None
     assert log == b"this step fails on purpose\n"
     assert sorted(image.list_dir(disk, "/var/lib/onix-validate/results")) == \
         ["1", "1.d", "2", "2.d"]
-    # systemd-boot counted both boots of the unblessed entry (tries = 3 by default)
+    # systemd-boot counted the first boot (tries = 3 by default; LoaderEntrySelected
+    # names the entry as it was chosen, +3), and the guest's ready path blessed it (onix
+    # boot mark-good): the entry has no counter any more
+    assert "onix-guest: onix boot mark-good: " in b1.log, qemu.tail(b1.log)
+    assert f"entry=onix-{r.fstx}+3.conf" in b1.log
     entries = [f for f in image.esp_files(disk) if f.startswith("/loader/entries/")]
-    assert entries == [f"/loader/entries/onix-{r.fstx}+1-2.conf"], entries
+    assert entries == [f"/loader/entries/onix-{r.fstx}.conf"], entries
+    assert f"entry=onix-{r.fstx}.conf" in b2.log
 
 
 def test_a_new_state_installed_into_the_image_root_boots(built, tmp_path: Path) -> None:
