@@ -774,6 +774,113 @@ def repo_update(names: Annotated[list[str] | None, typer.Argument(metavar="[NAME
         for u in rows])
 
 
+# -- validation images and VMs (onix/image.py, onix/validate.py) --------------------------
+
+image_app = typer.Typer(help="Bootable disk images composed from stones.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+def _project_default(rel: str) -> Path:
+    return Path(__file__).resolve().parent.parent / rel
+
+
+@image_app.command("build")
+def image_build(
+    out: Annotated[Path, typer.Option("--out", help="Write the disk image here.",
+                                      dir_okay=False)],
+    repo: Annotated[Path | None, typer.Option(
+        "--repo", help="Signed repository of stones (default: the project's stones/).",
+        file_okay=False)] = None,
+    key: Annotated[Path | None, typer.Option(
+        "--key", help="Its public key (default: .cache/keys/local.pub).", dir_okay=False)] = None,
+    stones: Annotated[list[str] | None, typer.Option(
+        "--stone", help="A stone to install (repeat; default: the validation set).")] = None,
+    size: Annotated[str, typer.Option("--size", help="Disk size, e.g. 2G.")] = "2G",
+    cmdline: Annotated[list[str] | None, typer.Option(
+        "--cmdline", help="An extra kernel command-line word (repeat).")] = None,
+    tries: Annotated[int | None, typer.Option(
+        "--tries", help="boot.conf tries for new entries (default: onix's 3).")] = None,
+    fixtures: Annotated[bool, typer.Option(
+        "--fixtures", help="Add the validation fixtures (test repository, offline Nix flake).")
+    ] = False,
+    work: Annotated[Path | None, typer.Option(
+        "--work", help="Image cache directory (default: ~/.cache/onix/images).",
+        file_okay=False)] = None,
+    json: Json = False,
+) -> None:
+    """Compose a bootable GPT disk (ESP + ext4 root) with onix's own transactions."""
+    from onix import image
+
+    boot_conf = "timeout = 0\n" + (f"tries = {tries}\n" if tries is not None else "")
+
+    def run() -> object:
+        return image.build_image(
+            out=out, repo=repo or _project_default("stones"),
+            key=key or _project_default(".cache/keys/local.pub"), stones=stones or None,
+            size=size, cmdline=cmdline or None, boot_conf=boot_conf, fixtures=fixtures,
+            work=work, progress=None if json else (lambda m: console().print(m)))
+
+    def human(r: dict) -> None:
+        c = console()
+        c.print(f"{r['disk']}: state {r['state']} fstx {r['fstx']}"
+                + (" (from the cache)" if r["cached"] else ""))
+        c.print(f"esp: {r['esp']['size'] >> 20} MiB at {r['esp']['start'] >> 20} MiB; "
+                f"root: {r['rootfs']['size'] >> 20} MiB at {r['rootfs']['start'] >> 20} MiB")
+        c.print(f"key {r['key']}, root {r['root']}")
+        c.print("seconds: " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()))
+
+    _run(json, run, human, rich_output=False)
+
+
+@app.command("validate")
+def validate_cmd(
+    scenarios: Annotated[list[str] | None, typer.Argument(
+        metavar="[SCENARIO...]", help="Names or numbers (default: all).")] = None,
+    json: Json = False,
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="Keep every scenario's disk, NVRAM and serial logs.")] = False,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", help="Seconds one boot may take.")] = 300.0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="VMs at once.")] = 2,
+    repo: Annotated[Path | None, typer.Option(
+        "--repo", help="Signed repository of stones (default: the project's stones/).",
+        file_okay=False)] = None,
+    key: Annotated[Path | None, typer.Option(
+        "--key", help="Its public key (default: .cache/keys/local.pub).", dir_okay=False)] = None,
+    work: Annotated[Path | None, typer.Option(
+        "--work", help="Where runs go (default: ~/.cache/onix/validate).",
+        file_okay=False)] = None,
+) -> None:
+    """Boot validation images in QEMU and run the scenarios across real reboots."""
+    from onix import validate
+
+    def say(msg: str) -> None:
+        if not json:
+            print(msg, flush=True)
+
+    try:
+        rep = validate.run(scenarios or None, repo=repo, key=key, work=work, timeout=timeout,
+                           keep=keep, jobs=jobs, progress=say)
+    except OnixError as e:
+        error(e.line(), as_json=json, data=e.as_dict())
+        raise typer.Exit(e.exit_code) from None
+    if json:
+        print_json(rep.as_dict())
+    else:
+        print()
+        for line in validate.format_table(rep):
+            print(line)
+        details = validate.format_details(rep)
+        if details:
+            print()
+            for line in details:
+                print(line)
+        if keep or not rep.ok:
+            print(f"work: {rep.work}")
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     from onix.main import main as entry
 
