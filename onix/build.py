@@ -522,7 +522,10 @@ def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
     from onix.elf import analyse
 
     seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
-    found = closure.resolve(tree=install, seeds=seeds, cache=cache, work=work, progress=say)
+    suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
+    apt = sources.closure_apt(cache, suite) if suite else ()
+    found = closure.resolve(tree=install, seeds=seeds, cache=cache, work=work, apt=apt,
+                            progress=say)
     planned, records = [], []
     for p in found.packages:
         a = analyse(p.tree, arch=ARCH)

@@ -15,6 +15,11 @@ yet: glibc, libstdc++, libsqlite3, … Rather than a hand-kept list, the builder
    unpacked into a merged-usr tree and analysed. A candidate is **kept only if it
    provides something still needed**; what it needs in turn joins the search.
 
+A recipe whose upstreams come from another suite (`suite: bookworm-backports`) resolves
+against that suite's private list (onix.sources.closure_apt, passed as `apt`), with the
+suite as the default release: a library only the suite has (libdrm2 >= 2.4.121 for mesa
+25) is found, and where both have it the suite's version wins, as `apt-get -t` would.
+
 Debian's declarations only propose: `perl`, `curl` or `lsb-base` in nix-bin's Depends
 are dropped because no ELF file asks for them. A need nothing proposes is an error
 naming the soname and the file that needs it. Each kept package becomes its own stone
@@ -37,7 +42,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,10 +80,15 @@ class Closure:
     satisfied: dict[str, str]                        # need → package providing it
 
 
-def package_info(name: str, *, version: str | None = None) -> dict[str, str]:
-    """The package list's stanza for name (=version): Version, Depends, SHA256, …"""
+def package_info(name: str, *, version: str | None = None,
+                 apt: Sequence[str] = ()) -> dict[str, str]:
+    """The package list's stanza for name (=version): Version, Depends, SHA256, …
+
+    `apt` are extra apt options: a private list (onix.sources.closure_apt) instead of
+    the machine's own; without a version, the stanza is the candidate's.
+    """
     spec = f"{name}={version}" if version else name
-    r = proc.run(["apt-cache", "show", "--no-all-versions", spec], check=False)
+    r = proc.run(["apt-cache", *apt, "show", "--no-all-versions", spec], check=False)
     if r.returncode != 0 or not r.stdout.strip():
         raise OnixError(f"Debian package {spec} is not in this machine's package lists",
                         path=spec, hint="run apt-get update, or fix the name/version")
@@ -105,9 +115,10 @@ def _first_alternatives(relation: str) -> list[str]:
     return out
 
 
-def download(name: str, *, version: str | None, cache: Path) -> tuple[Path, dict[str, str]]:
+def download(name: str, *, version: str | None, cache: Path,
+             apt: Sequence[str] = ()) -> tuple[Path, dict[str, str]]:
     """apt-get download into cache/debs/, checked against the list's SHA256."""
-    info = package_info(name, version=version)
+    info = package_info(name, version=version, apt=apt)
     version = info["Version"]
     want = info.get("SHA256", "")
     debs = cache / "debs"
@@ -117,7 +128,7 @@ def download(name: str, *, version: str | None, cache: Path) -> tuple[Path, dict
     if dest.exists() and _sha256(dest) == want:
         return dest, info
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl-") as tmp:
-        proc.run(["apt-get", "download", "-q", f"{name}={version}"], cwd=Path(tmp))
+        proc.run(["apt-get", *apt, "download", "-q", f"{name}={version}"], cwd=Path(tmp))
         got = list(Path(tmp).glob("*.deb"))
         if len(got) != 1:
             raise OnixError(f"apt-get download {name}={version} gave {len(got)} files",
@@ -197,12 +208,14 @@ def _merge_into(src: Path, dst: Path) -> None:
 
 
 def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
-            exclude: Iterable[str] = (),
+            exclude: Iterable[str] = (), apt: Sequence[str] = (),
             progress: Callable[[str], None] | None = None) -> Closure:
     """The Debian packages providing what `tree`'s ELF files need (see module doc).
 
     `seeds` are the recipe's Debian binary packages (their Depends propose the first
-    candidates); `exclude` names packages never to take (the seeds themselves).
+    candidates); `exclude` names packages never to take (the seeds themselves); `apt`
+    are extra apt options for every look-up and download (a recipe fetched from
+    bookworm-backports resolves against that private list: onix.sources.closure_apt).
     """
     from onix.elf import analyse
 
@@ -213,7 +226,7 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
     seen = set(exclude) | set(seeds)
     queue: list[str] = []
     for seed in seeds:
-        queue += _first_alternatives(_relations(package_info(seed)))
+        queue += _first_alternatives(_relations(package_info(seed, apt=apt)))
     kept: list[DebPackage] = []
     offers: dict[str, set[str]] = {}  # kept package → what it provides
     rejected: list[str] = []
@@ -236,7 +249,7 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
         seen.add(name)
         if progress:
             progress(f"closure: {name}")
-        deb, info = download(name, version=None, cache=cache)
+        deb, info = download(name, version=None, cache=cache, apt=apt)
         ptree = work / name
         if ptree.exists():
             shutil.rmtree(ptree)

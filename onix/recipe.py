@@ -28,6 +28,7 @@ Format (docs/recipes.md is the user-facing description)::
       - debian-binary: s6          # a .deb, extracted to %(sourcedir)/s6/
         version: 2.11.3.2-1        # required
         sha256: …                  # required, of the .deb
+        suite: bookworm-backports  # optional: through a private list (sources.py)
     builddeps: [musl-tools]        # Debian packages the host needs
     rundeps: [busybox]             # added to the main stone's depends
     closure: debian                # optional: pull the Debian library closure
@@ -91,11 +92,13 @@ UPSTREAM_KEYS = {
     "path": ({"path", "sha256", "unpack"}, ()),
     "debian-source": ({"debian-source", "version", "file", "sha256", "unpack"},
                       ("file", "sha256")),
-    "debian-binary": ({"debian-binary", "version", "sha256"}, ("version", "sha256")),
+    "debian-binary": ({"debian-binary", "version", "sha256", "suite"}, ("version", "sha256")),
     # a wheel from PyPI, by project name and version; `file` picks the exact wheel
     "pypi": ({"pypi", "version", "file", "sha256"}, ("version", "file", "sha256")),
 }
 PYPI_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# A Debian suite (codename form): bookworm, bookworm-backports, bookworm-updates
+SUITE_RE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
 OPTION_KEYS = {"strip"}
 PACKAGE_KEYS = {"name", "summary", "paths", "rundeps"}
 
@@ -114,6 +117,7 @@ class Upstream:
     unpack: bool | None = None  # None: decide by the file name (tarballs unpack)
     line: int = 0             # 1-based line of the upstream's entry
     sha256_line: int = 0      # line of its sha256 (for "update sha256 in file:line")
+    suite: str | None = None  # debian-binary: fetch through a private list of this suite
 
     def describe(self) -> str:
         if self.kind == "path":
@@ -383,6 +387,12 @@ def load(path: Path) -> Recipe:
             raise r.fail(node, f"upstreams must be a list, not {_kind(node)}",
                          "write one `- path: …` or `- debian-source: …` entry per upstream")
         recipe.upstreams = [_upstream(item, r) for item in node.value]
+        suites = sorted({u.suite for u in recipe.upstreams if u.suite})
+        if len(suites) > 1:
+            # the closure resolves against one private list (sources.closure_apt)
+            raise r.fail(node, f"the upstreams name two suites ({', '.join(suites)})",
+                         "fetch every debian-binary upstream of a recipe from one suite "
+                         "(a -backports list includes its base suite)")
     if any(u.kind == "debian-binary" for u in recipe.upstreams) and not recipe.scaffolding:
         raise r.fail(root, "a recipe that repacks a Debian binary package must say why",
                      "add `scaffolding: |` saying why this is a repack and what replaces it")
@@ -456,11 +466,17 @@ def _upstream(node: yaml.Node, r: _Reader) -> Upstream:
         if "/" in file or file in (".", ".."):
             raise r.fail(m["file"][1], f"file {file!r} must be a plain file name",
                          "name the file as apt-get source downloads it")
+    suite = None
+    if "suite" in m:
+        suite = r.string(m["suite"][1], "suite")
+        if not SUITE_RE.match(suite):
+            raise r.fail(m["suite"][1], f"suite {suite!r} is not a Debian suite name",
+                         "write a codename suite such as bookworm-backports")
     return Upstream(kind=kind, ref=ref,
                     version=r.string(m["version"][1], "version") if "version" in m else None,
                     file=file, sha256=sha,
                     unpack=r.boolean(m["unpack"][1], "unpack") if "unpack" in m else None,
-                    line=node.start_mark.line + 1, sha256_line=sha_line)
+                    line=node.start_mark.line + 1, sha256_line=sha_line, suite=suite)
 
 
 def _rundeps(node: yaml.Node, r: _Reader, recipe: Recipe) -> list[str]:

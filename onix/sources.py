@@ -8,12 +8,20 @@ Cache layout (onix.build passes ``<cache root>/sources``, default
     <cache>/apt/                     the private apt state for Debian *source* packages:
         sources.list.d/onix.sources    Types: deb-src, the machine's Debian mirror
         lists/, cache/                 apt-get update's lists and package caches
+    <cache>/apt-binary/<suite>/      the private apt state for Debian *binary* packages of
+                                     a suite the machine's lists lack (`suite:` on a
+                                     debian-binary upstream, e.g. bookworm-backports):
+        sources.list.d/onix.sources    Types: deb, the machine's mirror, the base suite,
+                                       its -updates and -security, and <suite>
+        lists/, cache/
     <cache>/apt.lock                 flock: one apt-get update at a time
 
 A download is written under a temporary name in the cache, hashed, and renamed into
 place only when it matches the recipe's pin; a mismatch deletes it. Nothing of the
 host's apt configuration or state is written: the source lists live in the cache, and
-binary packages are fetched with ``apt-get download`` from the machine's own lists.
+binary packages are fetched with ``apt-get download`` from the machine's own lists, or,
+for an upstream with `suite:`, from a private binary list in the cache (the same
+technique as the source list; `closure_apt()` gives the closure the same list).
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ def fetch(upstream: Upstream, *, cache: Path, recipe: Recipe) -> Path:
         elif upstream.kind == "pypi":
             got = _download_wheel(upstream, into=Path(tmp), recipe=recipe)
         else:
-            got = _download_binary(upstream, into=Path(tmp), recipe=recipe)
+            got = _download_binary(upstream, cache=cache, into=Path(tmp), recipe=recipe)
         actual = sha256_file(got)
         if actual != upstream.sha256:
             got.unlink()
@@ -114,6 +122,22 @@ def machine_mirror(etc_apt: Path = Path("/etc/apt")) -> tuple[str, str]:
     security archive (a suite with "-security") is skipped: source packages come from the
     main archive.
     """
+    for uri, suite in _machine_entries(etc_apt):
+        if "/debian" in uri and "security" not in uri and "-" not in suite:
+            return uri.rstrip("/"), suite
+    return DEFAULT_MIRROR, DEFAULT_SUITE
+
+
+def machine_security(etc_apt: Path = Path("/etc/apt")) -> str | None:
+    """The URI of the machine's Debian security archive, if it has one."""
+    for uri, suite in _machine_entries(etc_apt):
+        if suite.endswith("-security"):
+            return uri.rstrip("/")
+    return None
+
+
+def _machine_entries(etc_apt: Path) -> list[tuple[str, str]]:
+    """(URI, suite) of every `deb` entry of the machine's apt sources, in file order."""
     entries: list[tuple[str, str]] = []
     parts = etc_apt / "sources.list.d"
     for f in sorted(parts.glob("*.sources")) if parts.is_dir() else []:
@@ -144,10 +168,7 @@ def machine_mirror(etc_apt: Path = Path("/etc/apt")) -> tuple[str, str]:
             words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
             if len(words) >= 3 and words[0] == "deb":
                 entries.append((words[1], words[2]))
-    for uri, suite in entries:
-        if "/debian" in uri and "security" not in uri and "-" not in suite:
-            return uri.rstrip("/"), suite
-    return DEFAULT_MIRROR, DEFAULT_SUITE
+    return entries
 
 
 def _apt_options(state: Path) -> list[str]:
@@ -194,14 +215,74 @@ def _download_source(u: Upstream, *, cache: Path, into: Path, recipe: Recipe) ->
     return got
 
 
-def _download_binary(u: Upstream, *, into: Path, recipe: Recipe) -> Path:
-    spec = f"{u.ref}={u.version}"
-    r = proc.run(["apt-get", "download", "-q", spec], cwd=into, check=False)
+_UPDATED: set[Path] = set()  # private binary states apt-get update has run on (per process)
+
+
+def binary_sources(suite: str, *, etc_apt: Path = Path("/etc/apt")) -> str:
+    """The deb822 text of the private binary list for `suite`.
+
+    A suite such as bookworm-backports is not a whole distribution: its packages depend
+    on the base suite's, so the list holds the base (bookworm), its -updates, the
+    machine's security archive for it (if the machine has one) and the suite itself.
+    """
+    mirror, _ = machine_mirror(etc_apt)
+    base = suite.split("-", 1)[0]
+    suites = [base, f"{base}-updates"] + ([suite] if suite != base else [])
+    text = (f"Types: deb\nURIs: {mirror}\nSuites: {' '.join(suites)}\nComponents: main\n"
+            f"Signed-By: {KEYRING}\n")
+    security = machine_security(etc_apt)
+    if security:
+        text += (f"\nTypes: deb\nURIs: {security}\nSuites: {base}-security\n"
+                 f"Components: main\nSigned-By: {KEYRING}\n")
+    return text
+
+
+def binary_apt(cache: Path, suite: str, *, update: bool = True) -> list[str]:
+    """apt options for the private binary list of `suite` under the source cache.
+
+    The list is written and `apt-get update` run (once per process and state) under
+    the cache's apt.lock; nothing of the host's apt configuration or state is touched.
+    """
+    state = cache / "apt-binary" / suite
+    for d in (state / "sources.list.d", state / "lists" / "partial",
+              state / "cache" / "archives" / "partial"):
+        d.mkdir(parents=True, exist_ok=True)
+    opts = _apt_options(state)
+    if not update or state in _UPDATED:
+        return opts
+    sources = binary_sources(suite)
+    with open(cache / "apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        f = state / "sources.list.d" / "onix.sources"
+        if not f.is_file() or f.read_text() != sources:
+            f.write_text(sources)
+        r = proc.run(["apt-get", *opts, "update"], check=False)
     if r.returncode != 0:
+        raise OnixError(f"apt-get update of the private {suite} list failed: {_tail(r)}",
+                        path=state / "sources.list.d" / "onix.sources",
+                        hint="check the network and that the mirror is reachable")
+    _UPDATED.add(state)
+    return opts
+
+
+def closure_apt(cache: Path, suite: str) -> list[str]:
+    """apt options for `closure: debian` of a recipe fetched from `suite`: its private
+    list, with the suite as the default release, so that a library the suite carries
+    comes from it (mesa 25 in bookworm-backports needs libdrm2 >= 2.4.121, which only
+    bookworm-backports has), as `apt-get install -t SUITE` would choose."""
+    return [*binary_apt(cache, suite), "-o", f"APT::Default-Release={suite}"]
+
+
+def _download_binary(u: Upstream, *, cache: Path, into: Path, recipe: Recipe) -> Path:
+    spec = f"{u.ref}={u.version}"
+    opts = binary_apt(cache, u.suite) if u.suite else ["-q"]
+    r = proc.run(["apt-get", *opts, "download", spec], cwd=into, check=False)
+    if r.returncode != 0:
+        where = f"the private {u.suite} list" if u.suite else "the machine's package lists"
         raise OnixError(f"apt-get download {spec} failed: {_tail(r)}",
                         path=recipe.where(u.line),
-                        hint="run apt-get update (the machine's package lists may be stale), "
-                        "or fix the name/version")
+                        hint=f"fix the name/version (is it in {where}?), or run apt-get "
+                        "update if the machine's lists are stale")
     debs = sorted(into.glob("*.deb"))
     if len(debs) != 1:
         raise OnixError(f"apt-get download {spec} gave {len(debs)} .deb files",

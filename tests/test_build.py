@@ -572,3 +572,96 @@ def test_rundeps_take_the_name_macros_and_refuse_others(tmp_path):
     assert recipe.rundeps == ["demo-data"] and recipe.packages[0].rundeps == ("demo",)
     e = error_of(write(tmp_path / "s.yaml", BASE + 'rundeps: ["%(jobs)"]\n'))
     assert e.path == f"{tmp_path / 's.yaml'}:6" and "%(jobs)" in e.message
+
+
+# -- debian-binary upstreams from another suite (bookworm-backports) ------------------
+
+# libgl1-mesa-dri 25 from bookworm-backports: 46 kB (the drivers live in mesa-libgallium)
+BPO = ("libgl1-mesa-dri", "25.0.7-2~bpo12+1",
+       "ae1207a5c6c7b6439ed7239783e5eb05202debec9e56b4f834a342e87ab02cdf")
+SCAFF = "scaffolding: a test\n"
+
+
+def test_debian_binary_suite_is_parsed_and_checked(tmp_path):
+    name, version, sha = BPO
+    r = write(tmp_path / "r.yaml", BASE + SCAFF + f"upstreams:\n  - debian-binary: {name}\n"
+              f"    version: '{version}'\n    sha256: {sha}\n    suite: bookworm-backports\n")
+    u = load(r).upstreams[0]
+    assert (u.kind, u.ref, u.version, u.suite) == ("debian-binary", name, version,
+                                                   "bookworm-backports")
+    plain = write(tmp_path / "p.yaml", BASE + SCAFF + "upstreams:\n  - debian-binary: s6\n"
+                  "    version: '1'\n    sha256: " + "0" * 64 + "\n")
+    assert load(plain).upstreams[0].suite is None
+    bad = write(tmp_path / "b.yaml", BASE + SCAFF + f"upstreams:\n  - debian-binary: {name}\n"
+                f"    version: '1'\n    sha256: {sha}\n    suite: 'bookworm backports'\n")
+    e = error_of(bad)
+    assert e.path == f"{bad}:11" and "not a Debian suite" in e.message
+    # only debian-binary upstreams have a suite
+    src = write(tmp_path / "s.yaml", BASE + "upstreams:\n  - debian-source: busybox\n"
+                f"    file: b.tar.bz2\n    sha256: {sha}\n    suite: bookworm-backports\n")
+    assert "unknown key 'suite'" in error_of(src).message
+    two = write(tmp_path / "t.yaml", BASE + SCAFF + "upstreams:\n"
+                f"  - debian-binary: a\n    version: '1'\n    sha256: {sha}\n"
+                "    suite: bookworm-backports\n"
+                f"  - debian-binary: b\n    version: '1'\n    sha256: {sha}\n"
+                "    suite: trixie\n")
+    e = error_of(two)
+    assert "two suites" in e.message and e.path == f"{two}:8"  # the upstreams list
+
+
+def test_private_binary_list_holds_the_base_suite_and_the_backports(tmp_path):
+    d = tmp_path / "apt" / "sources.list.d"
+    write(d / "debian.sources", """\
+        Types: deb
+        URIs: http://mirror.example/debian/
+        Suites: bookworm bookworm-updates
+        Components: main
+
+        Types: deb
+        URIs: http://security.example/debian-security
+        Suites: bookworm-security
+        Components: main
+        """)
+    text = sources.binary_sources("bookworm-backports", etc_apt=tmp_path / "apt")
+    first, second = text.split("\n\n")
+    assert "Types: deb\n" in first and "deb-src" not in text
+    assert "URIs: http://mirror.example/debian\n" in first
+    assert "Suites: bookworm bookworm-updates bookworm-backports\n" in first
+    assert f"Signed-By: {sources.KEYRING}" in first and f"Signed-By: {sources.KEYRING}" in second
+    assert "URIs: http://security.example/debian-security\n" in second
+    assert "Suites: bookworm-security\n" in second
+    # no security archive on the machine: none in the private list either
+    assert "security" not in sources.binary_sources("bookworm-backports",
+                                                    etc_apt=tmp_path / "none")
+
+
+def test_backports_binary_is_fetched_through_a_private_list(tmp_path):
+    """`suite: bookworm-backports` downloads through <cache>/apt-binary/…, never through
+    (or into) the host's apt state; the closure finds backports-only versions there."""
+    why = apt_reachable()
+    if why:
+        pytest.skip(why)
+    from onix import closure
+
+    name, version, sha = BPO
+    r = write(tmp_path / "r.yaml", BASE + SCAFF + f"upstreams:\n  - debian-binary: {name}\n"
+              f"    version: '{version}'\n    sha256: {sha}\n    suite: bookworm-backports\n")
+    recipe = load(r)
+    cache = tmp_path / "cache"
+    before = host_apt_state()
+    got = sources.fetch(recipe.upstreams[0], cache=cache, recipe=recipe)
+    assert got.parent == cache / sha and got.suffix == ".deb"
+    assert sources.sha256_file(got) == sha
+    state = cache / "apt-binary" / "bookworm-backports"
+    listed = (state / "sources.list.d" / "onix.sources").read_text()
+    assert "bookworm-backports" in listed and "deb-src" not in listed
+    assert any("bookworm-backports" in p.name for p in (state / "lists").iterdir())
+    # the closure sees the same list, preferring the suite: libdrm2 from backports
+    # (mesa 25 needs >= 2.4.121; bookworm has 2.4.114)
+    apt = sources.closure_apt(cache, "bookworm-backports")
+    info = closure.package_info("libdrm2", apt=apt)
+    assert "bpo12" in info["Version"]
+    assert "bpo12" not in closure.package_info("libdrm2")["Version"]  # machine's lists
+    assert host_apt_state() == before
+    placed = sources.place(recipe.upstreams[0], got, sourcedir=tmp_path / "src")
+    assert (placed / "usr" / "share" / "doc" / name).is_dir()
