@@ -851,7 +851,11 @@ def validate_cmd(
         "--work", help="Where runs go (default: ~/.cache/onix/validate).",
         file_okay=False)] = None,
 ) -> None:
-    """Boot validation images in QEMU and run the scenarios across real reboots."""
+    """Boot validation images in QEMU and run the scenarios across real reboots.
+
+    Scenarios: nix-profile (1), rollback (2), prune-gc (3), mesa-rollback (4, not built),
+    boot-menu (5), failed-boot (6). See docs/validation.md.
+    """
     from onix import validate
 
     def say(msg: str) -> None:

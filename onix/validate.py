@@ -92,6 +92,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     records: list[BootRecord] = field(default_factory=list)
     tail: str = ""  # the serial log tail of the boot that failed
+    tail_path: str = ""  # that boot's serial log
     step_logs: dict[str, str] = field(default_factory=dict)  # failed steps' output
     reason: str = ""
     work: str = ""
@@ -331,7 +332,7 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
         except qemu.BootError as e:
             out.boots = i
             out.problems.append(f"boot {i}: {str(e).splitlines()[0]}")
-            out.tail = e.tail
+            out.tail, out.tail_path = e.tail, str(log_path)
             break
         out.boots = i
         image.replay_journal(disk)  # a boot that did not shut down cleanly left one
@@ -372,7 +373,7 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
             f"({rec.seconds:.0f} s) {rec.verdict}" + (" FAILED" if rec.problems else ""))
         if rec.problems:
             out.problems += [f"boot {i}: {p}" for p in rec.problems]
-            out.tail = qemu.tail(text, TAIL)
+            out.tail, out.tail_path = qemu.tail(text, TAIL), str(log_path)
             break
     out.seconds = round(time.monotonic() - t0, 1)
     if not out.problems and out.boots == len(sc.boots):
@@ -458,6 +459,6 @@ def format_details(rep: Report) -> list[str]:
                 lines.append(f"  --- {k} output ---")
                 lines += [f"  | {ln}" for ln in v.splitlines()]
             if o.tail:
-                lines.append(f"  --- serial log tail ({o.work}) ---")
+                lines.append(f"  --- serial log tail ({o.tail_path or o.work}) ---")
                 lines += [f"  | {ln}" for ln in o.tail.splitlines()]
     return lines
