@@ -23,6 +23,16 @@ test *ARGS:
 stones *RECIPES:
     ./scripts/stones {{RECIPES}}
 
+# a bootable validation disk from stones/ (built first if missing; `just stones` rebuilds)
+image OUT=".cache/onix-validation.img":
+    [ -f stones/index.json ] || ./scripts/stones
+    {{venv}}/onix image build --fixtures --tries 1 --out {{OUT}}
+
+# boot the validation scenarios in QEMU (all, or the SCENARIOS named); see docs/validation.md
+validate *SCENARIOS:
+    [ -f stones/index.json ] || ./scripts/stones
+    {{venv}}/onix validate {{SCENARIOS}}
+
 # lint
 lint:
     {{venv}}/ruff check onix tests
