@@ -33,6 +33,9 @@ Cache: the result is kept under `work`/<key>/ (root/ and disk.img), where key is
 hash of every input: the repository's signed index and signature, the public key, the
 stone list, the sizes, the command line, boot.conf, the hostname and this module's
 source. A second build with the same inputs copies the cached disk (sparse) to `out`.
+The cache is bounded: after a build, only the CACHE_KEEP most recently used entries
+are kept (use is the mtime of an entry's result.json, touched by every build that takes
+it); older ones (a stone set or an image.py that changed) are removed.
 The cached root/ is read-only by convention: to change an image, clone it
 (`clone_root`), change the clone with onix (transaction.install...), and `make_disk`.
 
@@ -76,6 +79,7 @@ DEFAULT_STONES = ("busybox", "linux", "firmware", "systemd-boot", "onix-exchange
                   "onix-nix-integration", "onix-guest")
 OPTIONAL_STONES = ("onix",)  # added by default_stones() when the repository has them
 USERS = (("root", 0, "/root"), ("alice", 1000, "/home/alice"))
+CACHE_KEEP = 3  # image cache entries kept (most recently used first)
 
 # Validation fixtures (build_image(fixtures=True)), for the scenarios of onix/validate.py:
 NIX_FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "nix"
@@ -168,14 +172,24 @@ def default_stones(repo: Path) -> list[str]:
     return [*DEFAULT_STONES, *(n for n in OPTIONAL_STONES if n in names)]
 
 
-def input_key(*, repo: Path, key: Path, stones: list[str], size: int, esp_size: int,
-              cmdline: list[str], boot_conf: str, hostname: str,
-              fixtures: bool = False) -> str:
+def check_repo(repo: Path, key: Path) -> None:
+    """One clear line when the repository has no signed index or the key is missing."""
     repo = Path(repo)
     for f in ("index.json", "index.json.sig"):
         if not (repo / f).is_file():
             raise OnixError(f"no {f}: not a signed onix repository", path=repo,
                             hint="build it with ./scripts/stones (just stones)")
+    if not Path(key).is_file():
+        raise OnixError("no such public key", path=key,
+                        hint="give the repository's key with --key, or build the stones "
+                             "with ./scripts/stones (just stones), which makes it")
+
+
+def input_key(*, repo: Path, key: Path, stones: list[str], size: int, esp_size: int,
+              cmdline: list[str], boot_conf: str, hostname: str,
+              fixtures: bool = False) -> str:
+    repo = Path(repo)
+    check_repo(repo, key)
     parts = {"format": FORMAT, "index": _sha256(repo / "index.json"),
              "sig": _sha256(repo / "index.json.sig"), "key": Path(key).read_text().strip(),
              "stones": list(stones), "size": size, "esp_size": esp_size,
@@ -609,6 +623,31 @@ def esp_copy_out(disk: Path, dest: Path) -> Path:
 # -- build_image -----------------------------------------------------------------------
 
 
+def prune_cache(work: Path, *, keep: int = CACHE_KEEP, spare: str = "") -> list[str]:
+    """Remove all but the `keep` most recently used image cache entries (never `spare`,
+    the entry in use); returns the removed keys. An entry is renamed away first, so a
+    half-removed one is never taken for a cache hit."""
+    work = Path(work)
+    entries = []
+    for d in work.iterdir() if work.is_dir() else ():
+        r = d / "result.json"
+        if not d.name.startswith(".") and r.is_file():
+            entries.append((r.stat().st_mtime, d))
+    entries.sort(reverse=True)
+    removed = []
+    for _, d in entries[keep:]:
+        if d.name == spare:
+            continue
+        gone = work / f".{d.name}.removing.{os.getpid()}"
+        try:
+            os.rename(d, gone)
+        except OSError:
+            continue
+        shutil.rmtree(gone, ignore_errors=True)
+        removed.append(d.name)
+    return removed
+
+
 def build_image(*, out: Path, repo: Path, key: Path, stones: list[str] | None = None,
                 size: int | str = "2G", esp_size: int | str = "128M",
                 work: Path | None = None, cmdline: list[str] | None = None,
@@ -660,6 +699,8 @@ def build_image(*, out: Path, repo: Path, key: Path, stones: list[str] | None = 
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     meta = json.loads((entry / "result.json").read_text())
+    os.utime(entry / "result.json")  # used now: the cache keeps recently used entries
+    prune_cache(work, keep=CACHE_KEEP, spare=k)
     t = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
