@@ -89,6 +89,9 @@ def test_the_image_boots_to_ready_with_s6_and_nix_daemon(built) -> None:
     assert ready["fstx"] == r.fstx and ready["state"] == str(r.state), ready
     # systemd-boot started the image's entry (LoaderEntrySelected)
     assert ready["entry"].startswith(f"onix-{r.fstx}"), ready
+    # the counted entry (onix's default tries) was blessed before the marker
+    assert "+" in ready["entry"] and ready["blessed"] == "yes", ready
+    assert "onix-guest: NOT ready" not in b.log
     assert "onix-guest: pid1 s6-svscan" in b.log
     svstat = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip()
               for ln in b.lines("onix-guest: svstat ")}
