@@ -862,12 +862,24 @@ def validate_cmd(
         if not json:
             print(msg, flush=True)
 
+    import signal
+
+    def on_term(_sig: int, _frame: object) -> None:  # SIGTERM: stop the VMs like Ctrl-C
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
     try:
         rep = validate.run(scenarios or None, repo=repo, key=key, work=work, timeout=timeout,
                            keep=keep, jobs=jobs, progress=say)
     except OnixError as e:
         error(e.line(), as_json=json, data=e.as_dict())
         raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        error("onix validate: interrupted; every VM was stopped", as_json=json,
+              data={"error": "interrupted", "path": None, "hint": None})
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     if json:
         print_json(rep.as_dict())
     else:

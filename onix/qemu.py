@@ -22,6 +22,18 @@ in a per-machine copy of OVMF_VARS (`new_vars`), kept across boots like NVRAM.
         the tail of the serial log, when QEMU fails, the timeout passes, or the kernel
         panics.
 
+    preflight()
+        OnixError (one line: the tool or file, and the package to install) unless
+        qemu-system-x86_64 and OVMF's code and variable files are there.
+    cancel() / CANCEL
+        every boot in progress (any thread) stops its QEMU at once and raises
+        BootError("cancelled"); `onix validate` calls it on Ctrl-C or SIGTERM. A new
+        boot clears nothing: reset CANCEL before booting again.
+
+No QEMU outlives its boot: `boot` stops it on every way out (timeout, panic, cancel,
+an exception), and each QEMU gets a parent-death signal (PR_SET_PDEATHSIG, SIGKILL),
+so a harness that is killed outright (SIGKILL) takes its VMs with it.
+
 The control port: a second serial port (ttyS1 in the guest) on a Unix socket. The
 ONIX guest (boot/guest/control) reads lines from it: `poweroff` or `reboot` runs its
 clean shutdown. The host writes to it only to stop a guest that stays up.
@@ -38,6 +50,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +61,9 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PANIC = r"Kernel panic - not syncing"
 TAIL_LINES = 40
+CANCEL = threading.Event()  # set: every boot stops its QEMU and raises BootError
+_LIVE: set[subprocess.Popen] = set()  # QEMU processes running now (any thread)
+_LIVE_LOCK = threading.Lock()
 
 
 class BootError(OnixError):
@@ -98,6 +114,43 @@ def accel() -> str:
     except OSError:
         return "tcg"
     return "kvm" if {"vmx", "svm"} & words else "tcg"
+
+
+def _pdeathsig():
+    """A preexec_fn: the child gets SIGKILL when its parent (thread) dies."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def child() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return child
+
+
+_PDEATHSIG = _pdeathsig()
+
+
+def preflight() -> None:
+    """Fail with one clear line before anything is built when QEMU or OVMF is missing."""
+    if shutil.which("qemu-system-x86_64") is None:
+        raise OnixError("qemu-system-x86_64 is not installed", hint="install the Debian "
+                        "package qemu-system-x86 (./scripts/bootstrap does)")
+    _need(OVMF_CODE)
+    _need(OVMF_VARS)
+
+
+def cancel() -> None:
+    """Stop every boot in progress: each stops its QEMU and raises BootError."""
+    CANCEL.set()
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for p in live:
+        if p.poll() is None:
+            p.kill()
 
 
 def _need(path: Path) -> Path:
@@ -201,9 +254,16 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
     start = time.monotonic()
     with open(err_path, "wb") as err:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=_PDEATHSIG)
+    with _LIVE_LOCK:
+        _LIVE.add(p)
     try:
         while True:
+            if CANCEL.is_set():
+                _stop(p)
+                raise BootError(f"cancelled after {time.monotonic() - start:.1f} s",
+                                log_path=log, log=_read(log),
+                                seconds=time.monotonic() - start)
             done = p.poll() is not None
             text = _read(log)
             took = time.monotonic() - start
@@ -238,5 +298,7 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
             time.sleep(0.1)
     finally:
         _stop(p)
+        with _LIVE_LOCK:
+            _LIVE.discard(p)
         if p.returncode == 0 or p.returncode == -signal.SIGTERM:
             err_path.unlink(missing_ok=True)

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -241,9 +242,9 @@ boot 2
 step state-3-up       {STATE_IS.format(3)}
 {check}
 step more-states      onix remove onix-test-extra && onix remove onix-test-hello
-step make-garbage     echo garbage > /run/garbage && nix-store --add /run/garbage
+step make-garbage-2   echo garbage2 > /run/garbage && nix-store --add /run/garbage
 step gc-then-prune    {NIX} store gc > /run/gc 2>&1 && onix prune --keep 1 > /run/p 2>&1; rc=$?; cat /run/gc /run/p; test $rc = 0
-step both-did-work    grep -qx '/nix: untouched' /run/p && grep -q '^removed states: 3, 4' /run/p && grep -q "deleting '/nix/store/[a-z0-9]*-garbage'" /run/gc
+step both-did-work-2  grep -qx '/nix: untouched' /run/p && grep -q '^removed states: 3, 4' /run/p && grep -q "deleting '/nix/store/[a-z0-9]*-garbage'" /run/gc
 then reboot
 boot 3
 step state-5-up       {STATE_IS.format(5)} && test ! -e /usr/share/onix-test/hello
@@ -381,47 +382,83 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
     return out
 
 
+def new_run_dir(work: Path) -> Path:
+    """A run's own directory under work: run-<date>-<random>, never shared with another
+    run started in the same second (concurrent `onix validate` runs)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=work))
+
+
+# what a failed scenario keeps without --keep: its logs, not its disk (GiBs) or NVRAM
+BULKY = ("disk.img", "OVMF_VARS.fd")
+
+
 def run(names: list[str] | None = None, *, repo: Path | None = None, key: Path | None = None,
         work: Path | None = None, timeout: float = 300, keep: bool = False, jobs: int = 2,
         progress: Callable[[str], None] | None = None) -> Report:
+    """Run the scenarios. On any way out (an error, Ctrl-C) every QEMU is stopped
+    (qemu.cancel) and, without keep, the base image and the disks are removed."""
     say = progress or (lambda _m: None)
     chosen = select(names)
     t0 = time.monotonic()
     repo = Path(repo or PROJECT / "stones")
     key = Path(key or PROJECT / ".cache" / "keys" / "local.pub")
     work = Path(work or image.default_work().parent / "validate")
-    run_dir = work / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
     todo = [s for s in chosen if s.built]
+    if todo:  # one clear line before anything is built or booted
+        qemu.preflight()
+        image.check_repo(repo, key)
+    qemu.CANCEL.clear()
+    run_dir = new_run_dir(work)
     img: dict = {}
     base = run_dir / "base.img"
-    if todo:
-        say("building the base image (cached by its inputs)")
-        r = image.build_image(out=base, repo=repo, key=key, boot_conf=BOOT_CONF, fixtures=True,
-                              progress=say)
-        img = {"key": r.key, "state": r.state, "fstx": r.fstx, "cached": r.cached,
-               "seconds": r.seconds}
-        say(f"base image {r.key}: state {r.state} fstx {r.fstx}"
-            + (" (cached)" if r.cached else ""))
     results: dict[str, Outcome] = {}
+    finished = False
+    try:
+        if todo:
+            say("building the base image (cached by its inputs)")
+            r = image.build_image(out=base, repo=repo, key=key, boot_conf=BOOT_CONF,
+                                  fixtures=True, progress=say)
+            img = {"key": r.key, "state": r.state, "fstx": r.fstx, "cached": r.cached,
+                   "seconds": r.seconds}
+            say(f"base image {r.key}: state {r.state} fstx {r.fstx}"
+                + (" (cached)" if r.cached else ""))
 
-    def one(sc: Scenario) -> Outcome:
-        say(f"{sc.name}: starting ({len(sc.boots)} boots)")
+        def one(sc: Scenario) -> Outcome:
+            say(f"{sc.name}: starting ({len(sc.boots)} boots)")
+            try:
+                o = run_one(sc, base=base, fstx1=img["fstx"], work=run_dir / sc.name,
+                            timeout=timeout, say=say)
+            except OnixError as e:  # the harness itself failed (a disk it could not read...)
+                o = Outcome(sc.name, sc.number, sc.title, "FAILED", problems=[e.line()],
+                            work=str(run_dir / sc.name))
+            say(f"{sc.name}: {o.result} ({o.boots} boots, {o.seconds:.0f} s)")
+            return o
+
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
         try:
-            o = run_one(sc, base=base, fstx1=img["fstx"], work=run_dir / sc.name,
-                        timeout=timeout, say=say)
-        except OnixError as e:  # the harness itself failed (a disk it could not read...)
-            o = Outcome(sc.name, sc.number, sc.title, "FAILED", problems=[e.line()],
-                        work=str(run_dir / sc.name))
-        say(f"{sc.name}: {o.result} ({o.boots} boots, {o.seconds:.0f} s)")
-        return o
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for o in pool.map(one, todo):
-            results[o.name] = o
+            futs = [pool.submit(one, sc) for sc in todo]
+            while not all(f.done() for f in futs):  # short waits: Ctrl-C gets through
+                wait(futs, timeout=0.5)
+            for f in futs:
+                o = f.result()
+                results[o.name] = o
+        except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt), a bug
+            qemu.cancel()  # every running boot kills its QEMU and returns
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        finished = True
+    finally:
+        base.unlink(missing_ok=True)
+        if not keep:
+            for d in run_dir.iterdir() if run_dir.is_dir() else ():
+                for f in BULKY:
+                    (d / f).unlink(missing_ok=True)
+            if not finished and not any(run_dir.glob("*/boot*.log")):
+                shutil.rmtree(run_dir, ignore_errors=True)
     outcomes = [results.get(s.name) or Outcome(s.name, s.number, s.title, "not built",
                                                reason=s.reason) for s in chosen]
-    base.unlink(missing_ok=True)
     if not keep:
         for o in outcomes:
             if o.result == "passed" and o.work:

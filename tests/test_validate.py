@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,218 @@ def test_onix_validate_runs_every_scenario(tmp_path: Path) -> None:
                   for s in rep["scenarios"]]))
     for name in want:
         assert any(f" {name} " in f" {line} " for line in table), table
+
+
+# -- the harness's robustness (fast: no VM; a fake qemu-system-x86_64 where one runs) ----
+
+FAKE_QEMU = """#!/bin/sh
+# a QEMU that prints a firmware line on its serial file and then hangs
+while [ $# -gt 0 ]; do case $1 in -serial) log=${2#file:}; shift ;; esac; shift; done
+echo "fake firmware: hanging now" >> "$log"
+echo $$ >> "$log.pids"
+exec sleep 1000
+"""
+
+
+def _fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    q = bin_ / "qemu-system-x86_64"
+    q.write_text(FAKE_QEMU)
+    q.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")
+    return bin_
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _pids(log: Path) -> list[int]:
+    f = log.with_name(log.name + ".pids")
+    return [int(x) for x in f.read_text().split()] if f.exists() else []
+
+
+def _needs_ovmf() -> None:
+    for p in (qemu.OVMF_CODE, qemu.OVMF_VARS):
+        if not p.is_file():
+            pytest.skip(f"{p} is missing: run ./scripts/bootstrap (ovmf)")
+
+
+def test_run_dirs_of_concurrent_runs_never_collide(tmp_path: Path) -> None:
+    # two runs started in the same second used one run-<date> directory (base.img too)
+    dirs = {validate.new_run_dir(tmp_path) for _ in range(5)}
+    assert len(dirs) == 5 and all(d.is_dir() and d.parent == tmp_path for d in dirs)
+
+
+def test_a_hanging_boot_is_killed_and_reports_the_serial_tail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_ovmf()
+    _fake_qemu(tmp_path, monkeypatch)
+    log = tmp_path / "boot1.log"
+    with pytest.raises(qemu.BootError) as e:
+        qemu.boot(tmp_path / "disk.img", log=log, vars_fd=tmp_path / "vars", timeout=1.5)
+    assert "did not finish within 1.5 s" in str(e.value)
+    assert "fake firmware: hanging now" in e.value.tail
+    pids = _pids(log)
+    assert pids and not any(_alive(p) for p in pids)
+
+
+def test_cancel_stops_every_boot_in_progress(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    _needs_ovmf()
+    _fake_qemu(tmp_path, monkeypatch)
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            qemu.boot(tmp_path / "disk.img", log=tmp_path / f"b{i}.log",
+                      vars_fd=tmp_path / "vars", timeout=120)
+        except qemu.BootError as e:
+            errors.append(e)
+
+    qemu.CANCEL.clear()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+                _pids(tmp_path / f"b{i}.log") for i in range(2)):
+            time.sleep(0.05)
+        qemu.cancel()
+        for t in threads:
+            t.join(timeout=10)
+    finally:
+        qemu.CANCEL.clear()
+    assert len(errors) == 2 and all("cancelled" in str(e) for e in errors)
+    pids = [p for i in range(2) for p in _pids(tmp_path / f"b{i}.log")]
+    assert len(pids) == 2 and not any(_alive(p) for p in pids)
+
+
+def _fake_repo(tmp_path: Path) -> tuple[Path, Path]:
+    repo = tmp_path / "stones"
+    repo.mkdir()
+    (repo / "index.json").write_text('{"stones": []}')
+    (repo / "index.json.sig").write_text("sig")
+    key = tmp_path / "local.pub"
+    key.write_text("key")
+    return repo, key
+
+
+def test_ctrl_c_stops_the_vms_and_leaves_no_disks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import threading
+
+    _needs_ovmf()
+    _fake_qemu(tmp_path, monkeypatch)
+    repo, key = _fake_repo(tmp_path)
+    work = tmp_path / "work"
+    logs: list[Path] = []
+
+    def fake_build(*, out: Path, **_kw: object) -> object:
+        Path(out).write_bytes(b"base")
+        return type("R", (), {"key": "k", "state": 1, "fstx": "1-ab", "cached": True,
+                              "seconds": {}})()
+
+    def fake_run_one(sc: validate.Scenario, *, work: Path, **_kw: object) -> validate.Outcome:
+        work.mkdir(parents=True)
+        (work / "disk.img").write_bytes(b"disk")
+        logs.append(work / "boot1.log")
+        qemu.boot(work / "disk.img", log=work / "boot1.log", vars_fd=work / "vars",
+                  timeout=120)
+        raise AssertionError("the boot was not stopped")
+
+    monkeypatch.setattr(validate.image, "build_image", fake_build)
+    monkeypatch.setattr(validate, "run_one", fake_run_one)
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        validate.run(["rollback", "boot-menu", "failed-boot"], repo=repo, key=key,
+                     work=work, jobs=2)
+    assert time.monotonic() - t0 < 15
+    pids = [p for log in logs for p in _pids(log)]
+    assert len(pids) == 2 and not any(_alive(p) for p in pids)  # the third never started
+    assert not list(work.rglob("*.img"))  # no base image, no scenario disk
+    assert list(work.rglob("boot1.log"))  # the logs stay
+    qemu.CANCEL.clear()
+
+
+def test_missing_tools_and_inputs_are_one_line_before_anything_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(**_kw: object) -> None:
+        raise AssertionError("built an image before checking the tools")
+
+    monkeypatch.setattr(validate.image, "build_image", no_build)
+    repo, key = _fake_repo(tmp_path)
+    # QEMU missing
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(OnixError) as e:
+        validate.run(["rollback"], repo=repo, key=key, work=tmp_path / "w")
+    assert e.value.line() == ("qemu-system-x86_64 is not installed; install the Debian package "
+                              "qemu-system-x86 (./scripts/bootstrap does)")
+    # OVMF missing
+    _fake_qemu(tmp_path, monkeypatch)
+    monkeypatch.setattr(qemu, "OVMF_CODE", tmp_path / "OVMF_CODE_4M.fd")
+    with pytest.raises(OnixError) as e:
+        validate.run(["rollback"], repo=repo, key=key, work=tmp_path / "w")
+    assert e.value.line().startswith(f"{tmp_path / 'OVMF_CODE_4M.fd'}: is missing; ")
+    assert "ovmf" in e.value.line()
+    monkeypatch.undo()
+    monkeypatch.setattr(validate.image, "build_image", no_build)
+    _needs_ovmf()
+    (tmp_path / "q").mkdir()
+    _fake_qemu(tmp_path / "q", monkeypatch)
+    # a stones dir without an index, and a missing key
+    empty = tmp_path / "nostones"
+    empty.mkdir()
+    with pytest.raises(OnixError) as e:
+        validate.run(["rollback"], repo=empty, key=key, work=tmp_path / "w")
+    assert e.value.line() == (f"{empty}: no index.json: not a signed onix repository; "
+                              "build it with ./scripts/stones (just stones)")
+    with pytest.raises(OnixError) as e:
+        validate.run(["rollback"], repo=repo, key=tmp_path / "nokey.pub", work=tmp_path / "w")
+    assert e.value.line().startswith(f"{tmp_path / 'nokey.pub'}: no such public key; ")
+    assert not list((tmp_path / "w").glob("run-*"))  # no run directory left behind
+
+
+def test_the_cli_says_one_line_for_a_stones_dir_without_index(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "onix", "validate", "rollback", "--repo",
+                        str(tmp_path), "--work", str(tmp_path / "w"), "--json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    if "qemu-system-x86_64 is not installed" in r.stderr or "is missing" in r.stderr:
+        pytest.skip("QEMU or OVMF is not installed here")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: no index.json: not a signed onix repository; "
+        "build it with ./scripts/stones (just stones)"]
+    assert json.loads(r.stdout)["path"] == str(tmp_path)
+
+
+def test_no_step_name_twice_in_one_boot() -> None:
+    # a step's output is results/<N>.d/NAME.log: a repeated name overwrote the first's
+    for sc in validate.scenarios():
+        for part in sc.plan.split("\nboot ")[1:]:
+            names = [ln.split()[1] for ln in part.splitlines() if ln.startswith("step ")]
+            assert len(names) == len(set(names)), (sc.name, names)
+
+
+def test_the_image_cache_keeps_the_most_recently_used_entries(tmp_path: Path) -> None:
+    for name in ["old", "older", "new", "newer", "inuse"]:
+        d = tmp_path / name
+        (d / "root").mkdir(parents=True)
+        (d / "result.json").write_text("{}")
+        t = {"older": 1000, "old": 2000, "new": 3000, "newer": 4000, "inuse": 500}[name]
+        os.utime(d / "result.json", (t, t))
+    (tmp_path / ".abc.123.tmp").mkdir()  # a build in progress is not an entry
+    removed = image.prune_cache(tmp_path, keep=2, spare="inuse")
+    assert sorted(removed) == ["old", "older"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".abc.123.tmp", "inuse", "new",
+                                                          "newer"]
