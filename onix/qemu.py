@@ -209,19 +209,28 @@ def _stop(p: subprocess.Popen) -> None:
 
 def _ask(p: subprocess.Popen, control: Path, what: str, wait: float) -> bool:
     """Ask the guest over the control port to `what` (poweroff, reboot); True if QEMU
-    then exits within `wait` seconds (-no-reboot: a reboot ends it too)."""
+    then exits within `wait` seconds (-no-reboot: a reboot ends it too).
+
+    The request is sent again every 2 s until QEMU exits: the guest prints its ready
+    marker before it listens on the port, and a line sent before it opens ttyS1 is
+    lost (the first boot of test_image ended in a kill that way)."""
+    deadline = time.monotonic() + wait
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
             c.settimeout(5)
             c.connect(str(control))
-            c.sendall(f"{what}\n".encode())
-            try:
-                p.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
+            while True:
+                if CANCEL.is_set():
+                    return False
+                c.sendall(f"{what}\n".encode())
+                try:
+                    p.wait(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                    return True
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        return False
     except OSError:
-        return False
+        return p.poll() is not None  # the guest went down as the socket closed
 
 
 def boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float = 60,
