@@ -36,7 +36,8 @@ so a harness that is killed outright (SIGKILL) takes its VMs with it.
 
 The control port: a second serial port (ttyS1 in the guest) on a Unix socket. The
 ONIX guest (boot/guest/control) reads lines from it: `poweroff` or `reboot` runs its
-clean shutdown. The host writes to it only to stop a guest that stays up.
+clean shutdown. The host writes to it only to stop a guest that stays up, and repeats
+the line every 2 s until QEMU exits (a line sent before the guest listens is lost).
 
 Debian packages: qemu-system-x86, ovmf.
 """
