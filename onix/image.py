@@ -86,6 +86,15 @@ NIX_FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "nix"
 NIX_FIXTURES_AT = "srv/onix-nix"  # the local flake `nixpkgs` and its registry.json
 TEST_REPO_AT = "srv/onix-repo"  # a signed repository of the tiny TEST_STONES
 TEST_REPO_NAME = "test"
+# Scenario 4 (mesa-rollback), only when the repository holds both Mesa sets (their
+# manifests and every stone they list): each set's stone files in /srv/onix-mesa/<dir>/
+# (with a `files` list), and the "GUI app" (tests/data/gui-app) as a registered store
+# path in the image's /nix/store, GC-rooted by /nix/var/nix/gcroots/onix-egl-frame; its
+# store path is in /srv/onix-mesa/app.
+MESA_AT = "srv/onix-mesa"
+MESA_SETS = {"22": "22.3.6", "25": "25.0.7"}  # dir -> Mesa version (manifest mesa-V-1)
+GUI_APP = Path(__file__).resolve().parent.parent / "tests" / "data" / "gui-app"
+GUI_APP_NAME = "egl-frame-1.0"
 # Offline Nix for the guest (no network): a local edit of /etc/nix/nix.conf, which onix
 # keeps and reports as drift (docs/nix-plane.md); the same words tests/data/nix/nix-test.conf
 # appends in the namespace tests.
@@ -201,10 +210,96 @@ def input_key(*, repo: Path, key: Path, stones: list[str], size: int, esp_size: 
 
 def _fixtures_hash() -> str:
     h = hashlib.sha256(json.dumps(TEST_STONES, sort_keys=True).encode())
-    for p in sorted(NIX_FIXTURES.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(NIX_FIXTURES)).encode() + b"\0" + p.read_bytes())
+    for top in (NIX_FIXTURES, GUI_APP):
+        for p in sorted(top.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(top.parent)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
+
+
+def mesa_sets(repo: Path) -> dict[str, list[str]] | None:
+    """{dir: [stone file, ...]} of both Mesa sets (MESA_SETS) when the repository holds
+    their manifests and every stone they list; None otherwise."""
+    out: dict[str, list[str]] = {}
+    for d, v in MESA_SETS.items():
+        m = Path(repo) / f"mesa-{v}-1.manifest.json"
+        try:
+            files = [s["file"] for s in json.loads(m.read_text())["stones"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not files or not all((Path(repo) / f).is_file() for f in files):
+            return None
+        out[d] = files
+    return out
+
+
+def _glvnd_from_stone(stone: Path, dest: Path) -> None:
+    """glvnd's libEGL.so.1 and libGLdispatch.so.0 (symlinks followed) out of a mesa stone."""
+    from onix.layout import FILE, SYMLINK
+    from onix.stone import Stone
+
+    libdir = "lib/x86_64-linux-gnu/"
+    want = {"libEGL.so.1", "libGLdispatch.so.0"}
+    with Stone(stone) as s:
+        by = {e.path: e for e in s.layout}
+        digests: dict[str, str] = {}
+        for name in want:
+            e = by.get(libdir + name)
+            for _ in range(8):
+                if e is None or e.kind != SYMLINK:
+                    break
+                t = e.target
+                e = by.get(t.lstrip("/").removeprefix("usr/") if t.startswith("/")
+                           else libdir + t)
+            if e is None or e.kind != FILE:
+                raise OnixError(f"the mesa stone has no {name}", path=stone)
+            digests[e.digest] = name
+        dest.mkdir(parents=True, exist_ok=True)
+        for digest, _n, chunks in s.contents():
+            data = b"".join(chunks)
+            if digest in digests:
+                (dest / digests[digest]).write_bytes(data)
+    if not all((dest / n).is_file() for n in want):
+        raise OnixError("could not read glvnd out of the mesa stone", path=stone)
+
+
+def add_mesa(root: Path, repo: Path, sets: dict[str, list[str]]) -> str:
+    """Scenario 4's fixtures (see MESA_AT); returns the app's store path."""
+    root, repo = Path(root), Path(repo)
+    srv = root / MESA_AT
+    for d, files in sets.items():
+        (srv / d).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            other = next((srv / o / f for o in sets if (srv / o / f).is_file()), None)
+            if other is not None:  # in both sets (libLLVM-15...): one copy, linked
+                os.link(other, srv / d / f)
+            else:
+                shutil.copyfile(repo / f, srv / d / f)
+                os.chmod(srv / d / f, 0o644)
+        (srv / d / "files").write_text("".join(f"{f}\n" for f in files))
+    scratch = root.parent / ".gui-app"
+    try:
+        mesa22 = next(f for f in sets["22"] if f.startswith("mesa-"))
+        _glvnd_from_stone(repo / mesa22, scratch / "glvnd")
+        app = scratch / GUI_APP_NAME
+        proc.run([proc.which("sh", package="dash"), str(GUI_APP / "build.sh"), str(app),
+                  str(scratch / "glvnd")], timeout=300)
+        nix_store = proc.which("nix-store", package="nix-bin")
+        r = proc.run([nix_store, "--store", f"local?root={root}", "--add", str(app)],
+                     timeout=300)
+        path = r.stdout.decode().strip().splitlines()[-1]
+    finally:
+        if scratch.exists():
+            subprocess.run(["chmod", "-R", "u+w", str(scratch)], check=False)
+            shutil.rmtree(scratch, ignore_errors=True)
+    if not path.startswith("/nix/store/") or not (root / path.lstrip("/")).is_dir():
+        raise OnixError(f"nix-store --add gave {path!r}", path=root)
+    gcroots = root / "nix/var/nix/gcroots"
+    gcroots.mkdir(parents=True, exist_ok=True)
+    (gcroots / "onix-egl-frame").unlink(missing_ok=True)
+    os.symlink(path, gcroots / "onix-egl-frame")
+    (srv / "app").write_text(path + "\n")
+    return path
 
 
 # -- the image root --------------------------------------------------------------------
@@ -258,6 +353,9 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
         nixplane.seed_session(s, runtime=True)
     if fixtures:
         add_fixtures(root, keydir=Path(fixtures_keydir or root.parent))
+        sets = mesa_sets(repo)
+        if sets:
+            add_mesa(root, repo, sets)
     return result
 
 

@@ -19,10 +19,12 @@ The plan format (boot/guest/validate reads it; docs/validation.md):
 
 `@FSTX1@` in a plan is replaced by the base image's fstx (state 1's) before it is written.
 
-Scenarios (the issue's numbers): 1 nix-profile, 2 rollback, 3 prune-gc, 5 boot-menu,
-6 failed-boot; 4 mesa-rollback is listed as not built (no Mesa stones, no EGL app).
+Scenarios (the issue's numbers): 1 nix-profile, 2 rollback, 3 prune-gc, 4 mesa-rollback,
+5 boot-menu, 6 failed-boot. 4 needs both Mesa sets in the repository (their manifests
+and stones: onix.image.mesa_sets; the image then carries them and the EGL app, see
+onix.image.add_mesa); without them it is listed as `not built`, with the reason.
 
-    scenarios() -> list[Scenario]                    every scenario, in table order
+    scenarios(repo) -> list[Scenario]                every scenario, in table order
     run(names, *, repo, key, work, timeout, keep, jobs, progress) -> Report
     format_table(report) -> list[str]
 """
@@ -255,20 +257,62 @@ then poweroff
                     plan, [Expect(1), Expect(3), Expect(5)])
 
 
-def _mesa() -> Scenario:
-    return Scenario("mesa-rollback", 4, "Mesa rollback with a Nix EGL app", built=False,
-                    reason="no Mesa 22.3.6/25.0.7 stones and no EGL app in the image's /nix "
-                           "yet (needs recipes for Debian's Mesa and an offscreen GUI fixture)")
+MESA_NOT_BUILT = ("the repository has no Mesa 22.3.6/25.0.7 stones (mesa-22.3.6-1 and "
+                  "mesa-25.0.7-1 manifests and their stones: recipes/mesa.yaml and "
+                  "recipes/mesa-25.yaml, built by ./scripts/stones)")
+# the GUI app as alice: its store path from the image (onix.image.add_mesa), llvmpipe
+APP = (f"{ALICE} 'LIBGL_ALWAYS_SOFTWARE=1 $(cat /{image.MESA_AT}/app)/bin/egl-frame'")
 
 
-def scenarios() -> list[Scenario]:
-    """Every scenario, in the order of the table (the issue's numbers)."""
-    return sorted([_nix_profile(), _rollback(), _prune_gc(), _mesa(), _boot_menu(),
+def _app(name: str, version: str) -> str:
+    out = f"{SAVED}/{name}"
+    return (f"step {name:<16} {APP} > {out} 2>&1; rc=$?; cat {out}; test $rc = 0 && "
+            f"grep -q '^version=.*Mesa {version}' {out} && grep -qx probe=ok {out} && "
+            f"grep -q '^driver=/run/opengl-driver/lib/' {out}")
+
+
+COHERENT = "onix status > /run/status 2>&1; cat /run/status; grep -qx 'opengl: coherent' /run/status"
+
+
+def _mesa(repo: Path | None = None) -> Scenario:
+    if repo is None or image.mesa_sets(repo) is None:
+        return Scenario("mesa-rollback", 4, "Mesa rollback with a Nix EGL app", built=False,
+                        reason=MESA_NOT_BUILT)
+    mesa = f"/{image.MESA_AT}"
+    plan = f"""\
+# 4. mesa-rollback: Mesa 22.3.6, then 25.0.7, then onix rollback; the Nix app follows
+boot 1
+step install-22       onix install {mesa}/22/*.stone
+{_app('app-22', '22.3.6')}
+step coherent-22      {COHERENT}
+step install-25       onix install {mesa}/25/*.stone
+{_app('app-25', '25.0.7')}
+step coherent-25      {COHERENT}
+step rollback         onix rollback > /run/rb 2>&1; rc=$?; cat /run/rb; test $rc = 0 && grep -qx '/nix: untouched' /run/rb
+{_app('app-back', '22.3.6')}
+step coherent-back    {COHERENT}
+then reboot
+boot 2
+step state-2-up       {STATE_IS.format(2)}
+{_app('app-boot2', '22.3.6')}
+step coherent-boot2   {COHERENT}
+step app-in-store     p=$(cat {mesa}/app) && nix-store --verify-path "$p" && nix-store -q --roots "$p" | tee /run/roots && grep -q '^/nix/var/nix/gcroots/onix-egl-frame ' /run/roots
+step same-pixels      grep -h '^pixels=' {SAVED}/app-22 {SAVED}/app-25 {SAVED}/app-back {SAVED}/app-boot2 | sort -u | wc -l | grep -qx 1
+then poweroff
+"""
+    return Scenario("mesa-rollback", 4, "Mesa 25.0.7, rollback to 22.3.6: the Nix app follows",
+                    plan, [Expect(1), Expect(2)])
+
+
+def scenarios(repo: Path | None = None) -> list[Scenario]:
+    """Every scenario, in the order of the table (the issue's numbers). mesa-rollback is
+    built only when `repo` holds both Mesa sets (onix.image.mesa_sets)."""
+    return sorted([_nix_profile(), _rollback(), _prune_gc(), _mesa(repo), _boot_menu(),
                    _failed_boot()], key=lambda s: s.number)
 
 
-def select(names: list[str] | None) -> list[Scenario]:
-    allof = scenarios()
+def select(names: list[str] | None, repo: Path | None = None) -> list[Scenario]:
+    allof = scenarios(repo)
     if not names:
         return allof
     by = {s.name: s for s in allof} | {str(s.number): s for s in allof}
@@ -399,9 +443,9 @@ def run(names: list[str] | None = None, *, repo: Path | None = None, key: Path |
     """Run the scenarios. On any way out (an error, Ctrl-C) every QEMU is stopped
     (qemu.cancel) and, without keep, the base image and the disks are removed."""
     say = progress or (lambda _m: None)
-    chosen = select(names)
     t0 = time.monotonic()
     repo = Path(repo or PROJECT / "stones")
+    chosen = select(names, repo)
     key = Path(key or PROJECT / ".cache" / "keys" / "local.pub")
     work = Path(work or image.default_work().parent / "validate")
     todo = [s for s in chosen if s.built]

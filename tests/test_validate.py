@@ -4,8 +4,12 @@ The scenarios (onix/validate.py, docs/validation.md) boot a copy of the validati
 in QEMU under OVMF with systemd-boot, several times each, and read the results back from
 the disk. This test runs the whole suite once (two VMs at a time, about 5 minutes under
 TCG on 2 cores), then checks the table: every scenario is there, the implemented ones
-passed with the boots they need, and scenario 4 (Mesa) is listed as not built, with its
-reason, and never as passed.
+passed with the boots they need. Scenario 4 (mesa-rollback) must pass when the repository
+holds both Mesa sets (recipes/mesa.yaml, recipes/mesa-25.yaml: their manifests and
+stones); without them it is listed as not built, with its reason, and never as passed.
+
+ONIX_VALIDATE_REPO and ONIX_VALIDATE_KEY run the suite against another signed repository
+than stones/ (e.g. one that adds the Mesa stones).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from onix import image, qemu, validate
 from onix.errors import OnixError
 
 REPO = Path(__file__).resolve().parent.parent
-STONES = REPO / "stones"
-PUB = REPO / ".cache" / "keys" / "local.pub"
+STONES = Path(os.environ.get("ONIX_VALIDATE_REPO") or REPO / "stones")
+PUB = Path(os.environ.get("ONIX_VALIDATE_KEY") or REPO / ".cache" / "keys" / "local.pub")
 NEEDED = {*image.DEFAULT_STONES, "onix", "python"}
 
 
@@ -86,15 +90,15 @@ def test_onix_validate_runs_every_scenario(tmp_path: Path) -> None:
         pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if k != "ONIX_FAULT"}
     r = subprocess.run([sys.executable, "-m", "onix", "validate", "--work", str(tmp_path),
-                        "--json"], capture_output=True, text=True, cwd=REPO, env=env,
-                       timeout=1500)
+                        "--repo", str(STONES), "--key", str(PUB), "--json"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=1500)
     assert r.stdout.strip(), r.stderr
     rep = json.loads(r.stdout)
     by = {s["name"]: s for s in rep["scenarios"]}
     print("\n" + "\n".join(f"{s['number']} {s['name']}: {s['result']}, {s['boots']} boots, "
                            f"{s['seconds']} s" for s in rep["scenarios"]))
     print(f"total {rep['seconds']} s ({rep['accel']})")
-    want = {s.name: s for s in validate.scenarios()}
+    want = {s.name: s for s in validate.scenarios(STONES)}
     assert set(by) == set(want)  # the table has every scenario
     for name, sc in want.items():
         got = by[name]
@@ -104,7 +108,11 @@ def test_onix_validate_runs_every_scenario(tmp_path: Path) -> None:
             assert not got["problems"], got["problems"]
         else:
             assert got["result"] == "not built" and got["reason"], got
-    assert by["mesa-rollback"]["result"] == "not built"
+    mesa = by["mesa-rollback"]
+    if image.mesa_sets(STONES) is not None:
+        assert mesa["result"] == "passed" and mesa["boots"] == 2, mesa
+    else:
+        assert mesa["result"] == "not built" and "Mesa" in mesa["reason"], mesa
     assert rep["ok"] and r.returncode == 0, r.stderr
     # a passing run cleans up after itself (no --keep)
     assert not any(tmp_path.glob("run-*/*/disk.img"))
@@ -311,9 +319,38 @@ def test_the_cli_says_one_line_for_a_stones_dir_without_index(tmp_path: Path) ->
     assert json.loads(r.stdout)["path"] == str(tmp_path)
 
 
-def test_no_step_name_twice_in_one_boot() -> None:
+def _fake_mesa_repo(tmp_path: Path) -> Path:
+    """A directory that holds both Mesa sets' manifests and (empty) stone files."""
+    for v in image.MESA_SETS.values():
+        files = [f"mesa-{v}-1-x86_64.stone", "libdrm2-x-1-x86_64.stone"]
+        (tmp_path / f"mesa-{v}-1.manifest.json").write_text(json.dumps(
+            {"name": "mesa", "stones": [{"name": f.split("-")[0], "file": f} for f in files]}))
+        for f in files:
+            (tmp_path / f).write_bytes(b"")
+    return tmp_path
+
+
+def test_mesa_rollback_is_built_only_with_both_mesa_sets(tmp_path: Path) -> None:
+    assert image.mesa_sets(tmp_path) is None
+    assert not validate.select(["mesa-rollback"], tmp_path)[0].built
+    repo = _fake_mesa_repo(tmp_path)
+    assert image.mesa_sets(repo) == {d: [f"mesa-{v}-1-x86_64.stone", "libdrm2-x-1-x86_64.stone"]
+                                     for d, v in image.MESA_SETS.items()}
+    sc = validate.select(["4"], repo)[0]
+    assert sc.built and [e.state for e in sc.boots] == [1, 2]
+    # installed by files (the manifests' exact stones), never by name
+    assert "onix install /srv/onix-mesa/22/*.stone" in sc.plan
+    assert "onix install /srv/onix-mesa/25/*.stone" in sc.plan
+    steps = [ln.split()[1] for ln in sc.plan.splitlines() if ln.startswith("step ")]
+    assert steps.index("app-25") < steps.index("rollback") < steps.index("app-back")
+    assert "grep -qx '/nix: untouched' /run/rb" in sc.plan
+    (repo / "libdrm2-x-1-x86_64.stone").unlink()  # a set without all its stones: not built
+    assert image.mesa_sets(repo) is None
+
+
+def test_no_step_name_twice_in_one_boot(tmp_path: Path) -> None:
     # a step's output is results/<N>.d/NAME.log: a repeated name overwrote the first's
-    for sc in validate.scenarios():
+    for sc in validate.scenarios(_fake_mesa_repo(tmp_path)):
         for part in sc.plan.split("\nboot ")[1:]:
             names = [ln.split()[1] for ln in part.splitlines() if ln.startswith("step ")]
             assert len(names) == len(set(names)), (sc.name, names)
