@@ -871,12 +871,12 @@ def validate_cmd(
     try:
         rep = validate.run(scenarios or None, repo=repo, key=key, work=work, timeout=timeout,
                            keep=keep, jobs=jobs, progress=say)
-    except OnixError as e:
-        error(e.line(), as_json=json, data=e.as_dict())
+    except OnixError as e:  # stopped before a table: the JSON still has its shape
+        error(e.line(), as_json=json, data={**validate.empty_report(), **e.as_dict()})
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         error("onix validate: interrupted; every VM was stopped", as_json=json,
-              data={"error": "interrupted", "path": None, "hint": None})
+              data={**validate.empty_report(), "error": "interrupted"})
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old_term)

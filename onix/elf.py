@@ -596,8 +596,8 @@ def split_debug(*, tree: Path, debug_tree: Path, paths: Iterable[str]) -> DebugS
     Deterministic: the same input files give the same stripped files and debug files.
     """
     tree, debug_tree = Path(tree), Path(debug_tree)
-    objcopy = which("objcopy", package="binutils")
-    strip = which("strip", package="binutils")
+    objcopy = which("objcopy")
+    strip = which("strip")
     written: set[str] = set()
     no_build_id: list[str] = []
     stripped: list[str] = []

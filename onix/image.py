@@ -282,15 +282,15 @@ def add_mesa(root: Path, repo: Path, sets: dict[str, list[str]]) -> str:
         mesa22 = next(f for f in sets["22"] if f.startswith("mesa-"))
         _glvnd_from_stone(repo / mesa22, scratch / "glvnd")
         app = scratch / GUI_APP_NAME
-        proc.run([proc.which("sh", package="dash"), str(GUI_APP / "build.sh"), str(app),
+        proc.run([proc.which("sh"), str(GUI_APP / "build.sh"), str(app),
                   str(scratch / "glvnd")], timeout=300)
-        nix_store = proc.which("nix-store", package="nix-bin")
+        nix_store = proc.which("nix-store")
         r = proc.run([nix_store, "--store", f"local?root={root}", "--add", str(app)],
                      timeout=300)
         path = r.stdout.decode().strip().splitlines()[-1]
     finally:
         if scratch.exists():
-            subprocess.run(["chmod", "-R", "u+w", str(scratch)], check=False)
+            proc.run(["chmod", "-R", "u+w", str(scratch)], check=False)
             shutil.rmtree(scratch, ignore_errors=True)
     if not path.startswith("/nix/store/") or not (root / path.lstrip("/")).is_dir():
         raise OnixError(f"nix-store --add gave {path!r}", path=root)
@@ -437,8 +437,8 @@ def _mtools_env() -> dict[str, str]:
 
 def make_esp(src: Path, img: Path, *, size: int) -> Path:
     """A FAT32 file system holding src's files (mformat + mcopy: nothing mounted)."""
-    mformat = proc.which("mformat", package="mtools")
-    mcopy = proc.which("mcopy", package="mtools")
+    mformat = proc.which("mformat")
+    mcopy = proc.which("mcopy")
     img.unlink(missing_ok=True)
     with open(img, "wb") as f:
         f.truncate(size)
@@ -452,7 +452,7 @@ def make_esp(src: Path, img: Path, *, size: int) -> Path:
 
 def make_ext4(src: Path, img: Path, *, size: int) -> Path:
     """An ext4 file system holding the tree at src (mkfs.ext4 -d: nothing mounted)."""
-    mkfs = proc.which("mkfs.ext4", package="e2fsprogs")
+    mkfs = proc.which("mkfs.ext4")
     img.unlink(missing_ok=True)
     proc.run([mkfs, "-q", "-F", "-L", ROOT_LABEL, "-E", "root_owner=0:0,nodiscard",
               "-d", src, img, f"{size // 1024}K"], timeout=600)
@@ -507,7 +507,7 @@ def make_disk(root: Path, out: Path, *, size: int | str = "2G", esp_size: int | 
         tmp.unlink(missing_ok=True)
         with open(tmp, "wb") as f:
             f.truncate(size)
-        sfdisk = proc.which("sfdisk", package="fdisk")
+        sfdisk = proc.which("sfdisk")
         table = (f"label: gpt\nlabel-id: {_guid(seed, 'disk')}\nunit: sectors\n"
                  f"start={esp_start // SECTOR}, size={esp_size // SECTOR}, type={ESP_TYPE}, "
                  f"uuid={_guid(seed, 'esp')}, name=\"ESP\"\n"
@@ -531,7 +531,7 @@ def make_disk(root: Path, out: Path, *, size: int | str = "2G", esp_size: int | 
 
 def partitions(disk: Path) -> list[Partition]:
     """The disk's GPT partitions, in table order (sfdisk --json)."""
-    sfdisk = proc.which("sfdisk", package="fdisk")
+    sfdisk = proc.which("sfdisk")
     r = proc.run([sfdisk, "--json", disk], timeout=60)
     table = json.loads(r.stdout)["partitiontable"]
     ss = int(table.get("sectorsize", SECTOR))
@@ -555,7 +555,7 @@ def _part(disk: Path, type_: str) -> Partition:
 
 
 def _debugfs(disk: Path, request: str, *, write: bool = False) -> subprocess.CompletedProcess:
-    debugfs = proc.which("debugfs", package="e2fsprogs")
+    debugfs = proc.which("debugfs")
     off = _part(disk, ROOT_TYPE).start
     return proc.run([debugfs, *(["-w"] if write else []), "-R", request,
                      f"{disk}?offset={off}"], timeout=120)
@@ -566,7 +566,7 @@ def read_file(disk: Path, path: str) -> bytes:
 
     debugfs does not replay the journal: read a disk whose guest shut down cleanly (the
     guest's shutdown remounts / read-only first)."""
-    debugfs = proc.which("debugfs", package="e2fsprogs")
+    debugfs = proc.which("debugfs")
     off = _part(Path(disk), ROOT_TYPE).start
     stat = proc.run([debugfs, "-R", f"stat {path}", f"{disk}?offset={off}"], timeout=120)
     err = stat.stderr.decode(errors="replace")
@@ -594,7 +594,7 @@ def list_dir(disk: Path, path: str) -> list[str]:
 def needs_recovery(disk: Path) -> bool:
     """True if the root file system has a journal to replay (its guest was stopped
     without the clean shutdown of boot/guest/shutdown)."""
-    dumpe2fs = proc.which("dumpe2fs", package="e2fsprogs")
+    dumpe2fs = proc.which("dumpe2fs")
     off = _part(Path(disk), ROOT_TYPE).start
     r = proc.run([dumpe2fs, "-h", f"{disk}?offset={off}"], check=False, timeout=60)
     for line in r.stdout.decode(errors="replace").splitlines():
@@ -613,7 +613,7 @@ def replay_journal(disk: Path) -> bool:
     disk = Path(disk)
     if not needs_recovery(disk):
         return False
-    e2fsck = proc.which("e2fsck", package="e2fsprogs")
+    e2fsck = proc.which("e2fsck")
     part = _part(disk, ROOT_TYPE)
     tmp = disk.with_name(f".{disk.name}.replay.{os.getpid()}")
     chunk = 1 << 20
@@ -666,7 +666,7 @@ def write_file(disk: Path, path: str, data: bytes, *, mode: int = 0o644) -> None
         requests += [f"rm {target}", f"write {tmp.name} {target}",
                      f"sif {target} mode 0{0o100000 | mode:o}",
                      f"sif {target} uid 0", f"sif {target} gid 0"]
-        debugfs = proc.which("debugfs", package="e2fsprogs")
+        debugfs = proc.which("debugfs")
         off = _part(disk, ROOT_TYPE).start
         script = Path(tmp.name + ".cmds")
         script.write_text("\n".join(requests) + "\n")
@@ -680,7 +680,7 @@ def write_file(disk: Path, path: str, data: bytes, *, mode: int = 0o644) -> None
 
 def esp_files(disk: Path) -> list[str]:
     """Every file on the image's ESP, as /-paths (mtools, nothing mounted)."""
-    mdir = proc.which("mdir", package="mtools")
+    mdir = proc.which("mdir")
     off = _part(Path(disk), ESP_TYPE).start
     r = proc.run([mdir, "-i", f"{disk}@@{off}", "-/", "-b", "::/"], env=_mtools_env(),
                  timeout=60)
@@ -694,7 +694,7 @@ def esp_files(disk: Path) -> list[str]:
 
 def esp_read(disk: Path, path: str) -> bytes:
     """One file of the ESP."""
-    mtype = proc.which("mtype", package="mtools")
+    mtype = proc.which("mtype")
     off = _part(Path(disk), ESP_TYPE).start
     r = proc.run([mtype, "-i", f"{disk}@@{off}", "::" + path], env=_mtools_env(),
                  check=False, timeout=60)
@@ -706,7 +706,7 @@ def esp_read(disk: Path, path: str) -> bytes:
 def esp_copy_out(disk: Path, dest: Path) -> Path:
     """The ESP's files copied into dest (e.g. a root's boot/ after systemd-boot renamed
     entries), replacing what dest held."""
-    mcopy = proc.which("mcopy", package="mtools")
+    mcopy = proc.which("mcopy")
     off = _part(Path(disk), ESP_TYPE).start
     dest = Path(dest)
     if dest.exists():

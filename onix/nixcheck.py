@@ -69,7 +69,7 @@ def _as_user(user: str) -> tuple[list[str], pwd.struct_passwd]:
     if os.geteuid() != 0:
         raise OnixError(f"only root can run the Nix self-test as {user}",
                         hint=f"run it as root, or as {user} itself")
-    setpriv = proc.which("setpriv", package="util-linux")
+    setpriv = proc.which("setpriv")
     return [setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"], pw
 
 
@@ -82,7 +82,7 @@ def check(*, user: str = "nobody", timeout: float = 60) -> dict:
     """
     start = time.monotonic()
     prefix, pw = _as_user(user)
-    nix_build = proc.which("nix-build", package="nix-bin")
+    nix_build = proc.which("nix-build")
     home = Path(tempfile.mkdtemp(prefix="onix-nix-check-"))
     try:
         os.chown(home, pw.pw_uid, pw.pw_gid)

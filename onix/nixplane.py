@@ -49,7 +49,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix import fsutil
+from onix import fsutil, proc
 from onix.errors import OnixError, StateError
 
 NIXBLD_GROUP = "nixbld"
@@ -528,19 +528,17 @@ def handshake(sock_path: Path, *, timeout: float = 0.25) -> tuple[str, str]:
 
 def _svstat(root: Path) -> str | None:
     """What s6 says about the nix-daemon service (None when it is not supervised)."""
-    import subprocess
-
     svc = root / SERVICE
     if not (svc / "supervise").is_dir():
         return None
     try:
-        r = subprocess.run(["s6-svstat", "-o", "up,ready,pid,exitcode,signal,updownfor",
-                            str(svc)], capture_output=True, text=True, timeout=2)
-    except (OSError, subprocess.TimeoutExpired):
+        r = proc.run(["s6-svstat", "-o", "up,ready,pid,exitcode,signal,updownfor", str(svc)],
+                     check=False, timeout=2)
+    except OnixError:  # not installed, or hung: the handshake's reason stands alone
         return None
     if r.returncode != 0:
         return None
-    up, ready, pid, code, sig, secs = (r.stdout.split() + [""] * 6)[:6]
+    up, ready, pid, code, sig, secs = (r.stdout.decode(errors="replace").split() + [""] * 6)[:6]
     if up == "true":
         return f"up {secs} s, pid {pid}" + ("" if ready == "true" else ", not ready")
     why = f"killed by {sig}" if sig not in ("", "NA", "-1") else f"exit {code}"

@@ -12,13 +12,15 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from onix import tools
 from onix.errors import OnixError
 
 log = logging.getLogger("onix.proc")
 
 
-def which(program: str, *, package: str) -> str:
-    """Full path of a tool, or an error saying which Debian package provides it."""
+def which(program: str) -> str:
+    """Full path of a program declared in onix.tools, or an error naming its package."""
+    package = tools.package_of(program)
     found = shutil.which(program)
     if found is None:
         raise OnixError(f"{program} is not installed",
@@ -31,6 +33,8 @@ def run(argv: Sequence[str | Path], *, check: bool = True, capture: bool = True,
         cwd: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run argv (no shell). With check, a non-zero exit raises OnixError with its tail."""
     args = [str(a) for a in argv]
+    if "/" not in args[0]:  # a bare name: declared, installed, and named in the error if not
+        args[0] = which(args[0])
     log.debug("run: %s", " ".join(args))
     try:
         r = subprocess.run(args, input=input, capture_output=capture, env=env, cwd=cwd,

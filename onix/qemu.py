@@ -56,10 +56,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onix import proc, tools
 from onix.errors import OnixError
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE = tools.host_file("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = tools.host_file("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PANIC = r"Kernel panic - not syncing"
 TAIL_LINES = 40
 CANCEL = threading.Event()  # set: every boot stops its QEMU and raises BootError
@@ -137,9 +138,7 @@ _PDEATHSIG = _pdeathsig()
 
 def preflight() -> None:
     """Fail with one clear line before anything is built when QEMU or OVMF is missing."""
-    if shutil.which("qemu-system-x86_64") is None:
-        raise OnixError("qemu-system-x86_64 is not installed", hint="install the Debian "
-                        "package qemu-system-x86 (./scripts/bootstrap does)")
+    proc.which("qemu-system-x86_64")
     _need(OVMF_CODE)
     _need(OVMF_VARS)
 
@@ -172,10 +171,7 @@ def new_vars(path: Path) -> Path:
 def argv_for(disk: Path, *, log: Path, vars_fd: Path, memory: int = 512, smp: int = 1,
              accel_: str | None = None, extra: list[str] | None = None,
              control: Path | None = None) -> list[str]:
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        raise OnixError("qemu-system-x86_64 is not installed",
-                        hint="install the Debian package qemu-system-x86")
+    qemu = proc.which("qemu-system-x86_64")
     a = accel_ or accel()
     return [qemu, "-accel", a, "-machine", "q35", *(["-cpu", "host"] if a == "kvm" else []),
             "-m", str(memory), "-smp", str(smp),

@@ -633,7 +633,7 @@ def svstat(servicedir: Path) -> dict:
         return {"state": "not supervised", "up": None, "ready": None, "pid": None,
                 "seconds": None, "exitcode": None, "signal": None, "wanted_up": None,
                 "text": "not supervised"}
-    tool = proc.which("s6-svstat", package="s6")
+    tool = proc.which("s6-svstat")
     r = proc.run([tool, "-o", ",".join(SVSTAT_FIELDS), servicedir], check=False, timeout=10)
     t = proc.run([tool, servicedir], check=False, timeout=10)
     text = (t.stdout or b"").decode(errors="replace").strip() or \
@@ -879,9 +879,9 @@ class _S6:
     """The s6 programs, found once, run through onix.proc.run."""
 
     def __init__(self) -> None:
-        self.svc = proc.which("s6-svc", package="s6")
-        self.svwait = proc.which("s6-svwait", package="s6")
-        self.svscanctl = proc.which("s6-svscanctl", package="s6")
+        self.svc = proc.which("s6-svc")
+        self.svwait = proc.which("s6-svwait")
+        self.svscanctl = proc.which("s6-svscanctl")
 
     def stop(self, sdir: Path, timeout: float) -> bool:
         """Bring a supervised service down (finish done); SIGKILL if it takes too long.

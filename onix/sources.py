@@ -34,14 +34,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from onix import proc
+from onix import proc, tools
 from onix.errors import OnixError
 from onix.recipe import TARBALL_SUFFIXES, Recipe, Upstream, is_tarball, upstream_path
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SKIP = ("__pycache__",)  # never part of a `path` upstream (see place())
 DEFAULT_SUITE = "bookworm"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+KEYRING = tools.host_file("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 
 def sha256_file(path: Path) -> str:

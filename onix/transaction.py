@@ -33,14 +33,13 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onix import boot, faults, fsutil, ownership
+from onix import boot, faults, fsutil, ownership, proc
 from onix.errors import ConflictError, DiskFullError, OnixError, StateError, StoneError
 from onix.layout import DIR, FILE, SYMLINK, Entry, canonical_digest, implicit_dirs, merge
 from onix.lock import root_lock
@@ -627,11 +626,15 @@ def restart_service(s: Session, name: str, warnings: list[str]) -> None:
     svc = services.default_scandir(s.paths.root) / name
     if not (svc / "supervise").is_dir() or not services.svscan_running(svc.parent):
         return
-    r = subprocess.run(["s6-svc", "-r", str(svc)], capture_output=True, text=True,
-                       check=False)
-    if r.returncode != 0:
+    try:
+        r = proc.run(["s6-svc", "-r", str(svc)], check=False, timeout=10)
+        why = r.stderr.decode(errors="replace").strip() or str(r.returncode) \
+            if r.returncode != 0 else None
+    except OnixError as e:
+        why = e.message
+    if why is not None:
         warnings.append(f"service {name}: could not restart it for the new /etc/nix/nix.conf "
-                        f"({r.stderr.strip() or r.returncode}); s6-svc -r {svc}")
+                        f"({why}); s6-svc -r {svc}")
 
 
 def _services_follow(s: Session, warnings: list[str]) -> dict | None:

@@ -115,8 +115,15 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"image": self.image, "accel": self.accel, "seconds": round(self.seconds, 1),
-                "work": self.work, "ok": self.ok,
+                "work": self.work, "ok": self.ok, "error": None, "path": None, "hint": None,
                 "scenarios": [asdict(o) for o in self.outcomes]}
+
+
+def empty_report() -> dict:
+    """The report's JSON when the run stops before any scenario ran (the CLI adds the
+    error, its path and hint): the same keys, so scripts read one shape."""
+    return {"image": {}, "accel": None, "seconds": 0, "work": None, "ok": False,
+            "error": None, "path": None, "hint": None, "scenarios": []}
 
 
 # -- the scenarios -------------------------------------------------------------------------

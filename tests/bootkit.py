@@ -111,7 +111,7 @@ def _download(package: str) -> Path:
         return Path(have[-1])
     debs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl-") as tmp:
-        proc.run([proc.which("apt-get", package="apt"), "download", "-q", package],
+        proc.run([proc.which("apt-get"), "download", "-q", package],
                  cwd=Path(tmp), timeout=600)
         got = sorted(Path(tmp).glob(f"{package}_*.deb"))
         if not got:
@@ -128,7 +128,7 @@ def _download(package: str) -> Path:
 
 def _extract(deb: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
-    proc.run([proc.which("dpkg-deb", package="dpkg"), "-x", deb, dest], timeout=300)
+    proc.run([proc.which("dpkg-deb"), "-x", deb, dest], timeout=300)
 
 
 # -- kernel --------------------------------------------------------------------
@@ -138,7 +138,7 @@ def _extract(deb: Path, dest: Path) -> None:
 def kernel_package() -> str:
     """The versioned package linux-image-cloud-amd64 depends on right now."""
     try:
-        out = proc.run([proc.which("apt-cache", package="apt"), "depends", KERNEL_META],
+        out = proc.run([proc.which("apt-cache"), "depends", KERNEL_META],
                        timeout=60).stdout.decode()
     except OnixError:
         out = ""
@@ -222,9 +222,9 @@ def exchange_helper() -> Path:
 
     source = REPO / "boot" / "onix-exchange.c"
     try:
-        cc, flavour = proc.which("musl-gcc", package="musl-tools"), "musl"
+        cc, flavour = proc.which("musl-gcc"), "musl"
     except OnixError:
-        cc, flavour = proc.which("gcc", package="gcc"), "glibc"
+        cc, flavour = proc.which("gcc"), "glibc"
     key = blake3.blake3(source.read_bytes() + flavour.encode()).hexdigest()[:16]
 
     def make(d: Path) -> None:
@@ -307,7 +307,7 @@ def qemu_accel() -> str:
 
 def make_ext4(*, src: Path, img: Path, size: str = "512M", label: str = ROOT_LABEL) -> Path:
     """An ext4 image holding the tree at src, made without mounting (mkfs.ext4 -d)."""
-    mkfs = proc.which("mkfs.ext4", package="e2fsprogs")
+    mkfs = proc.which("mkfs.ext4")
     img = Path(img)
     img.unlink(missing_ok=True)
     proc.run([mkfs, "-q", "-F", "-d", src, "-L", label, img, size], timeout=300)
@@ -360,7 +360,7 @@ def make_gpt_disk(*, src: Path, img: Path, size: str = "512M",
         f.write(bytes(mbr) + header(1, total - 1, 2) + entries)
         f.seek((total - 33) * sector)
         f.write(entries + header(total - 1, 1, total - 33))
-    mkfs = proc.which("mkfs.ext4", package="e2fsprogs")
+    mkfs = proc.which("mkfs.ext4")
     offset = first * sector
     proc.run([mkfs, "-q", "-F", "-E", f"offset={offset},nodiscard", "-d", src, "-L", label,
               img, f"{fs_sectors // 2}K"], timeout=300)
@@ -370,7 +370,7 @@ def make_gpt_disk(*, src: Path, img: Path, size: str = "512M",
 def debugfs_cat(img: Path, path: str, *, offset: int = 0) -> bytes:
     """The bytes of `path` inside an ext4 image (at byte `offset` of a disk image);
     FileNotFoundError if it is not there."""
-    debugfs = proc.which("debugfs", package="e2fsprogs")
+    debugfs = proc.which("debugfs")
     where = f"{img}?offset={offset}" if offset else str(img)  # e2fsprogs' io option syntax
     r = proc.run([debugfs, "-R", f"cat {path}", where], timeout=60)
     err = r.stderr.decode(errors="replace")
@@ -387,7 +387,7 @@ def run_qemu_direct(*, kernel: Path, initrd: Path, append: str, disk: Path,
     next to the disk). -no-reboot makes a reboot or power-off end QEMU, so a guest
     that finishes (or fails and reboots) returns; one that hangs is killed at timeout.
     """
-    qemu = proc.which("qemu-system-x86_64", package="qemu-system-x86")
+    qemu = proc.which("qemu-system-x86_64")
     log = Path(log) if log is not None else Path(disk).with_suffix(".serial.log")
     log.unlink(missing_ok=True)
     argv = [qemu, "-accel", qemu_accel(), "-machine", "pc", "-m", str(memory), "-smp", "1",

@@ -118,10 +118,11 @@ def available() -> str | None:
     """None if a NixPlane can run here, else why not (for pytest.skip)."""
     if os.geteuid() != 0:
         return "needs root (mount and PID namespaces)"
-    for tool, pkg in (("unshare", "util-linux"), ("nix-daemon", "nix-bin"),
-                      ("s6-svscan", "s6")):
+    from onix import tools  # not at the top: the plane's PID 1 runs this file without onix
+
+    for tool in ("unshare", "nix-daemon", "s6-svscan"):
         if shutil.which(tool) is None:
-            return f"{tool} is missing (Debian package {pkg})"
+            return f"{tool} is missing (Debian package {tools.package_of(tool)})"
     return None
 
 

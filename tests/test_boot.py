@@ -22,6 +22,7 @@ from onix import bls, boot, fsutil, initrd, prune, transaction
 from onix.errors import OnixError
 from onix.faults import CRASH_EXIT
 from onix.paths import RootPaths, read_state_id
+from onix.tools import host_file
 
 TEST_KVER = "6.1.0-onixtest"
 
@@ -331,7 +332,7 @@ def test_no_root_device_is_refused_before_anything_changes(root: Path, tools,
 
 def test_systemd_boot_copied_only_when_it_differs(broot: Path, tools, small_kernel,
                                                  make_stone) -> None:
-    sd = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").read_bytes()
+    sd = host_file("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").read_bytes()
     efi = make_stone("systemd-boot", {"lib/systemd/boot/efi/systemd-bootx64.efi": sd})
     r = transaction.install(broot, [*tools, small_kernel(1), efi])
     assert sorted(r.detail["boot"]["bootloader"]) == ["EFI/BOOT/BOOTX64.EFI",

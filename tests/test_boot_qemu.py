@@ -25,14 +25,14 @@ import bootkit
 import pytest
 from conftest import onix, write_tree
 
-from onix import bls, proc, transaction
+from onix import bls, proc, tools, transaction
 from onix.stone import StoneMeta, pack
 
 pytestmark = pytest.mark.slow
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+OVMF_CODE = tools.host_file("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = tools.host_file("/usr/share/OVMF/OVMF_VARS_4M.fd")
+SD_BOOT = tools.host_file("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
 
 def init_script(*, fail: bool) -> str:
@@ -75,7 +75,7 @@ def entry_names(img: Path) -> list[str]:
 
 
 def boot_uefi(*, esp: Path, disk: Path, vars_fd: Path, log: Path, timeout: float = 180) -> str:
-    qemu = proc.which("qemu-system-x86_64", package="qemu-system-x86")
+    qemu = proc.which("qemu-system-x86_64")
     log.unlink(missing_ok=True)
     argv = [qemu, "-accel", bootkit.qemu_accel(), "-machine", "q35", "-m", "512", "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from onix import tools
 from onix.elf import Analysis, analyse, read_elf, split_debug
 from onix.proc import run
 
@@ -272,7 +273,7 @@ def test_musl_dynamic_binary_and_musl_loader_symlink(tmp_path: Path) -> None:
     assert f"soname(libc.so({X}))" in a.depends
 
     # musl's loader is libc.so itself (no ld-musl soname), reached through a symlink.
-    host_libc = Path("/usr/lib/x86_64-linux-musl/libc.so")
+    host_libc = tools.host_file("/usr/lib/x86_64-linux-musl/libc.so")
     if not host_libc.is_file():
         pytest.skip("no musl libc.so on this host")
     (tree / "usr/lib/x86_64-linux-musl").mkdir(parents=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from conftest import onix
 
-from onix import keys, repo, transaction
+from onix import keys, repo, tools, transaction
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def _skip_reason() -> str | None:
         return "chroot into the scratch root needs root"
     for tool in ("gcc", "chroot"):
         if shutil.which(tool) is None:
-            return f"{tool} is missing (Debian gcc / coreutils)"
+            return f"{tool} is missing (Debian package {tools.package_of(tool)})"
     return None
 
 

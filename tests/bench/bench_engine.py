@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     missing = [t for t in ("ostree", "b3sum", "cp", "find", "xargs") if not shutil.which(t)]
     if missing:
-        print(f"error: missing tools: {', '.join(missing)}; apt-get install -y ostree b3sum",
+        print(f"error: missing tools: {', '.join(missing)}; ./scripts/bootstrap installs them",
               file=sys.stderr)
         return 2
     args.tmp.mkdir(parents=True, exist_ok=True)
