@@ -1,3 +1,3 @@
-from onix.main import main
+from onix.cli.main import main
 
 main()

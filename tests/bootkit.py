@@ -58,9 +58,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from onix import proc
-from onix.errors import OnixError
-from onix.stone import StoneMeta, pack
+from onix.core import proc
+from onix.core.errors import OnixError
+from onix.machine.stone import StoneMeta, pack
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bootkit"
@@ -171,7 +171,7 @@ def _build_kernel_tree(deb: Path, kver: str, dest: Path) -> None:
             if f.is_file():
                 os.rename(f, out / f.name)
         # the kept trees plus every module they need from elsewhere (onix.kmod's closure)
-        from onix import kmod
+        from onix.boot import kmod
 
         full = kmod.ModuleTree(usr=x, kver=kver)
         wanted = sorted(n for n, rel in full.files.items()

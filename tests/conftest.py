@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from onix.stone import StoneMeta, pack
+from onix.machine.stone import StoneMeta, pack
 
 # CI runs the same examples every time (a red CI must be reproducible); local runs explore.
 settings.register_profile("ci", derandomize=True, print_blob=True)

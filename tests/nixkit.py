@@ -94,7 +94,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from onix.services import Report
+    from onix.services.reconcile import Report
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "nix"
@@ -118,7 +118,7 @@ def available() -> str | None:
     """None if a NixPlane can run here, else why not (for pytest.skip)."""
     if os.geteuid() != 0:
         return "needs root (mount and PID namespaces)"
-    from onix import tools  # not at the top: the plane's PID 1 runs this file without onix
+    from onix.core import tools  # not at the top: the plane's PID 1 runs this file without onix
 
     for tool in ("unshare", "nix-daemon", "s6-svscan"):
         if shutil.which(tool) is None:
@@ -167,7 +167,7 @@ def integration_stone(dest: Path, *, name: str = "onix-nix-integration",
 
     `extra` adds files (path under usr/ → text) to the stone.
     """
-    from onix.stone import StoneMeta, pack
+    from onix.machine.stone import StoneMeta, pack
 
     src = Path(tempfile.mkdtemp(prefix="src-", dir=dest))
     tree = src / "tree"
@@ -390,7 +390,7 @@ class NixPlane:
         onix talks to s6 on a real machine. It starts every service in dependency order
         and waits until each is ready (nix-daemon: its data/check passed).
         """
-        from onix import services
+        from onix.services import reconcile as services
 
         if self.supervised:
             raise HarnessError("supervision is already running")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import onix, snapshot
 
-from onix import stone as stonefmt
-from onix import transaction
+from onix.machine import stone as stonefmt
+from onix.machine import transaction
 
 
 def craft(path: Path, *, meta: dict | None = None, layout: list, blobs: list[bytes]) -> Path:

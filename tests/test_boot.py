@@ -18,11 +18,14 @@ import bootkit
 import pytest
 from conftest import onix, onix_json, snapshot
 
-from onix import bls, boot, fsutil, initrd, prune, transaction
-from onix.errors import OnixError
-from onix.faults import CRASH_EXIT
-from onix.paths import RootPaths, read_state_id
-from onix.tools import host_file
+from onix.boot import bls, initrd
+from onix.boot import plane as boot
+from onix.core import fsutil
+from onix.core.errors import OnixError
+from onix.core.faults import CRASH_EXIT
+from onix.core.paths import RootPaths, read_state_id
+from onix.core.tools import host_file
+from onix.machine import prune, transaction
 
 TEST_KVER = "6.1.0-onixtest"
 

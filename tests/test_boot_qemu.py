@@ -25,8 +25,10 @@ import bootkit
 import pytest
 from conftest import onix, write_tree
 
-from onix import bls, proc, tools, transaction
-from onix.stone import StoneMeta, pack
+from onix.boot import bls
+from onix.core import proc, tools
+from onix.machine import transaction
+from onix.machine.stone import StoneMeta, pack
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from onix import sources
-from onix.build import BuildError, build
-from onix.errors import LockedError, OnixError
-from onix.recipe import RecipeError, load
-from onix.stone import Stone
+from onix.build import sources
+from onix.build.builder import BuildError, build
+from onix.build.recipe import RecipeError, load
+from onix.core.errors import LockedError, OnixError
+from onix.machine.stone import Stone
 
 REPO = Path(__file__).resolve().parent.parent
 HAVE_MUSL = shutil.which("musl-gcc") is not None
@@ -641,7 +641,7 @@ def test_backports_binary_is_fetched_through_a_private_list(tmp_path):
     why = apt_reachable()
     if why:
         pytest.skip(why)
-    from onix import closure
+    from onix.build import closure
 
     name, version, sha = BPO
     r = write(tmp_path / "r.yaml", BASE + SCAFF + f"upstreams:\n  - debian-binary: {name}\n"

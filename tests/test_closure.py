@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from onix import closure
-from onix.errors import OnixError
+from onix.build import closure
+from onix.core.errors import OnixError
 
 
 def _deb(tmp: Path, files: dict[str, str], *, name: str = "libdemo1") -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from conftest import REPO, onix_json
 
-from onix import transaction, verify
-from onix.paths import read_state_id
+from onix.core.paths import read_state_id
+from onix.machine import transaction, verify
 
 
 def test_two_installs_are_serialized(root: Path, make_stone) -> None:

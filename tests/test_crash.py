@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import fake_nix, onix, onix_json
 
-from onix import transaction
-from onix.faults import CRASH_EXIT
-from onix.ownership import nix_fingerprint
-from onix.paths import read_state_id
-from onix.prune import PRUNE_STEPS
-from onix.transaction import ACTIVATE_STEPS, BUILD_STEPS
+from onix.core.faults import CRASH_EXIT
+from onix.core.paths import read_state_id
+from onix.machine import transaction
+from onix.machine.ownership import nix_fingerprint
+from onix.machine.prune import PRUNE_STEPS
+from onix.machine.transaction import ACTIVATE_STEPS, BUILD_STEPS
 
 IMPORT_POINTS = ("admit", "record")  # inside the import step
 
@@ -135,7 +135,7 @@ def test_boot_into_a_doomed_state_between_prune_crash_and_recovery(root: Path,
                                                                     make_stone) -> None:
     """A prune journalled to remove state 1 crashes; the machine then boots state 1 (the
     initrd exchanges it into /usr). Recovery must keep the live state, not finish blindly."""
-    from onix import fsutil
+    from onix.core import fsutil
 
     setup_root(root, make_stone)
     crash(root, ["prune", "--keep", "1"], "prune:forget")  # journalled: remove 1 and 2

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from onix import tools
-from onix.elf import Analysis, analyse, read_elf, split_debug
-from onix.proc import run
+from onix.build.elf import Analysis, analyse, read_elf, split_debug
+from onix.core import tools
+from onix.core.proc import run
 
 X = "x86_64"
 LIBC = f"soname(libc.so.6({X}))"
@@ -206,7 +206,7 @@ def test_paths_limit_analysis_to_one_split(foo_tree: Path) -> None:
 
 @needs_gcc
 def test_paths_must_be_in_the_tree(foo_tree: Path) -> None:
-    from onix.errors import OnixError
+    from onix.core.errors import OnixError
     with pytest.raises(OnixError) as e:
         analyse(foo_tree, paths=["usr/bin/nope"])
     assert e.value.path == str(foo_tree / "usr/bin/nope")

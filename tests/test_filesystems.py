@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import onix, snapshot, write_tree
 
-from onix import transaction, verify
-from onix.paths import read_state_id
-from onix.stone import StoneMeta, pack
+from onix.core.paths import read_state_id
+from onix.machine import transaction, verify
+from onix.machine.stone import StoneMeta, pack
 
 
 def _mount(args: list[str], where: Path) -> bool:

@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO, onix, snapshot
 from test_bad_input import craft, file_rec
 
-from onix import stone as stonefmt
-from onix import transaction, verify
-from onix.paths import read_state_id
+from onix.core.paths import read_state_id
+from onix.machine import stone as stonefmt
+from onix.machine import transaction, verify
 
 
 def two_states(root: Path, make_stone) -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 from conftest import write_tree
 
-from onix import image, qemu, transaction
-from onix.stone import StoneMeta, pack
+from onix.machine import transaction
+from onix.machine.stone import StoneMeta, pack
+from onix.validate import image, qemu
 
 pytestmark = pytest.mark.slow
 

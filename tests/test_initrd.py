@@ -24,8 +24,9 @@ import bootkit
 import pytest
 import zstandard
 
-from onix import initrd, kmod, safepath
-from onix.errors import OnixError
+from onix.boot import initrd, kmod
+from onix.core import safepath
+from onix.core.errors import OnixError
 
 KVER = "6.9.0-test"
 REPO = Path(__file__).resolve().parent.parent

@@ -18,8 +18,9 @@ import bootkit
 import pytest
 from conftest import write_tree
 
-from onix import initrd, states, transaction
-from onix.stone import StoneMeta, pack
+from onix.boot import initrd
+from onix.machine import states, transaction
+from onix.machine.stone import StoneMeta, pack
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,10 @@ from pathlib import Path
 import pytest
 from conftest import onix
 
-from onix import keys, repo, tools, transaction
+from onix.core import tools
+from onix.machine import transaction
+from onix.repo import index as repo
+from onix.repo import keys
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +69,8 @@ def mesa_repo(tmp_path_factory):
     if not all(m.is_file() for m in _manifests(out).values()):
         import urllib.request
 
-        from onix import sources
-        from onix.build import build
+        from onix.build import sources
+        from onix.build.builder import build
 
         mirror, suite = sources.machine_mirror()
         try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import fake_nix, onix, onix_json
 
-from onix import transaction
-from onix.ownership import compare, nix_fingerprint, report
+from onix.machine import transaction
+from onix.machine.ownership import compare, nix_fingerprint, report
 
 
 def test_fingerprint_sees_each_kind_of_change(root: Path) -> None:

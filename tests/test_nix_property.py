@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nixkit import NixPlane, available, base_accounts, integration_stone
 
-from onix import nixplane, prune, states, transaction, verify
-from onix.paths import read_state_id
-from onix.stone import StoneMeta, pack
+from onix.core.paths import read_state_id
+from onix.machine import prune, states, transaction, verify
+from onix.machine.stone import StoneMeta, pack
+from onix.nix import plane as nixplane
 
 pytestmark = pytest.mark.slow
 

@@ -30,9 +30,10 @@ from nixkit import (
     pidns_members,
 )
 
-from onix import nixcheck as nixcheck_mod
-from onix import nixplane, transaction
-from onix.errors import OnixError
+from onix.core.errors import OnixError
+from onix.machine import transaction
+from onix.nix import check as nixcheck_mod
+from onix.nix import plane as nixplane
 
 SOCKET = "nix/var/nix/daemon-socket/socket"
 CHECK = f"{SCANDIR}/nix-daemon/data/check"

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, onix, onix_json, snapshot
 
-from onix import nixplane, prune, transaction
-from onix.errors import StateError
+from onix.core.errors import StateError
+from onix.machine import prune, transaction
+from onix.nix import plane as nixplane
 
 DECLARED = REPO / "stones/onix-nix-integration/usr/share/onix/nix"
 
@@ -304,7 +305,7 @@ def test_services_sync_lays_the_services_down_again_after_a_reboot(root: Path,
     state's services down again. No s6-svscan runs here, so they are laid, not started."""
     import shutil
 
-    from onix.stone import StoneMeta, pack
+    from onix.machine.stone import StoneMeta, pack
 
     stone = tmp_path / "integration.stone"
     pack(REPO / "stones/onix-nix-integration", stone,

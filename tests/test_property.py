@@ -10,10 +10,10 @@ from conftest import fake_nix, snapshot, write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onix import prune, states, transaction, verify
-from onix.errors import OnixError
-from onix.paths import read_state_id
-from onix.stone import StoneMeta, pack
+from onix.core.errors import OnixError
+from onix.core.paths import read_state_id
+from onix.machine import prune, states, transaction, verify
+from onix.machine.stone import StoneMeta, pack
 
 NAMES = ("alpha", "beta", "gamma")
 

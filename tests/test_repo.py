@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from conftest import snapshot
 
-from onix import keys, repo
-from onix.errors import OnixError, StoneError
-from onix.resolve import resolve
-from onix.stone import Stone
+from onix.core.errors import OnixError, StoneError
+from onix.machine.stone import Stone
+from onix.repo import index as repo
+from onix.repo import keys
+from onix.repo.resolve import resolve
 
 SONAME = "soname(libgreet.so.1(x86_64))"
 

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from onix.errors import ConflictError, OnixError
-from onix.repo import Available
-from onix.resolve import compare_versions, orphans, resolve
+from onix.core.errors import ConflictError, OnixError
+from onix.repo.index import Available
+from onix.repo.resolve import compare_versions, orphans, resolve
 
 LIBC = "soname(libc.so.6(x86_64))"
 LIBFOO1 = "soname(libfoo.so.1(x86_64))"

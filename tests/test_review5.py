@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import onix, snapshot
 
-from onix import keys, repo
-from onix.stone import Stone
+from onix.machine.stone import Stone
+from onix.repo import index as repo
+from onix.repo import keys
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ license: MIT
 def test_a_release_that_is_no_plain_decimal_is_one_error_line(tmp_path, release):
     # YAML 1.1 reads 010 as octal and 1:30 as base 60; int(…, 0) then raised ValueError,
     # a traceback instead of recipe.yaml:3
-    from onix.recipe import RecipeError, load
+    from onix.build.recipe import RecipeError, load
 
     p = tmp_path / "r.yaml"
     p.write_text(RECIPE.format(release=release))
@@ -283,8 +284,8 @@ def test_repo_update_does_not_hold_the_root_lock_while_the_server_answers(root, 
     import http.server
     import threading
 
-    from onix.lock import lock_held
-    from onix.paths import RootPaths
+    from onix.core.lock import lock_held
+    from onix.core.paths import RootPaths
 
     d, _edit = hostile
     onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)

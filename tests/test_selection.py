@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from onix import transaction
-from onix.db import SCHEMA_VERSION
-from onix.errors import ConflictError
-from onix.paths import RootPaths
+from onix.core.errors import ConflictError
+from onix.core.paths import RootPaths
+from onix.machine import transaction
+from onix.machine.db import SCHEMA_VERSION
 
 
 def _explicit(root: Path) -> dict[str, bool]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import snapshot
 
-from onix import services
-from onix.errors import OnixError
+from onix.core.errors import OnixError
+from onix.services import reconcile as services
 
 pytestmark = pytest.mark.skipif(shutil.which("s6-svscan") is None,
                                 reason="s6 is not installed (apt-get install s6)")
@@ -458,8 +458,8 @@ def test_logger_added_recreates_the_service(tmp_path, root, scandir, out, svscan
 
 
 def test_states_from_real_transactions(tmp_path, root, scandir, out, svscan, make_stone):
-    from onix import transaction
-    from onix.paths import read_state_id
+    from onix.core.paths import read_state_id
+    from onix.machine import transaction
 
     def stone(version: str):
         files: dict[str, object] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import onix_json, write_tree
 
-from onix.stone import MAGIC, Stone, StoneMeta, pack
+from onix.machine.stone import MAGIC, Stone, StoneMeta, pack
 
 
 def test_pack_is_deterministic_and_round_trips(tmp_path: Path) -> None:

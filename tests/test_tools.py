@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from onix import proc, tools
+from onix.core import proc, tools
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "_run", "which"}

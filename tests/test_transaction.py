@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import fake_nix, onix, onix_json, snapshot
 
-from onix import prune, states, transaction, verify
-from onix.errors import ConflictError, StateError
-from onix.paths import RootPaths, read_state_id
-from onix.store import ObjectKey, Store
+from onix.core.errors import ConflictError, StateError
+from onix.core.paths import RootPaths, read_state_id
+from onix.machine import prune, states, transaction, verify
+from onix.machine.store import ObjectKey, Store
 
 
 def base_files(tag: str = "1") -> dict:
@@ -220,7 +220,7 @@ def test_status_and_json(root: Path, make_stone) -> None:
 
 def test_status_does_not_import_sqlalchemy(root: Path, make_stone) -> None:
     transaction.install(root, [make_stone("hello", base_files())])
-    code = ("import sys; from onix.main import main; sys.argv=['onix','status','--root',"
+    code = ("import sys; from onix.cli.main import main; sys.argv=['onix','status','--root',"
             f"{str(root)!r}]\ntry:\n main()\nexcept SystemExit: pass\n"
             "heavy = {'sqlalchemy', 'zstandard', 'typer', 'rich', 'pydantic'} & set(sys.modules)\n"
             "assert not heavy, heavy")
@@ -318,7 +318,7 @@ def test_verify_fix_archived_mode_and_lib_symlink(root: Path, make_stone, tmp_pa
 def test_state_made_live_outside_onix_is_reconciled(root: Path, make_stone) -> None:
     """What the initrd does for onix.fstx= (issue 3): exchange an archived state into /usr
     with renameat2, outside onix and without a journal. The next onix follows the disk."""
-    from onix import fsutil
+    from onix.core import fsutil
 
     fake_nix(root)
     transaction.install(root, [make_stone("hello", base_files("1"))])

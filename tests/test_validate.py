@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from onix import image, qemu, validate
-from onix.errors import OnixError
+from onix.core.errors import OnixError
+from onix.validate import image, qemu
+from onix.validate import scenarios as validate
 
 REPO = Path(__file__).resolve().parent.parent
 STONES = Path(os.environ.get("ONIX_VALIDATE_REPO") or REPO / "stones")

@@ -39,11 +39,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from onix import fsutil, ownership, prune, transaction, verify  # noqa: E402
-from onix.db import Database  # noqa: E402
-from onix.paths import read_state_id  # noqa: E402
-from onix.stone import StoneMeta, pack  # noqa: E402
-from onix.store import ImportBatch  # noqa: E402
+from onix.core import fsutil  # noqa: E402
+from onix.core.paths import read_state_id  # noqa: E402
+from onix.machine import ownership, prune, transaction, verify  # noqa: E402
+from onix.machine.db import Database  # noqa: E402
+from onix.machine.stone import StoneMeta, pack  # noqa: E402
+from onix.machine.store import ImportBatch  # noqa: E402
 
 MiB = 1 << 20
 SEED = 20240601
@@ -171,7 +172,7 @@ class Phases:
 
 
 def tx_phases() -> Phases:
-    from onix import stone as stone_mod
+    from onix.machine import stone as stone_mod
 
     return Phases([
         (stone_mod, "Stone", "open and check stones"),

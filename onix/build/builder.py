@@ -1,0 +1,599 @@
+"""The builder: a recipe in, stones and a manifest out (`onix build RECIPE`).
+
+Steps: load the recipe → check its builddeps are installed → fetch and verify the
+upstreams → wipe and fill the work dir → run setup, build, install in a clean
+environment → keep only installroot/usr → strip, debug info into a -dbginfo stone →
+check → split into packages by glob → ELF analysis per stone → with `closure: debian`,
+one more stone per Debian package providing a library those stones need
+(onix/closure.py) → pack → manifest.
+
+Work dir, one per recipe name, at a fixed path so that paths compiled into binaries
+are the same every build (``<cache>/work/<name>``, flock ``<cache>/work/<name>.lock``,
+wiped at the start of each build, removed after a successful one unless --keep)::
+
+    src/       %(sourcedir): upstreams placed here (tarballs unpacked)
+    build/     %(builddir): empty, for out-of-tree builds
+    install/   %(installroot): the DESTDIR; only usr/ is kept
+    debug/     split-off debug info (usr/lib/debug/.build-id/xx/….debug)
+    stage/     one DESTDIR per stone, hard links into install/ and debug/
+    home/      HOME for the steps (empty)
+    log/       <step>.sh (the expanded script) and <step>.log (its output)
+
+Steps run as ``bash -euo pipefail log/<step>.sh`` with umask 022, cwd %(workdir), and
+exactly this environment: PATH=/usr/sbin:/usr/bin:/sbin:/bin, HOME=<work>/home,
+LANG=LC_ALL=C.UTF-8, TZ=UTC, TERM=dumb, SOURCE_DATE_EPOCH (recipe's
+`source-date-epoch`, default 1700000000), MAKEFLAGS=-j<jobs>, plus the recipe's
+`environment`.
+
+Output, in the `-o` directory (each written under a temporary name, then renamed):
+
+    <name>-<version>-<release>-x86_64.stone           the main stone
+    <split>-<version>-<release>-x86_64.stone          one per non-empty package split
+    <name>-dbginfo-<version>-<release>-x86_64.stone   when any debug info was split off
+    <debpkg>-<debversion>-1-x86_64.stone              `closure: debian`: one per library
+                                                      package (Debian version, no epoch)
+    <name>-<version>-<release>.manifest.json          canonical JSON (sorted keys, compact):
+        {"format": 1, "name", "version", "release", "source_date_epoch",
+         "upstreams": [{"kind", "ref", "version", "file", "sha256"}]  (closure packages
+                       as kind "debian-closure"),
+         "dropped": [paths outside usr/ that install wrote, removed],
+         "debug": {"written": […], "no_build_id": […]},
+         "stones": [{"name", "file", "sha256", "size", "summary", "provides",
+                     "depends": {dependency: [why: paths needing it, or "rundeps"]},
+                     "files": [{"path", "type", "mode", "sha256" | "target"}]}]}
+    No timestamps and no host paths: the same recipe gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onix.build import sources
+from onix.build.recipe import TARGET, Recipe, Upstream, expand, load
+from onix.core import proc
+from onix.core.errors import LockedError, OnixError
+from onix.core.fsutil import atomic_write, remove_tree
+from onix.machine.stone import StoneMeta, pack
+
+ARCH = "x86_64"
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# zstd level for stones. 19 packs busybox (1 MiB) in well under a second; above
+# LEVEL_BIG_AT bytes of content (a kernel's modules) level 19 would cost minutes for a
+# few percent, so big stones use BIG_LEVEL. The choice depends only on the content, so
+# it stays deterministic.
+LEVEL = 19
+BIG_LEVEL = 10
+LEVEL_BIG_AT = 64 << 20
+TAIL_LINES = 5
+
+Progress = Callable[[str], None]
+
+
+class BuildError(OnixError):
+    """A recipe step failed; `path` is its log, `tail` its last lines."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None, hint: str | None = None,
+                 tail: list[str] | None = None):
+        super().__init__(message, path=path, hint=hint)
+        self.tail = tail or []
+
+
+@dataclass
+class StoneResult:
+    name: str
+    file: Path
+    sha256: str
+    size: int
+    provides: list[str]
+    depends: list[str]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "file": str(self.file), "sha256": self.sha256,
+                "size": self.size, "provides": self.provides, "depends": self.depends}
+
+
+@dataclass
+class BuildResult:
+    name: str
+    version: str
+    release: int
+    stones: list[StoneResult]
+    manifest: Path
+    dropped: list[str] = field(default_factory=list)
+    work: Path | None = None                  # kept work dir (--keep), else None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per step
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "release": self.release,
+                "stones": [s.as_dict() for s in self.stones], "manifest": str(self.manifest),
+                "dropped": self.dropped, "work": str(self.work) if self.work else None,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("ONIX_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "onix"
+
+
+def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int | None = None,
+          keep: bool = False, progress: Progress | None = None) -> BuildResult:
+    """Build a recipe into stones in `out` (see the module docstring for every step)."""
+    say = progress or (lambda _step: None)
+    seconds: dict[str, float] = {}
+    clock: dict[str, float] = {}
+
+    def begin(step: str) -> None:
+        clock[step] = time.monotonic()
+        say(step)
+
+    def end(step: str) -> None:
+        seconds[step] = time.monotonic() - clock[step]
+
+    begin("load")
+    recipe = load(Path(recipe_path))
+    end("load")
+    root = Path(cache) if cache is not None else default_cache_root()
+    source_cache = (Path(os.environ["ONIX_SOURCE_CACHE"]) if os.environ.get("ONIX_SOURCE_CACHE")
+                    else root / "sources")
+    jobs = jobs or os.cpu_count() or 1
+    out = Path(out)
+
+    begin("builddeps")
+    check_builddeps(recipe)
+    end("builddeps")
+
+    begin("fetch")
+    fetched = []
+    for u in recipe.upstreams:
+        say(f"fetch {u.describe()}")
+        fetched.append(sources.fetch(u, cache=source_cache, recipe=recipe))
+    end("fetch")
+
+    work_parent = root / "work"
+    work_parent.mkdir(parents=True, exist_ok=True)
+    work = work_parent / recipe.name
+    with _locked(work_parent / f"{recipe.name}.lock", recipe.name):
+        remove_tree(work)
+        dirs = {d: work / d for d in ("src", "build", "install", "debug", "stage", "home", "log")}
+        for d in dirs.values():
+            d.mkdir(parents=True)
+        begin("place")
+        workdir = dirs["src"]
+        first_tarball = None
+        for u, f in zip(recipe.upstreams, fetched, strict=True):
+            placed = sources.place(u, f, sourcedir=dirs["src"])
+            if first_tarball is None and f.is_file() and u.wants_unpack(f.name):
+                first_tarball = placed
+        if first_tarball is not None:
+            workdir = first_tarball
+        end("place")
+        macros = {
+            "name": recipe.name, "version": recipe.version, "release": str(recipe.release),
+            "installroot": str(dirs["install"]), "sourcedir": str(dirs["src"]),
+            "workdir": str(workdir), "builddir": str(dirs["build"]), "jobs": str(jobs),
+            "target": TARGET, "prefix": "/usr", "bindir": "/usr/bin", "sbindir": "/usr/sbin",
+            "libdir": "/usr/lib", "datadir": "/usr/share", "recipedir": str(recipe.recipedir),
+        }
+        env = {"PATH": PATH, "HOME": str(dirs["home"]), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "TZ": "UTC", "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch),
+               "TERM": "dumb", "MAKEFLAGS": f"-j{jobs}"}
+        for key, value in recipe.environment.items():
+            env[key] = expand(value, macros, where=str(recipe.path))
+
+        for step in ("setup", "build", "install"):
+            if step in recipe.steps:
+                begin(step)
+                _run_step(recipe, step, macros, env=env, cwd=workdir, log_dir=dirs["log"],
+                          work=work)
+                end(step)
+
+        install = dirs["install"]
+        dropped = _keep_usr(install)
+        if not (install / "usr").is_dir():
+            raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
+                            path=install, hint="install into %(installroot)/usr/…")
+        entries = _walk(install)
+        _check_names(install, entries, step="install")
+        files = [rel for rel, kind in entries if kind != "dir"]
+
+        debug_written: list[str] = []
+        no_build_id: list[str] = []
+        if recipe.strip:
+            begin("strip")
+            from onix.build.elf import split_debug
+
+            split = split_debug(tree=install, debug_tree=dirs["debug"], paths=files)
+            debug_written = sorted(split.written)
+            no_build_id = sorted(getattr(split, "no_build_id", []))
+            end("strip")
+
+        if "check" in recipe.steps:
+            begin("check")
+            _run_step(recipe, "check", macros, env=env, cwd=workdir, log_dir=dirs["log"],
+                      work=work)
+            end("check")
+            entries = _walk(install)  # a check that adds files adds them to the stone
+            _check_names(install, entries, step="check")
+            files = [rel for rel, kind in entries if kind != "dir"]
+
+        begin("analyse")
+        owners = assign(recipe, entries)
+        stones = _analyse(recipe, install, owners)
+        if debug_written:
+            stones.append(_Planned(
+                meta=StoneMeta(name=f"{recipe.name}-dbginfo", version=recipe.version,
+                               release=recipe.release, arch=ARCH,
+                               summary=f"{recipe.summary} (debug info)",
+                               license=recipe.license),
+                tree=dirs["debug"], entries=_walk(dirs["debug"]), reasons={}))
+        end("analyse")
+        closure_records: list[dict] = []
+        if recipe.closure:
+            begin("closure")
+            more, closure_records = _closure_stones(recipe, install, cache=source_cache,
+                                                    work=work / "closure", say=say)
+            stones += more
+            end("closure")
+
+        begin("pack")
+        out.mkdir(parents=True, exist_ok=True)
+        staging = out / f".onix-build-{recipe.name}.tmp"
+        remove_tree(staging)
+        staging.mkdir()
+        try:
+            results, manifest_stones = [], []
+            for planned in stones:
+                meta = planned.meta
+                fname = f"{meta.name}-{meta.version}-{meta.release}-{ARCH}.stone"
+                say(f"pack {fname}")
+                stage = dirs["stage"] / planned.meta.name
+                _stage(planned.tree, stage, planned.entries)
+                content = sum((stage / rel).lstat().st_size for rel, kind in planned.entries
+                              if kind == "file")
+                pack(stage, staging / fname, planned.meta,
+                     level=LEVEL if content < LEVEL_BIG_AT else BIG_LEVEL)
+                digest = sources.sha256_file(staging / fname)
+                size = (staging / fname).stat().st_size
+                results.append(StoneResult(name=planned.meta.name, file=out / fname,
+                                           sha256=digest, size=size,
+                                           provides=planned.meta.provides,
+                                           depends=planned.meta.depends))
+                manifest_stones.append({
+                    "name": planned.meta.name, "file": fname, "sha256": digest, "size": size,
+                    "summary": planned.meta.summary, "provides": planned.meta.provides,
+                    "depends": {d: planned.reasons.get(d, []) for d in planned.meta.depends},
+                    "files": _file_list(stage, planned.entries)})
+            manifest = {
+                "format": 1, "name": recipe.name, "version": recipe.version,
+                "release": recipe.release, "source_date_epoch": recipe.source_date_epoch,
+                "upstreams": [_upstream_record(recipe, u, f)
+                              for u, f in zip(recipe.upstreams, fetched, strict=True)]
+                + closure_records,
+                "dropped": dropped,
+                "debug": {"written": debug_written, "no_build_id": no_build_id},
+                "stones": manifest_stones,
+            }
+            for r in results:
+                os.replace(staging / r.file.name, r.file)
+            manifest_path = out / f"{recipe.name}-{recipe.version}-{recipe.release}.manifest.json"
+            atomic_write(manifest_path, json.dumps(manifest, sort_keys=True, separators=(",", ":"),
+                                                   ensure_ascii=False).encode() + b"\n")
+        finally:
+            remove_tree(staging)
+        end("pack")
+        if not keep:
+            remove_tree(work)
+    return BuildResult(name=recipe.name, version=recipe.version, release=recipe.release,
+                       stones=results, manifest=manifest_path, dropped=dropped,
+                       work=work if keep else None, seconds=seconds)
+
+
+# -- pieces -----------------------------------------------------------------------
+
+
+def check_builddeps(recipe: Recipe) -> None:
+    """Every Debian package the recipe builds with is installed, or one error naming them."""
+    if not recipe.builddeps:
+        return
+    r = proc.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\\n",
+                  *recipe.builddeps], check=False)
+    installed = set()
+    for line in r.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].startswith("ii"):
+            installed.add(parts[0])
+    missing = [p for p in recipe.builddeps if p.split(":")[0] not in installed]
+    if missing:
+        raise OnixError(f"build dependencies not installed: {', '.join(missing)}",
+                        path=recipe.path, hint=f"apt-get install {' '.join(missing)}")
+
+
+class _locked:
+    """flock the recipe's work dir: two builds of one recipe would wipe each other's."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = path, name
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise LockedError(f"another build of {self.name} is running", path=self.path,
+                              hint="wait for it to finish") from None
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _run_step(recipe: Recipe, step: str, macros: dict[str, str], *, env: dict[str, str],
+              cwd: Path, log_dir: Path, work: Path) -> None:
+    first = recipe.step_lines.get(step, 1)
+    script = expand(recipe.steps[step], macros, where=recipe.where(first))
+    script_path = log_dir / f"{step}.sh"
+    script_path.write_text(script)
+    log_path = log_dir / f"{step}.log"
+    with open(log_path, "wb") as log:
+        log.write(f"# step {step} of {recipe.name} ({recipe.where(first)})\n".encode())
+        log.flush()
+        # subprocess directly, not proc.run: the output streams into the log file as the
+        # step runs (a compiler's output is large, and the log must survive a crash).
+        r = subprocess.run(["bash", "--noprofile", "--norc", "-euo", "pipefail",
+                            str(script_path)], stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT, env=env, cwd=cwd, umask=0o022,
+                           check=False)
+    if r.returncode != 0:
+        lines = [ln.rstrip() for ln in log_path.read_text(errors="replace").splitlines()[1:]]
+        tail = [ln for ln in lines if ln.strip()][-TAIL_LINES:]
+        raise BuildError(f"step {step} of {recipe.name} failed (exit {r.returncode}): "
+                         + (" | ".join(tail) if tail else "no output"),
+                         path=log_path, tail=tail,
+                         hint=f"read the whole log {log_path}; the work dir {work} is kept "
+                         f"(the script is {script_path})")
+
+
+def _keep_usr(install: Path) -> list[str]:
+    """Remove everything in install/ outside usr/; returns what went (sorted rel paths)."""
+    dropped: list[str] = []
+    for top in sorted(install.iterdir()):
+        if top.name == "usr" and top.is_dir() and not top.is_symlink():
+            continue
+        if top.is_dir() and not top.is_symlink():
+            dropped.append(top.name + "/")
+            dropped += [rel for rel, _ in _walk(install, top=top.name)]
+        else:
+            dropped.append(top.name)
+        remove_tree(top)
+    # the manifest is UTF-8 JSON: a name that is not UTF-8 is listed with \xNN escapes
+    return [os.fsencode(rel).decode("utf-8", "backslashreplace") for rel in dropped]
+
+
+def _check_names(install: Path, entries: list[tuple[str, str]], *, step: str) -> None:
+    """Every path (and symlink target) the stones get is UTF-8: a stone's layout is JSON."""
+    for rel, kind in entries:
+        bad = rel if not _utf8(rel) else None
+        if bad is None and kind == "symlink" and not _utf8(os.readlink(install / rel)):
+            bad = rel + " (its symlink target)"
+        if bad is not None:
+            shown = os.fsencode(bad).decode("utf-8", "backslashreplace")
+            raise OnixError(f"the {step} step wrote a name that is not UTF-8: {shown}",
+                            path=install / os.fsencode(rel).decode("utf-8", "backslashreplace"),
+                            hint="stones hold UTF-8 names only: rename it in the recipe's "
+                            f"{step} step")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _walk(tree: Path, *, top: str = "usr") -> list[tuple[str, str]]:
+    """(rel path, "dir"|"file"|"symlink") of everything below tree/top, sorted."""
+    out: list[tuple[str, str]] = []
+    base = tree / top
+    if not base.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        d = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            p = d / name
+            rel = p.relative_to(tree).as_posix()
+            mode = p.lstat().st_mode
+            kind = ("symlink" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
+                    else "file")
+            out.append((rel, kind))
+    return sorted(out)
+
+
+def _matches(rel: str, globs: tuple[str, ...]) -> bool:
+    """A glob matches a path, or one of the directories above it."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
+
+
+def assign(recipe: Recipe, entries: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Stone name → its entries. Splits in order, first match wins, main takes the rest.
+
+    Files and symlinks go by glob; each stone also gets the directories above its files;
+    a directory nothing lands in goes by glob too (so empty dirs are kept somewhere).
+    """
+    owners: dict[str, list[tuple[str, str]]] = {recipe.name: []}
+    for pkg in recipe.packages:
+        owners[pkg.name] = []
+    kinds = dict(entries)
+    placed: dict[str, set[str]] = {n: set() for n in owners}
+
+    def owner(rel: str) -> str:
+        for pkg in recipe.packages:
+            if _matches(rel, pkg.paths):
+                return pkg.name
+        return recipe.name
+
+    has_child: set[str] = set()
+    for rel, _kind in entries:
+        parent = rel.rsplit("/", 1)[0]
+        has_child.add(parent)
+    for rel, kind in entries:
+        if kind == "dir" and rel in has_child:
+            continue  # placed with whatever is inside it
+        name = owner(rel)
+        placed[name].add(rel)
+        parts = rel.split("/")
+        for i in range(2, len(parts)):
+            placed[name].add("/".join(parts[:i]))
+    for name in owners:
+        owners[name] = sorted((rel, kinds[rel]) for rel in placed[name])
+    return owners
+
+
+@dataclass
+class _Planned:
+    meta: StoneMeta
+    tree: Path
+    entries: list[tuple[str, str]]
+    reasons: dict[str, list[str]]
+
+
+def _analyse(recipe: Recipe, install: Path,
+             owners: dict[str, list[tuple[str, str]]]) -> list[_Planned]:
+    """One planned stone per non-empty split (main always), with provides and depends.
+
+    Each split is analysed on its own files; a need another split of this recipe
+    provides becomes a dependency on that split by name.
+    """
+    from onix.build.elf import analyse
+
+    splits: list[tuple[str, str, tuple[str, ...]]] = [(recipe.name, recipe.summary,
+                                                       tuple(recipe.rundeps))]
+    splits += [(p.name, p.summary, p.rundeps) for p in recipe.packages]
+    analyses = {}
+    for name, _summary, _rundeps in splits:
+        paths = [rel for rel, kind in owners[name] if kind != "dir"]
+        if name != recipe.name and not paths:
+            continue
+        analyses[name] = analyse(install, paths=paths, arch=ARCH)
+    planned = []
+    for name, summary, rundeps in splits:
+        if name not in analyses:
+            continue
+        a = analyses[name]
+        reasons: dict[str, set[str]] = {}
+        for dep in a.depends:
+            by = next((other for other, oa in analyses.items()
+                       if other != name and dep in oa.provides), None)
+            target = by or dep
+            if target != name:
+                reasons.setdefault(target, set()).update(a.reasons.get(dep, []))
+        for dep in rundeps:
+            if dep != name:
+                reasons.setdefault(dep, set()).add("rundeps")
+        meta = StoneMeta(name=name, version=recipe.version, release=recipe.release, arch=ARCH,
+                         summary=summary, license=recipe.license,
+                         provides=sorted(set(a.provides)), depends=sorted(reasons))
+        planned.append(_Planned(meta=meta, tree=install, entries=owners[name],
+                                reasons={d: sorted(v) for d, v in reasons.items()}))
+    return planned
+
+
+def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
+                    say: Progress) -> tuple[list[_Planned], list[dict]]:
+    """`closure: debian`: one stone per Debian package that provides a library the
+    recipe's files need (onix.closure decides, by ELF analysis), and manifest records."""
+    from onix.build import closure
+    from onix.build.elf import analyse
+
+    seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
+    suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
+    apt = sources.closure_apt(cache, suite) if suite else ()
+    found = closure.resolve(tree=install, seeds=seeds, cache=cache, work=work, apt=apt,
+                            progress=say)
+    planned, records = [], []
+    for p in found.packages:
+        a = analyse(p.tree, arch=ARCH)
+        meta = StoneMeta(name=p.name, version=p.stone_version, release=1, arch=ARCH,
+                         summary=f"Debian's {p.name} {p.version}, repacked: a library "
+                         f"{recipe.name} needs (scaffolding)",
+                         license=f"see /usr/share/doc/{p.name}/copyright",
+                         provides=sorted(a.provides),
+                         depends=sorted(d for d in a.depends if d not in a.provides))
+        planned.append(_Planned(meta=meta, tree=p.tree, entries=_walk(p.tree),
+                                reasons={d: sorted(a.reasons.get(d, [])) for d in meta.depends}))
+        records.append({"kind": "debian-closure", "ref": p.name, "version": p.version,
+                        "file": None, "sha256": p.sha256})
+    return planned, records
+
+
+def _stage(tree: Path, stage: Path, entries: list[tuple[str, str]]) -> None:
+    """A DESTDIR holding exactly `entries` of tree: dirs made, files hard-linked."""
+    (stage / "usr").mkdir(parents=True)
+    os.chmod(stage / "usr", 0o755)
+    for rel, kind in entries:  # sorted, so a directory comes before what is inside it
+        src, dst = tree / rel, stage / rel
+        if kind == "dir":
+            dst.mkdir()
+            os.chmod(dst, stat.S_IMODE(src.lstat().st_mode))
+        elif kind == "symlink":
+            os.symlink(os.readlink(src), dst)
+        else:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+
+def _file_list(stage: Path, entries: list[tuple[str, str]]) -> list[dict]:
+    out = []
+    for rel, kind in entries:
+        p = stage / rel
+        mode = stat.S_IMODE(p.lstat().st_mode)
+        rec: dict = {"path": rel, "type": kind, "mode": f"{mode:04o}"}
+        if kind == "file":
+            rec["sha256"] = sources.sha256_file(p)
+        elif kind == "symlink":
+            rec["target"] = os.readlink(p)
+        out.append(rec)
+    return out
+
+
+def _upstream_record(recipe: Recipe, u: Upstream, fetched: Path) -> dict:
+    if fetched.is_file():
+        digest = u.sha256 or sources.sha256_file(fetched)
+    else:
+        digest = _tree_sha256(fetched)
+    return {"kind": u.kind, "ref": u.ref, "version": u.version,
+            "file": u.file or (fetched.name if u.kind != "path" else None), "sha256": digest}
+
+
+def _tree_sha256(top: Path) -> str:
+    """sha256 over a directory's sorted (path, type, mode, content or target) records."""
+    h = hashlib.sha256()
+    for rel, kind in _walk(top.parent, top=top.name):
+        if any(part in sources.SKIP for part in rel.split("/")):
+            continue  # not copied by sources.place either
+        p = top.parent / rel
+        mode = stat.S_IMODE(p.lstat().st_mode)
+        what = (os.readlink(p) if kind == "symlink" else
+                sources.sha256_file(p) if kind == "file" else "")
+        # surrogateescape: a name that is not UTF-8 hashes as its bytes (UTF-8 ones as before)
+        h.update(f"{rel}\0{kind}\0{mode:o}\0{what}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()

@@ -1,0 +1,658 @@
+"""ELF analysis for the builder: what a built tree provides and needs, and debug splitting.
+
+analyse() reads a DESTDIR (a tree holding usr/) and answers in moss-style provider strings:
+
+    provides  soname(libfoo.so.1(x86_64))      DT_SONAME of an ELF library
+              binary(ls) / sysbinary(mount)    a file or symlink directly in usr/bin / usr/sbin
+              interpreter(/usr/lib64/ld-linux-x86-64.so.2(x86_64))
+                                               a dynamic loader, under every path of the tree
+                                               (file or symlink) that resolves to it
+              pkgconfig(zlib)                  usr/lib/pkgconfig/*.pc, usr/lib/*/pkgconfig/*.pc,
+                                               usr/lib64/pkgconfig/*.pc, usr/share/pkgconfig/*.pc
+    depends   soname(libc.so.6(x86_64))        a DT_NEEDED not found inside the tree
+              interpreter(/usr/...(x86_64))    a PT_INTERP not found inside the tree
+              pkgconfig(x)                     `Requires:` / `Requires.private:` of a .pc file
+                                               (pkg-config reads the private ones for --cflags
+                                               too, so a missing one breaks every user)
+
+A DT_NEEDED is looked up the way ld.so would, but inside the tree: DT_RUNPATH (or DT_RPATH when
+there is no RUNPATH) with $ORIGIN expanded to the file's own directory, then usr/lib/x86_64-
+linux-gnu, usr/lib64, usr/lib, usr/lib/x86_64-linux-musl. Absolute paths (in RUNPATH, in a
+symlink's target, in PT_INTERP) are taken relative to the tree, as they will be once the tree is
+the root, with merged-usr applied (/lib64/x is /usr/lib64/x). Symlinks are resolved one
+component at a time with lstat/readlink; one that leads out of the tree (`..` above it) resolves
+to nothing, so nothing outside the tree is ever read.
+
+`paths` restricts the analysis to one package split: only those files count as provided, and a
+need is met only when the file it resolves to, and every symlink on the way, are among `paths`.
+A need met by another split's file is left as a soname() dependency, which the caller turns into
+a dependency on that split (its provides hold the soname).
+
+Only ELF files of the stone's machine (`arch`) take part: firmware blobs are sometimes ELF for
+other processors, and their needs are not ours. A file with the ELF magic that pyelftools cannot
+parse is logged and treated as not ELF.
+
+Reading is cheap by design: the ELF header, the section and program headers, the dynamic
+entries and the build-id note are read from the file; no section's contents are loaded, so a
+100 MB library costs what a small one does.
+
+split_debug() strips binaries and keeps their debug info, by build-id, in a separate tree:
+
+    <debug_tree>/usr/lib/debug/.build-id/<first 2 hex>/<rest of the hex>.debug   mode 0644
+
+(the layout gdb and debuginfod look up), and adds a .gnu_debuglink naming that file to the
+stripped binary. Executables (PIE ones are ET_DYN) and shared libraries get --strip-unneeded
+(they need only .dynsym at run time); relocatable objects (.ko, .o) and the dynamic loader get
+--strip-debug (modules need .symtab to load; valgrind and debuggers want the loader's). A file
+with nothing to strip is not touched, nor is a signed kernel module (stripping would drop its
+signature), nor an ELF file for a machine other than x86_64/i386. A file with debug info but
+no build-id is stripped and its debug info dropped (reported in `no_build_id`). Each file is
+rewritten in place (same inode, mode and times), so every hard link to it sees the stripped
+bytes, and each inode is stripped once — unless the inode also has a link outside `paths` (a
+build step hard-linked it from elsewhere on the disk): then the tree's paths get a new inode
+with the stripped bytes and the file outside is never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import posixpath
+import re
+import stat
+import struct
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.elf.dynamic import DynamicSection, DynamicSegment
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
+from elftools.elf.segments import NoteSegment
+
+from onix.core.errors import OnixError
+from onix.core.proc import run, which
+from onix.core.safepath import clean_rel
+
+log = logging.getLogger("onix.elf")
+
+ELF_MAGIC = b"\x7fELF"
+
+# Where ld.so (glibc and musl, Debian multiarch and plain) looks when RUNPATH does not say.
+DEFAULT_LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib",
+                    "usr/lib/x86_64-linux-musl")
+
+# Top-level directories that merged-usr turns into symlinks into usr/.
+_MERGED = frozenset({"bin", "sbin", "lib", "lib32", "lib64", "libx32"})
+
+_LOADER_PREFIXES = ("ld-linux", "ld-musl")
+
+_PC_GLOBS = ("usr/lib/pkgconfig/*.pc", "usr/lib/*/pkgconfig/*.pc", "usr/lib64/pkgconfig/*.pc",
+             "usr/share/pkgconfig/*.pc")
+
+_MAX_LINKS = 40  # what the kernel allows on one path (ELOOP)
+
+# Machines whose objects this host's binutils strips; others (firmware for some other
+# processor) are left byte for byte.
+_STRIPPABLE = frozenset({"x86_64", "i386"})
+
+# Appended by the kernel's sign-file; stripping a signed module would drop the signature.
+_MODULE_SIG_MAGIC = b"~Module signature appended~\n"
+
+
+@dataclass(frozen=True)
+class ElfFile:
+    path: str                  # relative to the tree root, posix, e.g. "usr/bin/foo"
+    elf_type: str              # "EXEC" | "DYN" | "REL" | "CORE" | ...
+    machine: str               # "x86_64", "i386", "aarch64", ...
+    soname: str | None
+    needed: tuple[str, ...]
+    runpath: tuple[str, ...]   # DT_RUNPATH entries, raw (may contain $ORIGIN)
+    rpath: tuple[str, ...]     # DT_RPATH entries, raw
+    interp: str | None         # PT_INTERP, as written in the file
+    build_id: str | None       # hex of NT_GNU_BUILD_ID
+    has_debug: bool            # has .debug_* / .zdebug_* sections (strippable)
+    static: bool               # no PT_INTERP, and no PT_DYNAMIC or no DT_NEEDED
+    has_symtab: bool = False   # has a .symtab (strip --strip-unneeded would shrink it)
+
+
+@dataclass
+class Analysis:
+    provides: list[str] = field(default_factory=list)       # sorted, unique
+    depends: list[str] = field(default_factory=list)        # sorted, unique, none provided
+    files: dict[str, ElfFile] = field(default_factory=dict)  # rel path -> info, ELF only
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # depends -> rel paths
+
+
+def _machine(name: object) -> str:
+    names = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
+             "EM_ARM": "arm", "EM_RISCV": "riscv"}
+    if isinstance(name, str):
+        return names.get(name, name.removeprefix("EM_").lower())
+    return str(name)
+
+
+def _split_paths(value: str) -> list[str]:
+    return [p for p in value.split(":") if p]
+
+
+def read_elf(path: Path, *, rel: str) -> ElfFile | None:
+    """What analysis needs of one file; None when it is not a regular ELF file.
+
+    A symlink is not followed (None): the file it leads to is read under its own path.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO someone left in the tree must not hang the build.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if f.read(4) != ELF_MAGIC:
+            return None
+        f.seek(0)
+        try:
+            return _parse(ELFFile(f), rel)
+        except OSError:
+            raise
+        except Exception as e:  # pyelftools raises many kinds on a malformed file
+            log.warning("%s: has the ELF magic but cannot be parsed (%s); treated as not ELF",
+                        path, e)
+            return None
+
+
+# Section and program header tables are scanned with struct in one read each: building a
+# pyelftools object per section costs a millisecond on a kernel module (it parses hash tables
+# and string tables eagerly), and a kernel has thousands of modules. pyelftools still parses
+# the few parts that are read: the file header, the dynamic entries, the notes, PT_INTERP.
+_SHDR = {32: ("IIIIIIIIII", 40), 64: ("IIQQQQIIQQ", 64)}  # name type flags addr off size link..
+_PHDR = {32: ("IIIIIIII", 32), 64: ("IIQQQQQQ", 56)}
+_SHT_SYMTAB, _SHT_DYNAMIC, _SHT_NOTE = 2, 6, 7
+_PT_DYNAMIC, _PT_INTERP, _PT_NOTE = 2, 3, 4
+
+
+def _table(elf: ELFFile, offset: int, count: int, entsize: int, layout: tuple[str, int]) -> list:
+    fmt, size = layout
+    if count == 0 or offset == 0 or entsize < size:
+        return []
+    elf.stream.seek(offset)
+    raw = elf.stream.read(count * entsize)
+    if len(raw) < count * entsize:
+        raise ValueError("header table runs past the end of the file")
+    unpack = struct.Struct(("<" if elf.little_endian else ">") + fmt).unpack_from
+    return [unpack(raw, i * entsize) for i in range(count)]
+
+
+def _parse(elf: ELFFile, rel: str) -> ElfFile:
+    h = elf.header
+    sections = _table(elf, h["e_shoff"], elf.num_sections(), h["e_shentsize"],
+                      _SHDR[elf.elfclass])
+    segments = _table(elf, h["e_phoff"], elf.num_segments(), h["e_phentsize"],
+                      _PHDR[elf.elfclass])
+
+    names = b""
+    strndx = elf.get_shstrndx() if sections else 0
+    if 0 < strndx < len(sections):
+        elf.stream.seek(sections[strndx][4])
+        names = elf.stream.read(sections[strndx][5])
+
+    has_debug = has_symtab = False
+    dynamic = None
+    build_id_notes: list = []
+    for i, sh in enumerate(sections):
+        name_end = names.find(b"\0", sh[0])
+        name = names[sh[0]:name_end if name_end >= 0 else None]
+        kind = sh[1]
+        if name.startswith((b".debug_", b".zdebug_")):
+            has_debug = True
+        elif kind == _SHT_SYMTAB:
+            has_symtab = True
+        elif kind == _SHT_DYNAMIC:
+            # The section finds its strings through sh_link, which works on any file that
+            # has section headers; the segment is the fallback for files stripped of them.
+            dynamic = elf.get_section(i)
+        elif kind == _SHT_NOTE and name == b".note.gnu.build-id":
+            build_id_notes.append(elf.get_section(i))
+
+    interp: str | None = None
+    has_dynamic = dynamic is not None
+    for i, ph in enumerate(segments):
+        if ph[0] == _PT_INTERP:
+            interp = elf.get_segment(i).get_interp_name()
+        elif ph[0] == _PT_DYNAMIC:
+            has_dynamic = True
+            if dynamic is None:
+                dynamic = elf.get_segment(i)
+        elif ph[0] == _PT_NOTE and not sections:
+            build_id_notes.append(elf.get_segment(i))
+
+    soname: str | None = None
+    needed: list[str] = []
+    runpath: list[str] = []
+    rpath: list[str] = []
+    if isinstance(dynamic, DynamicSection | DynamicSegment):
+        for tag in dynamic.iter_tags():
+            t = tag.entry.d_tag
+            if t == "DT_NEEDED":
+                needed.append(tag.needed)
+            elif t == "DT_SONAME":
+                soname = tag.soname
+            elif t == "DT_RUNPATH":
+                runpath.extend(_split_paths(tag.runpath))
+            elif t == "DT_RPATH":
+                rpath.extend(_split_paths(tag.rpath))
+
+    build_id: str | None = None
+    for holder in build_id_notes:
+        if not isinstance(holder, NoteSection | NoteSegment):
+            continue
+        for note in holder.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                build_id = str(note["n_desc"])
+                break
+        if build_id:
+            break
+
+    etype = h["e_type"]
+    return ElfFile(
+        path=rel,
+        elf_type=etype.removeprefix("ET_") if isinstance(etype, str) else str(etype),
+        machine=_machine(h["e_machine"]),
+        soname=soname,
+        needed=tuple(needed),
+        runpath=tuple(runpath),
+        rpath=tuple(rpath),
+        interp=interp,
+        build_id=build_id,
+        has_debug=has_debug,
+        static=interp is None and (not has_dynamic or not needed),
+        has_symtab=has_symtab,
+    )
+
+
+def _merged_usr(path: str) -> str:
+    """/lib64/x -> /usr/lib64/x: where an absolute path lives on a merged-usr root."""
+    norm = posixpath.normpath("/" + path.lstrip("/"))
+    first = norm.split("/")[1] if norm != "/" else ""
+    return "/usr" + norm if first in _MERGED else norm
+
+
+class _Tree:
+    """Symlink resolution inside one tree, never leaving it (cached: many lookups repeat)."""
+
+    def __init__(self, root: Path):
+        self.root = str(root)
+        self._cache: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            return os.lstat(os.path.join(self.root, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def resolve(self, rel: str) -> tuple[str, tuple[str, ...]] | None:
+        """(final path, symlinks passed) for a tree-relative path; None if it does not exist
+        in the tree or leads out of it."""
+        if rel in self._cache:
+            return self._cache[rel]
+        result = self._resolve(rel)
+        self._cache[rel] = result
+        return result
+
+    def _resolve(self, rel: str) -> tuple[str, tuple[str, ...]] | None:
+        todo = [p for p in rel.split("/") if p not in ("", ".")]
+        todo.reverse()  # a stack: the next component is at the end
+        done: list[str] = []
+        links: list[str] = []
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    return None  # above the tree: outside, never followed
+                done.pop()
+                continue
+            here = "/".join([*done, part])
+            st = self._lstat(here)
+            if st is None and not done and part in _MERGED:
+                here = "usr/" + part  # a root-level lib/ in a merged-usr tree is usr/lib
+                done = ["usr"]
+                st = self._lstat(here)
+            if st is None:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                if len(links) >= _MAX_LINKS:
+                    return None
+                links.append(here)
+                target = os.readlink(os.path.join(self.root, here))
+                if target.startswith("/"):
+                    done = []
+                todo.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+                continue
+            if todo and not stat.S_ISDIR(st.st_mode):
+                return None
+            done.append(part)
+        if not done:
+            return None
+        return "/".join(done), tuple(links)
+
+
+def _walk(tree: Path) -> list[str]:
+    """Every non-directory entry and every symlink (to a directory too) below tree, sorted."""
+    out: list[str] = []
+    root = str(tree)
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = os.path.relpath(dirpath, root)
+        base = "" if base == "." else base.replace(os.sep, "/") + "/"
+        out.extend(base + n for n in filenames)
+        out.extend(base + n for n in dirnames if os.path.islink(os.path.join(dirpath, n)))
+    out.sort()
+    return out
+
+
+def _scope(tree: Path, paths: Iterable[str]) -> list[str]:
+    out: set[str] = set()
+    for rel in paths:
+        rel = rel.strip("/")
+        if not clean_rel(rel):
+            raise OnixError(f"{rel!r} is not a plain relative path in the tree", path=tree,
+                            hint="pass paths relative to the tree root, without '..'")
+        try:
+            st = os.lstat(tree / rel)
+        except FileNotFoundError:
+            raise OnixError("is listed for analysis but missing from the tree",
+                            path=tree / rel, hint="this is a builder bug; report it") from None
+        if not stat.S_ISDIR(st.st_mode):
+            out.add(rel)
+    return sorted(out)
+
+
+_REQ_RE = re.compile(r"([^\s,<>=!]+)(?:\s*(?:<=|>=|!=|=|<|>)\s*[^\s,]+)?")
+_VAR_RE = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+def _pc_requires(text: str) -> list[str]:
+    """Package names in a .pc file's Requires and Requires.private, versions dropped."""
+    variables: dict[str, str] = {}
+    names: list[str] = []
+    text = text.replace("\\\n", " ")
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.match(r"([A-Za-z0-9_.]+)\s*([:=])\s*(.*)$", line)
+        if not m:
+            continue
+        key, sep, value = m.groups()
+        value = _VAR_RE.sub(lambda v: variables.get(v.group(1), ""), value)
+        if sep == "=":
+            variables[key] = value
+        elif key in ("Requires", "Requires.private"):
+            names.extend(r.group(1) for r in _REQ_RE.finditer(value))
+    return names
+
+
+def analyse(tree: Path, *, paths: Iterable[str] | None = None,
+            arch: str = "x86_64") -> Analysis:
+    """Provides and depends of the files `paths` of `tree` (all of it when None)."""
+    tree = Path(tree)
+    entries = _walk(tree) if paths is None else _scope(tree, paths)
+    in_scope = set(entries)
+    fs = _Tree(tree)
+    result = Analysis()
+    provides: set[str] = set()
+    reasons: dict[str, set[str]] = {}
+
+    def need(dep: str, rel: str) -> None:
+        reasons.setdefault(dep, set()).add(rel)
+
+    for rel in entries:
+        info = read_elf(tree / rel, rel=rel)
+        if info is not None:
+            result.files[rel] = info
+        parent, name = posixpath.split(rel)
+        if parent == "usr/bin":
+            provides.add(f"binary({name})")
+        elif parent == "usr/sbin":
+            provides.add(f"sysbinary({name})")
+        if any(fnmatch.fnmatchcase(rel, g) for g in _PC_GLOBS):
+            provides.add(f"pkgconfig({name.removesuffix('.pc')})")
+            found = fs.resolve(rel)
+            if found and found[0] in in_scope and all(lk in in_scope for lk in found[1]):
+                real = tree / found[0]
+                if stat.S_ISREG(os.lstat(real).st_mode):
+                    text = real.read_bytes().decode("utf-8", errors="replace")
+                    for req in _pc_requires(text):
+                        need(f"pkgconfig({req})", rel)
+
+    ours = {rel: f for rel, f in result.files.items() if f.machine == arch}
+
+    def inside(rel: str) -> str | None:
+        """The ELF of ours that rel resolves to through paths that are all ours."""
+        found = fs.resolve(rel)
+        if found is None:
+            return None
+        final, links = found
+        if final not in ours or any(lk not in in_scope for lk in links):
+            return None
+        return final
+
+    loaders: set[str] = set()
+    for rel, f in ours.items():
+        if f.soname:
+            provides.add(f"soname({f.soname}({arch}))")
+            if f.elf_type == "DYN" and f.soname.startswith(_LOADER_PREFIXES):
+                loaders.add(rel)
+
+    lookup: dict[tuple[str, str], str | None] = {}
+    for rel, f in sorted(ours.items()):
+        if f.interp:
+            where = _merged_usr(f.interp)
+            target = inside(where.lstrip("/"))
+            if target is None:
+                need(f"interpreter({where}({arch}))", rel)
+            elif result.files[target].elf_type == "DYN":
+                loaders.add(target)  # it is some binary's PT_INTERP: it is a loader
+        if not f.needed:
+            continue
+        origin = posixpath.dirname(rel)
+        dirs: list[str] = []
+        for entry in f.runpath or f.rpath:
+            entry = entry.replace("${ORIGIN}", "$ORIGIN")
+            if entry.startswith("$ORIGIN"):
+                entry = origin + entry.removeprefix("$ORIGIN")
+            elif entry.startswith("/"):
+                entry = entry.lstrip("/")
+            else:
+                continue  # relative to the working directory, or $LIB/$PLATFORM: unknowable
+            if "$" not in entry:
+                dirs.append(entry)
+        dirs.extend(DEFAULT_LIB_DIRS)
+        for lib in f.needed:
+            if "/" in lib:
+                candidates = [lib.lstrip("/")] if lib.startswith("/") else []
+            else:
+                candidates = [f"{d}/{lib}" for d in dirs]
+            met = False
+            for cand in candidates:
+                key = (cand, lib)
+                if key not in lookup:
+                    lookup[key] = inside(cand)
+                if lookup[key] is not None:
+                    met = True
+                    break
+            if not met:
+                need(f"soname({lib}({arch}))", rel)
+
+    # A loader is provided under its own name and every path of ours that resolves to it
+    # (Debian's /lib64/ld-linux-x86-64.so.2 is a symlink; musl's loader is a symlink to libc.so).
+    for rel in entries:
+        if posixpath.basename(rel).startswith(_LOADER_PREFIXES):
+            target = inside(rel)
+            if target is not None and result.files[target].elf_type == "DYN":
+                loaders.add(target)
+    if loaders:
+        for rel in entries:
+            if inside(rel) in loaders:
+                provides.add(f"interpreter({_merged_usr(rel)}({arch}))")
+
+    result.provides = sorted(provides)
+    result.depends = sorted(d for d in reasons if d not in provides)
+    result.reasons = {d: sorted(reasons[d]) for d in result.depends}
+    return result
+
+
+class DebugSplit(list):
+    """What split_debug() did. As a list it is `written` (the spec's list[str] result)."""
+
+    def __init__(self, *, written: list[str], no_build_id: list[str], stripped: list[str],
+                 skipped: list[str]):
+        super().__init__(written)
+        self.written = written          # rel paths written into debug_tree, sorted
+        self.no_build_id = no_build_id  # stripped, but their debug info had nowhere to go
+        self.stripped = stripped        # every rel path rewritten in the tree (one per inode)
+        self.skipped = skipped          # left alone on purpose (signed kernel modules)
+
+
+def _is_loader(info: ElfFile) -> bool:
+    return bool(info.soname and info.soname.startswith(_LOADER_PREFIXES))
+
+
+def _signed_module(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < len(_MODULE_SIG_MAGIC):
+            return False
+        f.seek(size - len(_MODULE_SIG_MAGIC))
+        return f.read() == _MODULE_SIG_MAGIC
+
+
+def _strip_mode(info: ElfFile) -> str | None:
+    """The strip option that keeps this file working, or None when there is nothing to do."""
+    if info.elf_type in ("EXEC", "DYN") and not _is_loader(info):
+        # Executables (PIE ones are DYN) and shared libraries need only .dynsym at run time.
+        return "--strip-unneeded" if (info.has_debug or info.has_symtab) else None
+    # Relocatable objects (.ko, .o) need their .symtab to be linked or loaded, and the
+    # dynamic loader keeps it for valgrind and debuggers: only debug info goes.
+    return "--strip-debug" if info.has_debug else None
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """Replace a file's bytes keeping its inode (so hard links follow), mode and times."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OnixError("changed into something other than a file while being stripped",
+                        path=path, hint="retry the build")
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & stat.S_IWUSR:
+        os.chmod(path, mode | stat.S_IWUSR)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    finally:
+        os.chmod(path, mode)  # also restores setuid bits, which a write clears
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _rewrite_detached(tree: Path, rels: list[str], data: bytes) -> None:
+    """Give the paths `rels` of one inode new bytes in a new inode (mode and times kept,
+    still hard links of each other); the old inode, linked from elsewhere, is untouched."""
+    first = tree / rels[0]
+    st = os.lstat(first)
+    fd, tmp = tempfile.mkstemp(dir=first.parent, prefix=".onix-strip-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        for rel in rels[1:]:
+            other = tree / rel
+            link = other.with_name(f".onix-strip-{other.name}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            os.link(tmp, link)
+            os.replace(link, other)
+        os.replace(tmp, first)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def split_debug(*, tree: Path, debug_tree: Path, paths: Iterable[str]) -> DebugSplit:
+    """Strip the ELF files among `paths` and keep their debug info in debug_tree by build-id.
+
+    Deterministic: the same input files give the same stripped files and debug files.
+    """
+    tree, debug_tree = Path(tree), Path(debug_tree)
+    objcopy = which("objcopy")
+    strip = which("strip")
+    written: set[str] = set()
+    no_build_id: list[str] = []
+    stripped: list[str] = []
+    skipped: list[str] = []
+    # inode -> its paths among `paths`: a file is stripped once, for all its hard links
+    inodes: dict[tuple[int, int], list[str]] = {}
+    nlink: dict[tuple[int, int], int] = {}
+    for rel in _scope(tree, paths):
+        st = os.lstat(tree / rel)
+        if stat.S_ISREG(st.st_mode):
+            inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+            nlink[(st.st_dev, st.st_ino)] = st.st_nlink
+    for ino, rels in inodes.items():
+        rel = rels[0]
+        src = tree / rel
+        info = read_elf(src, rel=rel)
+        if info is None or info.machine not in _STRIPPABLE:
+            continue
+        mode = _strip_mode(info)
+        if mode is None:
+            continue
+        if info.elf_type == "REL" and _signed_module(src):
+            log.info("%s: signed kernel module, not stripped (the signature would go)", rel)
+            skipped.append(rel)
+            continue
+        with tempfile.TemporaryDirectory(prefix="onix-strip-") as tmp:
+            out = Path(tmp) / "stripped"
+            debug: Path | None = None
+            debug_rel = None
+            if info.has_debug and info.build_id:
+                bid = info.build_id
+                debug_rel = f"usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug"
+                debug = Path(tmp) / posixpath.basename(debug_rel)
+                run([objcopy, "--only-keep-debug", src, debug])
+            elif info.has_debug:
+                log.info("%s: no build-id, its debug info is dropped", rel)
+                no_build_id.append(rel)
+            run([strip, mode, "-o", out, src])
+            if debug is not None and debug_rel is not None:
+                run([objcopy, f"--add-gnu-debuglink={debug}", out])
+                dest = debug_tree / debug_rel
+                for d in reversed(dest.relative_to(debug_tree).parents):
+                    with contextlib.suppress(FileExistsError):
+                        (debug_tree / d).mkdir()
+                        os.chmod(debug_tree / d, 0o755)  # not whatever the umask says
+                dest.write_bytes(debug.read_bytes())
+                os.chmod(dest, 0o644)
+                written.add(debug_rel)
+            if nlink[ino] > len(rels):
+                # a hard link outside the tree shares this inode (an install step's `ln`
+                # or `cp -al` from elsewhere): that file must not change, so the tree's
+                # paths get a new inode instead
+                _rewrite_detached(tree, rels, out.read_bytes())
+            else:
+                _rewrite_in_place(src, out.read_bytes())
+        stripped.append(rel)
+    return DebugSplit(written=sorted(written), no_build_id=no_build_id, stripped=stripped,
+                      skipped=skipped)

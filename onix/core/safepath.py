@@ -1,0 +1,171 @@
+"""Reading a state's files without following symlinks.
+
+While onix builds an initrd or boot entries, a state's usr tree sits in a root that is
+just a directory on the host. A symlink in it is resolved against the HOST: with
+`usr/lib/onix/exchange -> /etc/shadow`, following it would put the host's file into an
+initrd on the ESP. So every boot input is reached from its base one component at a
+time, each opened with O_NOFOLLOW, and a symlink anywhere below the base is an error
+naming it. (The base itself is the caller's path and is taken as given.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from onix.core.errors import OnixError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(rel: str) -> list[str]:
+    """The components of a plain relative path; anything else is a caller's bug."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{rel!r} is not a plain relative path below usr")
+    return parts
+
+
+def clean_rel(rel: str) -> bool:
+    """True for a plain relative path: no leading '/', no empty, '.' or '..' part."""
+    try:
+        _parts(rel)
+    except ValueError:
+        return False
+    return True
+
+
+FILE, DIRECTORY, ANY = "a regular file", "a real directory", "a real file or directory"
+
+
+def _shown(usr: Path, rel: str) -> str:
+    """How a path is named in messages: usr/… inside a state, /… inside a root."""
+    return f"usr/{rel}" if Path(usr).name == "usr" else f"/{rel}"
+
+
+def _symlink_error(usr: Path, parts: list[str], i: int, dir_fd: int, want: str) -> OnixError:
+    """The error for a symlink at parts[i]; `want` is what the last part should be."""
+    here = "/".join(parts[: i + 1])
+    try:
+        target = os.readlink(parts[i], dir_fd=dir_fd)  # the link's text; nothing is followed
+    except OSError:
+        target = "?"
+    last = i == len(parts) - 1
+    where = "" if last else f" (on the way to {_shown(usr, '/'.join(parts))})"
+    return OnixError(f"{_shown(usr, here)} is a symlink to {target}{where}; onix follows no "
+                     "symlink there, so that it never reads or writes outside the root",
+                     path=usr / here,
+                     hint=f"ship {_shown(usr, here)} as {want if last else DIRECTORY}, "
+                     "not a symlink")
+
+
+def _lstat_at(usr: Path, parts: list[str], i: int, dir_fd: int,
+              want: str = DIRECTORY) -> os.stat_result:
+    """lstat of parts[i] in dir_fd; OnixError if it is a symlink."""
+    st = os.stat(parts[i], dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise _symlink_error(usr, parts, i, dir_fd, want)
+    return st
+
+
+def _missing(usr: Path, parts: list[str], i: int) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                             str(usr.joinpath(*parts[: i + 1])))
+
+
+def _open_parent(usr: Path, parts: list[str]) -> int:
+    """An fd of the directory that holds usr/<parts>, reached without following symlinks.
+
+    FileNotFoundError if a directory on the way is missing or is not a directory.
+    """
+    fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts[:-1]):
+            try:
+                st = _lstat_at(usr, parts, i, fd)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise _missing(usr, parts, i)
+                # O_NOFOLLOW again: a symlink swapped in after the lstat fails (ENOTDIR)
+                # instead of being followed
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                raise _missing(usr, parts, i) from None
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lstat_below(usr: Path, rel: str, *, want: str = ANY) -> os.stat_result | None:
+    """lstat of usr/<rel> reached without following any symlink below usr.
+
+    None if it, or a directory on the way, does not exist. OnixError naming the
+    component if any of them, usr/<rel> itself included, is a symlink; its hint
+    says to ship `want` there instead.
+    """
+    parts = _parts(rel)
+    try:
+        fd = _open_parent(Path(usr), parts)
+    except FileNotFoundError:
+        return None
+    try:
+        return _lstat_at(Path(usr), parts, len(parts) - 1, fd, want)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def is_regular(usr: Path, rel: str) -> bool:
+    """usr/<rel> is a regular file (see lstat_below: a symlink on the way is an error)."""
+    st = lstat_below(usr, rel, want=FILE)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def is_directory(usr: Path, rel: str) -> bool:
+    """usr/<rel> is a directory (see lstat_below: a symlink on the way is an error)."""
+    st = lstat_below(usr, rel, want=DIRECTORY)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def read_regular(usr: Path, rel: str) -> bytes:
+    """The bytes of the regular file usr/<rel>, reached without following any symlink.
+
+    FileNotFoundError if it (or a directory on the way) does not exist; OnixError
+    naming the component if a symlink is on the way or is the file itself, and
+    OnixError if it is not a regular file.
+    """
+    usr = Path(usr)
+    parts = _parts(rel)
+    dfd = _open_parent(usr, parts)
+    try:
+        try:
+            st = _lstat_at(usr, parts, len(parts) - 1, dfd, FILE)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _missing(usr, parts, len(parts) - 1) from None
+        if not stat.S_ISREG(st.st_mode):  # checked before open: a FIFO would block it
+            raise OnixError(f"{_shown(usr, rel)} is not a regular file", path=usr / rel,
+                            hint=f"ship a regular file at {_shown(usr, rel)}")
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+                raise _symlink_error(usr, parts, len(parts) - 1, dfd, FILE) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OnixError(f"{_shown(usr, rel)} is not a regular file", path=usr / rel,
+                                hint=f"ship a regular file at {_shown(usr, rel)}")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+
+

@@ -1,0 +1,157 @@
+"""Install by name: what the user asks for → stones from repositories → one transaction.
+
+`onix install` takes stone files, stone names, or provider strings (`binary(rg)`),
+mixed. Names are resolved against the configured repositories (onix.repo, verified
+indexes) with onix.resolve, which also pulls in what they depend on — by name or by
+provider — and fails with one clear line, before anything is fetched or written, when
+something has no provider. The chosen stones are downloaded and checked against the
+index's sha256, then handed to transaction.install with the pulled-in ones marked as
+dependencies, so `onix remove` can later drop them as orphans.
+
+The live selection is read without the root lock (resolution and downloads can take a
+while); the transaction re-reads it under the lock and checks every dependency again,
+so a change in between is refused, not half-applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from onix.core.errors import OnixError
+from onix.core.paths import RootPaths, read_state_id
+from onix.core.progress import SILENT, Progress
+
+# soname(…), binary(…), interpreter(/usr/lib/ld….so(x86_64)): the last has slashes
+PROVIDER_RE = re.compile(r"[a-z][a-z0-9_-]*\(.+\)\Z")
+
+
+def is_file_target(target: str) -> bool:
+    """A command-line target that names a stone file rather than a stone (a provider
+    string is never one, slashes and all, unless a file of that name exists)."""
+    if PROVIDER_RE.match(target) and not os.path.exists(target):
+        return False
+    return target.endswith(".stone") or os.sep in target
+
+
+def live_selection(root: Path | str) -> tuple[dict[str, dict], set[str]]:
+    """(name → stone row, explicit names) of the live state; empty on a fresh root."""
+    paths = RootPaths.of(root)
+    if not paths.db.exists():
+        return {}, set()
+    live = read_state_id(paths.usr)
+    if live is None:
+        return {}, set()
+    from onix.machine.db import Database
+
+    db = Database(paths)
+    try:
+        with db.read() as c:
+            try:
+                implicit = db.state_implicit(c, live)
+            except Exception:  # a schema-1 log not yet upgraded: every stone is explicit
+                implicit = set()
+            rows = db.stones(c, db.state_stone_ids(c, live))
+    finally:
+        db.close()
+    return {r["name"]: r for r in rows}, {r["name"] for r in rows if r["id"] not in implicit}
+
+
+def install(root: Path | str, targets: list[str], *, wait: bool = True,
+            progress: Progress = SILENT) -> object:
+    """Install stone files and/or names from repositories in one transaction."""
+    from onix.machine import transaction
+
+    if not targets:
+        raise OnixError("nothing to install", hint="name stones, or .stone files")
+    files = [Path(t) for t in targets if is_file_target(t)]
+    names = [t for t in targets if not is_file_target(t)]
+    if not names:
+        return transaction.install(root, files, wait=wait, progress=progress)
+    plan = plan_install(root, names, files=files)
+    if not plan.install:
+        if not files:
+            return transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
+        result = transaction.install(root, files, wait=wait, progress=progress)
+        if plan.already:  # named, installed: asked for now, whatever the files were
+            transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
+        return result
+    from onix.repo import index as repo
+
+    fetched = []
+    for i, entry in enumerate(sorted(plan.install, key=lambda a: a.name)):
+        progress.note(f"fetching {entry.name} {entry.evr} from {entry.repo} "
+                      f"({i + 1}/{len(plan.install)})")
+        fetched.append(repo.fetch(root, entry))
+    result = transaction.install(root, files + fetched, dependencies=plan.dependencies,
+                                 wait=wait, progress=progress)
+    for f in fetched:  # imported now (store + the engine's stone cache): one copy is enough
+        f.unlink(missing_ok=True)
+    if plan.already:  # named stones already installed: the user now wants them explicitly
+        transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
+    return result
+
+
+def plan_install(root: Path | str, names: list[str], *, files: list[Path] = ()):
+    """The resolver's plan for names against the live selection and the repositories.
+
+    Stone `files` installed in the same transaction count as installed already: what
+    they provide is not fetched, and a repository's stone of the same name is never
+    chosen over the file the user gave.
+    """
+    from onix.machine.stone import Stone
+    from onix.repo import index as repo
+    from onix.repo import resolve
+
+    if not repo.configs(root):
+        raise OnixError(f"{names[0]} is not a stone file and no repository is configured",
+                        path=names[0], hint="give a path to a .stone file, or add a repository "
+                        "with onix repo add NAME URI --key PUBKEY")
+    installed, explicit = live_selection(root)
+    installed = dict(installed)
+    given: set[str] = set()
+    for f in files:
+        with Stone(Path(f)) as s:
+            installed[s.meta.name] = s.meta.as_dict()
+            given.add(s.meta.name)
+    available = [a for a in repo.available(root) if a.name not in given]
+    return resolve.resolve(requested=names, installed=installed, available=available,
+                           explicit=explicit)
+
+
+@dataclass
+class StoneInfo:
+    name: str
+    installed: dict | None
+    available: list[dict]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "installed": self.installed, "available": self.available}
+
+
+def info(root: Path | str, name: str) -> StoneInfo:
+    """What the live state has of `name` and what the repositories offer."""
+    import json
+
+    from onix.repo import index as repo
+
+    installed, explicit = live_selection(root)
+    row = installed.get(name)
+    mine = None
+    if row is not None:
+        mine = {k: row[k] for k in ("name", "version", "release", "arch", "summary", "license")}
+        mine.update(provides=json.loads(row["provides"]), depends=json.loads(row["depends"]),
+                    explicit=name in explicit)
+    offered: list[dict] = []
+    if repo.configs(root):
+        try:
+            offered = [a.as_dict() for a in repo.info(root, name)]
+        except OnixError:
+            if mine is None:
+                raise
+    elif mine is None:
+        raise OnixError(f"{name} is not installed and no repository is configured",
+                        path=name, hint="add one with onix repo add NAME URI --key PUBKEY")
+    return StoneInfo(name=name, installed=mine, available=offered)
