@@ -1,5 +1,5 @@
 """The host contract: every program onix and its tests run, and every host file they read,
-is declared in onix/tools.py with its Debian package, and scripts/bootstrap installs
+is declared in onix/core/tools.py with its Debian package, and scripts/bootstrap installs
 every one of those packages (and every recipe's builddeps).
 
 The code is read with `ast`, not run, so a program named on a path no test reaches is
@@ -112,14 +112,14 @@ def test_every_program_onix_runs_is_declared_in_programs() -> None:
     named = _named("onix")
     undeclared = {p: sorted(w) for p, w in named.items()
                   if not p.startswith("/") and p not in tools.PROGRAMS}
-    assert not undeclared, f"declare these in onix/tools.py PROGRAMS: {undeclared}"
+    assert not undeclared, f"declare these in onix/core/tools.py PROGRAMS: {undeclared}"
 
 
 def test_every_program_and_file_the_tests_use_is_declared() -> None:
     named = _named("tests")
     declared = {**tools.PROGRAMS, **tools.FOR_TESTS, **tools.FILES}
     undeclared = {p: sorted(w) for p, w in named.items() if p not in declared}
-    assert not undeclared, f"declare these in onix/tools.py: {undeclared}"
+    assert not undeclared, f"declare these in onix/core/tools.py: {undeclared}"
 
 
 def test_every_host_file_onix_reads_is_declared() -> None:
@@ -144,9 +144,9 @@ def test_the_bootstrap_installs_every_recipes_builddeps() -> None:
 
 
 def test_an_undeclared_program_is_refused_before_it_runs() -> None:
-    with pytest.raises(ValueError, match=r"not declared in onix/tools\.py"):
+    with pytest.raises(ValueError, match=r"not declared in onix/core/tools\.py"):
         proc.which("frobnicate")
-    with pytest.raises(ValueError, match=r"not declared in onix/tools\.py"):
+    with pytest.raises(ValueError, match=r"not declared in onix/core/tools\.py"):
         proc.run(["frobnicate", "--now"])
 
 

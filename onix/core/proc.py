@@ -19,7 +19,7 @@ log = logging.getLogger("onix.proc")
 
 
 def which(program: str) -> str:
-    """Full path of a program declared in onix.tools, or an error naming its package."""
+    """Full path of a program declared in onix.core.tools, or an error naming its package."""
     package = tools.package_of(program)
     found = shutil.which(program)
     if found is None:

@@ -7,7 +7,7 @@ what the project installs. `proc.which` and `proc.run` accept only programs name
 and tests/test_tools.py reads every place in onix/ and tests/ that names a program and
 fails when it is not in this table, or when its package is not in the bootstrap's list.
 `scripts/fresh-check` installs the bootstrap into a minimal Debian and runs
-`python -m onix.tools` there: every program and file below must then be found.
+`python -m onix.core.tools` there: every program and file below must then be found.
 
 PROGRAMS are what the onix package itself runs (the builder, images, validation, the Nix
 self-test, s6). FOR_TESTS are what only the test suite, its harnesses and the benchmarks
@@ -105,14 +105,14 @@ def package_of(program: str) -> str:
     try:
         return PROGRAMS.get(program) or FOR_TESTS[program]
     except KeyError:
-        raise ValueError(f"{program} is not declared in onix/tools.py: add it with its "
+        raise ValueError(f"{program} is not declared in onix/core/tools.py: add it with its "
                          "Debian package, and the package to scripts/bootstrap") from None
 
 
 def host_file(path: str) -> Path:
     """A file onix reads from a Debian package; ValueError for an undeclared one."""
     if path not in FILES:
-        raise ValueError(f"{path} is not declared in onix/tools.py FILES: add it with its "
+        raise ValueError(f"{path} is not declared in onix/core/tools.py FILES: add it with its "
                          "Debian package, and the package to scripts/bootstrap")
     return Path(path)
 
