@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import onix, snapshot
 
+from onix import api
 from onix.machine import stone as stonefmt
-from onix.machine import transaction
 
 
 def craft(path: Path, *, meta: dict | None = None, layout: list, blobs: list[bytes]) -> Path:
@@ -52,7 +52,7 @@ def file_rec(path: str, content: bytes, mode: int = 0o644) -> list:
 
 @pytest.fixture
 def installed(root: Path, make_stone) -> Path:
-    transaction.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755),
+    api.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755),
                                                     "lib/libc.so": "c" * 5000})])
     return root
 
@@ -201,7 +201,7 @@ def test_full_disk_during_import(tmp_path: Path, make_stone) -> None:
     if os.geteuid() != 0 or not _mount_tmpfs(root, "4m"):
         pytest.skip("needs root to mount a small tmpfs")
     try:
-        transaction.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755)})])
+        api.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755)})])
         big = make_stone("big", {f"share/b{i}": os.urandom(1 << 20) for i in range(8)})
         line = assert_clean_failure(root, ["install", big], match="no space left", code=4)
         assert ".onix/store" in line

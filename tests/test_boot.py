@@ -18,6 +18,7 @@ import bootkit
 import pytest
 from conftest import onix, onix_json, snapshot
 
+from onix import api
 from onix.boot import bls, initrd
 from onix.boot import plane as boot
 from onix.core import fsutil
@@ -25,7 +26,6 @@ from onix.core.errors import OnixError
 from onix.core.faults import CRASH_EXIT
 from onix.core.paths import RootPaths, read_state_id
 from onix.core.tools import host_file
-from onix.machine import prune, transaction
 
 TEST_KVER = "6.1.0-onixtest"
 
@@ -95,7 +95,7 @@ def assert_boots_existing_state(root: Path) -> None:
 
 def test_entry_fields_loader_conf_and_status(broot: Path, boot_stones, make_stone) -> None:
     (broot / "etc/kernel/cmdline.d/quiet.conf").write_text("# a comment\nquiet loglevel=3\n")
-    r = transaction.install(broot, [*boot_stones.values(),
+    r = api.install(broot, [*boot_stones.values(),
                                     make_stone("os", {"lib/kernel/cmdline.d/50-os.conf":
                                                       "console=ttyS0\n"})])
     fstx = r.fstx
@@ -131,8 +131,8 @@ def test_loader_conf_keeps_the_users_lines(broot: Path, tools, small_kernel) -> 
     (broot / "boot/loader").mkdir(parents=True)
     (broot / "boot/loader/loader.conf").write_text("timeout 10\nconsole-mode max\n"
                                                    "default something-else.conf\n")
-    transaction.install(broot, [*tools, small_kernel(1)])
-    boot.sync(broot)  # rewriting it again changes nothing
+    api.install(broot, [*tools, small_kernel(1)])
+    api.boot_sync(broot)  # rewriting it again changes nothing
     conf = (broot / "boot/loader/loader.conf").read_text().splitlines()
     assert len(conf) == len(set(conf)) == 5, conf
     assert "timeout 10" in conf and "console-mode max" in conf and "timeout 3" not in conf
@@ -142,9 +142,9 @@ def test_loader_conf_keeps_the_users_lines(broot: Path, tools, small_kernel) -> 
 
 
 def test_bootctl_accepts_every_entry(broot: Path, boot_stones, tools, small_kernel) -> None:
-    transaction.install(broot, list(boot_stones.values()))
-    transaction.install(broot, [small_kernel(2)])
-    transaction.rollback(broot)
+    api.install(broot, list(boot_stones.values()))
+    api.install(broot, [small_kernel(2)])
+    api.rollback(broot)
     esp = broot / "boot"
     # bootctl wants the ESP to be the root of a mount; a bind mount of the directory is one.
     subprocess.run(["mount", "--bind", esp, esp], check=True)
@@ -177,8 +177,8 @@ def test_bootctl_accepts_every_entry(broot: Path, boot_stones, tools, small_kern
 def test_rollback_moves_the_default_and_orders_by_activation(broot: Path, tools,
                                                             small_kernel) -> None:
     for n in (1, 2, 3):
-        transaction.install(broot, [*tools, small_kernel(n)])
-    transaction.rollback(broot)  # to 2
+        api.install(broot, [*tools, small_kernel(n)])
+    api.rollback(broot)  # to 2
     entries = esp_entries(broot)
     assert {e.state_id for e in entries.values()} == {1, 2, 3}
     assert bls.read_default(broot / "boot") == entries[fstx_of(broot, 2)].file
@@ -194,7 +194,7 @@ def test_keep_older_limits_entries(broot: Path, tools, small_kernel) -> None:
     (broot / "etc/onix").mkdir(parents=True)
     (broot / "etc/onix/boot.conf").write_text("keep-older = 2\ntries = 0\n")
     for n in range(1, 6):
-        transaction.install(broot, [*tools, small_kernel(n)])
+        api.install(broot, [*tools, small_kernel(n)])
     entries = esp_entries(broot)
     assert sorted(e.state_id for e in entries.values()) == [3, 4, 5]
     assert all(e.blessed for e in entries.values())  # tries = 0: no counting
@@ -207,11 +207,11 @@ def test_keep_older_limits_entries(broot: Path, tools, small_kernel) -> None:
 def test_prune_removes_exactly_the_pruned_entries_and_kernels(broot: Path, tools,
                                                               small_kernel) -> None:
     for n in range(1, 6):
-        transaction.install(broot, [*tools, small_kernel(n)])
+        api.install(broot, [*tools, small_kernel(n)])
     before = esp_entries(broot)
     assert len(before) == 5
     kernel_of = {e.state_id: entry_fields(broot, e)["linux"] for e in before.values()}
-    prune.prune(broot, keep=2)
+    api.prune(broot, keep=2)
     after = esp_entries(broot)
     assert sorted(e.state_id for e in after.values()) == [4, 5]
     on_esp = {f"/onix/{p.name}" for p in (broot / "boot/onix").iterdir()}
@@ -220,12 +220,12 @@ def test_prune_removes_exactly_the_pruned_entries_and_kernels(broot: Path, tools
     assert len(on_esp) == 3  # two kernels, one initrd (identical inputs, stored once)
     assert_boots_existing_state(broot)
     # state remove drops one more, the same way.
-    prune.remove_states(broot, [4])
+    api.remove_states(broot, [4])
     assert sorted(e.state_id for e in esp_entries(broot).values()) == [5]
 
 
 def test_mark_good_blesses_and_follows_in_loader_conf(broot: Path, tools, small_kernel) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [*tools, small_kernel(1)])
     entry = next(iter(esp_entries(broot).values()))
     # What systemd-boot does at boot: count one try by renaming the file (done here by
     # hand; the QEMU test lets systemd-boot do it).
@@ -238,15 +238,15 @@ def test_mark_good_blesses_and_follows_in_loader_conf(broot: Path, tools, small_
     assert bls.read_default(broot / "boot") == f"onix-{entry.fstx}.conf"
     assert onix_json("boot", "mark-good", "--root", broot)["changed"] is False
     # A later sync keeps the blessing (the entry's name is its boot-counting state).
-    boot.sync(broot)
+    api.boot_sync(broot)
     assert esp_entries(broot)[entry.fstx].blessed
 
 
 def test_failed_new_state_falls_back_and_status_says_why(broot: Path, tools,
                                                          small_kernel) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [*tools, small_kernel(1)])
     onix("boot", "mark-good", "--root", broot, check=True)
-    transaction.install(broot, [small_kernel(2)])
+    api.install(broot, [small_kernel(2)])
     new = esp_entries(broot)[fstx_of(broot, 2)]
     assert new.tries_left == 3
     # Three failed boots, as systemd-boot records them (renamed by hand here) ...
@@ -268,15 +268,15 @@ def test_failed_new_state_falls_back_and_status_says_why(broot: Path, tools,
     human = onix("status", "--root", broot, check=True).stdout
     assert f"boot entry: onix-{fstx_of(broot, 1)}.conf" in human
     # Choosing state 2 again (the user's call) gives its entry a fresh count.
-    transaction.activate(broot, 2)
+    api.activate(broot, 2)
     assert esp_entries(broot)[fstx_of(broot, 2)].tries_left == 3
     assert bls.read_default(broot / "boot") == f"onix-{fstx_of(broot, 2)}+3.conf"
 
 
 def test_one_time_boot_of_an_older_entry_keeps_the_default(broot: Path, tools,
                                                            small_kernel) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
-    transaction.install(broot, [small_kernel(2)])
+    api.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [small_kernel(2)])
     default = bls.read_default(broot / "boot")
     paths = RootPaths.of(broot)
     fsutil.exchange(paths.state_tree(1), paths.usr)  # the initrd of state 1's entry did this
@@ -286,17 +286,17 @@ def test_one_time_boot_of_an_older_entry_keeps_the_default(broot: Path, tools,
                for n in st["notes"]), st["notes"]
     assert bls.read_default(broot / "boot") == default  # the next boot starts state 2 again
     # prune keeps the default even though it is not live.
-    prune.prune(broot, keep=1)
+    api.prune(broot, keep=1)
     assert {e.state_id for e in esp_entries(broot).values()} == {1, 2}
 
 
 def test_set_default_permanent_and_once(broot: Path, tools, small_kernel) -> None:
     for n in (1, 2, 3):
-        transaction.install(broot, [*tools, small_kernel(n)])
+        api.install(broot, [*tools, small_kernel(n)])
     r = onix_json("boot", "set-default", "1", "--root", broot)
     assert r["state"] == 1 and r["once"] is False
     assert bls.read_default(broot / "boot") == esp_entries(broot)[fstx_of(broot, 1)].file
-    boot.sync(broot)  # a later sync keeps it
+    api.boot_sync(broot)  # a later sync keeps it
     assert bls.read_default(broot / "boot") == esp_entries(broot)[fstx_of(broot, 1)].file
     bad = onix("state", "remove", "1", "--root", broot)
     assert bad.returncode != 0 and "boot default" in bad.stderr
@@ -306,12 +306,12 @@ def test_set_default_permanent_and_once(broot: Path, tools, small_kernel) -> Non
     assert once.returncode == 1 and once.stderr.count("\n") == 1 and "error:" in once.stderr
     assert snapshot(broot) == before
     # The next user transaction makes its own state the default again.
-    transaction.install(broot, [small_kernel(4)])
+    api.install(broot, [small_kernel(4)])
     assert bls.read_default(broot / "boot") == esp_entries(broot)[fstx_of(broot, 4)].file
 
 
 def test_state_without_kernel_gets_no_entry(broot: Path, make_stone) -> None:
-    r = transaction.install(broot, [make_stone("hello", {"bin/hello": "hi"})])
+    r = api.install(broot, [make_stone("hello", {"bin/hello": "hi"})])
     assert r.detail["boot"]["skipped"] == {"1": "it has no kernel "
                                                  "(usr/lib/kernel/<kver>/vmlinuz)"}
     assert esp_entries(broot) == {}
@@ -337,15 +337,15 @@ def test_systemd_boot_copied_only_when_it_differs(broot: Path, tools, small_kern
                                                  make_stone) -> None:
     sd = host_file("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").read_bytes()
     efi = make_stone("systemd-boot", {"lib/systemd/boot/efi/systemd-bootx64.efi": sd})
-    r = transaction.install(broot, [*tools, small_kernel(1), efi])
+    r = api.install(broot, [*tools, small_kernel(1), efi])
     assert sorted(r.detail["boot"]["bootloader"]) == ["EFI/BOOT/BOOTX64.EFI",
                                                       "EFI/systemd/systemd-bootx64.efi"]
     assert (broot / "boot/EFI/BOOT/BOOTX64.EFI").read_bytes() == sd
-    r = transaction.install(broot, [small_kernel(2)])
+    r = api.install(broot, [small_kernel(2)])
     assert r.detail["boot"]["bootloader"] == []
     # Someone else's fallback loader is left alone.
     (broot / "boot/EFI/BOOT/BOOTX64.EFI").write_bytes(b"MZ another loader")
-    r = transaction.install(broot, [small_kernel(3)])
+    r = api.install(broot, [small_kernel(3)])
     assert r.detail["boot"]["bootloader"] == []
     assert (broot / "boot/EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ another loader"
 
@@ -357,8 +357,8 @@ def test_systemd_boot_copied_only_when_it_differs(broot: Path, tools, small_kern
 @pytest.mark.parametrize("step", boot.STEPS)
 def test_crash_at_every_boot_sync_step(broot: Path, tools, small_kernel, step: str) -> None:
     for n in (1, 2, 3):
-        transaction.install(broot, [*tools, small_kernel(n)])
-    transaction.rollback(broot)  # default state 2; 3 archived
+        api.install(broot, [*tools, small_kernel(n)])
+    api.rollback(broot)  # default state 2; 3 archived
     reference = broot.parent / "reference"
     shutil.copytree(broot, reference, symlinks=True)
     k4 = small_kernel(4)
@@ -385,7 +385,7 @@ def test_crash_in_prune_never_leaves_an_entry_without_its_state(broot: Path, too
                                                                 small_kernel, kind,
                                                                 step) -> None:
     for n in range(1, 5):
-        transaction.install(broot, [*tools, small_kernel(n)])
+        api.install(broot, [*tools, small_kernel(n)])
     r = onix("prune", "--keep", "1", "--root", broot, env={"ONIX_FAULT": f"{kind}:{step}"})
     assert r.returncode == CRASH_EXIT
     if step == "trash":  # entries of forgotten states were deleted before their trees
@@ -402,7 +402,7 @@ def test_full_esp_is_one_error_and_the_old_entry_still_boots(broot: Path, tools,
     esp = broot / "boot"
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", esp], check=True)
     try:
-        transaction.install(broot, [*tools, small_kernel(1)])
+        api.install(broot, [*tools, small_kernel(1)])
         before = snapshot(esp)
         r = onix("install", "--root", broot, small_kernel(2, size=3 * 1024 * 1024))
         assert r.returncode == 4 and r.stderr.count("\n") == 1, r.stderr
@@ -436,7 +436,7 @@ def test_kernel_cmdline_files_and_xbootldr(root: Path, tools, small_kernel) -> N
     (root / "etc/onix/boot.conf").write_text("esp = /efi\nxbootldr = /boot\n")
     (root / "etc/kernel/cmdline.d/root.conf").write_text("root=UUID=1234-abcd\n")
     k = small_kernel(1, extra={f"lib/kernel/{TEST_KVER}/vm.cmdline": "mitigations=off\n"})
-    r = transaction.install(root, [*tools, k])
+    r = api.install(root, [*tools, k])
     assert r.detail["boot"]["esp"] == str(root / "efi")
     assert r.detail["boot"]["boot"] == str(root / "boot")
     entries = bls.list_entries(root / "boot")
@@ -461,7 +461,7 @@ def test_symlinked_boot_input_is_refused_before_anything_changes(broot: Path, to
                                                                  small_kernel, make_stone,
                                                                  tmp_path: Path,
                                                                  where: str) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [*tools, small_kernel(1)])
     secret = tmp_path / "host-secret"
     secret.write_text("root=host-secret-value\n")
     if where == "vmlinuz":
@@ -493,7 +493,7 @@ def test_symlinked_boot_directory_is_refused(broot: Path, tools, small_kernel,
 
 def test_a_state_without_kernel_is_refused_when_the_live_one_boots(broot: Path, tools,
                                                                   small_kernel) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [*tools, small_kernel(1)])
     before = snapshot(broot)
     r = onix("remove", "--root", broot, "linux")
     assert r.returncode == 1 and r.stderr.count("\n") == 1
@@ -503,13 +503,13 @@ def test_a_state_without_kernel_is_refused_when_the_live_one_boots(broot: Path, 
 
 def test_another_roots_boot_files_on_a_shared_esp_are_kept(broot: Path, tools,
                                                            small_kernel) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [*tools, small_kernel(1)])
     entries = bls.entries_dir(broot / "boot")
     (entries / "onix-7-beef.conf").write_text("title other root\nlinux /onix/other\n")
     (broot / "boot/onix/other").write_bytes(b"another root's kernel")
     (entries / "debian.conf").write_text("title Debian\nlinux /vmlinuz\n")
-    transaction.install(broot, [small_kernel(2)])
-    prune.prune(broot, keep=1)
+    api.install(broot, [small_kernel(2)])
+    api.prune(broot, keep=1)
     assert (entries / "onix-7-beef.conf").exists() and (entries / "debian.conf").exists()
     assert (broot / "boot/onix/other").exists()
     assert {e.state_id for e in esp_entries(broot).values()} == {2, 7}
@@ -520,8 +520,8 @@ def test_prune_after_a_full_esp_leaves_a_bootable_esp(broot: Path, tools,
     esp = broot / "boot"
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", esp], check=True)
     try:
-        transaction.install(broot, [*tools, small_kernel(1, size=3 << 19)])
-        transaction.install(broot, [small_kernel(2, size=3 << 19)])
+        api.install(broot, [*tools, small_kernel(1, size=3 << 19)])
+        api.install(broot, [small_kernel(2, size=3 << 19)])
         r = onix("install", "--root", broot, small_kernel(3, size=5 << 19))
         assert r.returncode == 4, r.stderr
         assert_boots_existing_state(broot)
@@ -535,8 +535,8 @@ def test_prune_after_a_full_esp_leaves_a_bootable_esp(broot: Path, tools,
 
 def test_set_default_checks_and_resets_a_bad_entry(broot: Path, tools, small_kernel,
                                                    make_stone) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
-    transaction.install(broot, [small_kernel(2)])
+    api.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [small_kernel(2)])
     bad = esp_entries(broot)[fstx_of(broot, 2)]
     entries = bls.entries_dir(broot / "boot")
     os.rename(entries / bad.file, entries / f"onix-{bad.fstx}+0-3.conf")  # as systemd-boot
@@ -552,7 +552,7 @@ def test_set_default_checks_and_resets_a_bad_entry(broot: Path, tools, small_ker
 
 def test_interrupted_transaction_marker_for_the_initrd(broot: Path, tools,
                                                        small_kernel) -> None:
-    transaction.install(broot, [*tools, small_kernel(1)])
+    api.install(broot, [*tools, small_kernel(1)])
     marker = RootPaths.of(broot).txn_marker
     r = onix("install", "--root", broot, small_kernel(2), env={"ONIX_FAULT": "install:sync"})
     assert r.returncode == CRASH_EXIT

@@ -25,9 +25,9 @@ import bootkit
 import pytest
 from conftest import onix, write_tree
 
+from onix import api
 from onix.boot import bls
 from onix.core import proc, tools
-from onix.machine import transaction
 from onix.machine.stone import StoneMeta, pack
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ def test_systemd_boot_counts_tries_and_falls_back_to_the_previous_state(tmp_path
     shutil.copy(OVMF_VARS, vars_fd)
 
     # A: the first state boots by default; systemd-boot counts the try.
-    one = transaction.install(root, [*stones.values(), sd, good])
+    one = api.install(root, [*stones.values(), sd, good])
     e1 = f"onix-{one.fstx}"
     assert bls.read_default(root / "boot") == f"{e1}+1.conf"
     esp, disk = work / "esp.img", work / "root.img"
@@ -134,7 +134,7 @@ def test_systemd_boot_counts_tries_and_falls_back_to_the_previous_state(tmp_path
     assert r == {"entry": f"{e1}.conf", "was": f"{e1}+0-1.conf", "changed": True}
 
     # B: a new state whose boot never finishes well; it is the default and uses its try.
-    two = transaction.install(root, [bad])
+    two = api.install(root, [bad])
     e2 = f"onix-{two.fstx}"
     assert bls.read_default(root / "boot") == f"{e2}+1.conf"
     assert sorted(bls.list_entries(root / "boot")) == sorted([one.fstx, two.fstx])

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from conftest import REPO, onix_json
 
+from onix import api
 from onix.core.paths import read_state_id
-from onix.machine import transaction, verify
 
 
 def test_two_installs_are_serialized(root: Path, make_stone) -> None:
-    transaction.install(root, [make_stone("base", {"bin/base": "b"})])
+    api.install(root, [make_stone("base", {"bin/base": "b"})])
     a = make_stone("aaa", {f"share/a/{i}": f"a{i}" * 50 for i in range(3000)})
     b = make_stone("bbb", {f"share/b/{i}": f"b{i}" * 50 for i in range(3000)})
     # Hold the lock ourselves so both processes are certainly contending, then let go.
@@ -36,4 +36,4 @@ def test_two_installs_are_serialized(root: Path, make_stone) -> None:
     # the second transaction built on the first: both stones are in the final state
     assert (root / "usr/share/a/0").exists() and (root / "usr/share/b/0").exists()
     assert read_state_id(root / "usr") == 3
-    assert verify.verify(root).clean
+    assert api.verify(root).clean

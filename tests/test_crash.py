@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import fake_nix, onix, onix_json
 
+from onix import api
 from onix.core.faults import CRASH_EXIT
 from onix.core.paths import read_state_id
-from onix.machine import transaction
 from onix.machine.ownership import nix_fingerprint
 from onix.machine.prune import PRUNE_STEPS
 from onix.machine.transaction import ACTIVATE_STEPS, BUILD_STEPS
@@ -37,9 +37,9 @@ def setup_root(root: Path, make_stone) -> dict:
         "extra": make_stone("extra", {"share/extra/data": "extra" * 100}),
         "v3": make_stone("hello", v("3"), version="3"),
     }
-    transaction.install(root, [stones["v1"]])
-    transaction.install(root, [stones["v2"], stones["extra"]])
-    transaction.install(root, [stones["v1"]])  # state 3: hello 1 + extra
+    api.install(root, [stones["v1"]])
+    api.install(root, [stones["v2"], stones["extra"]])
+    api.install(root, [stones["v1"]])  # state 3: hello 1 + extra
     return stones
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import onix, snapshot, write_tree
 
+from onix import api
 from onix.core.paths import read_state_id
-from onix.machine import transaction, verify
 from onix.machine.stone import StoneMeta, pack
 
 
@@ -44,7 +44,7 @@ def test_emlink_falls_back_to_copies(ext4_root: Path, tmp_path: Path) -> None:
     write_tree(tmp_path / "src", files)
     stone = tmp_path / "many.stone"
     pack(tmp_path / "src", stone, StoneMeta(name="many", version="1"))
-    r = transaction.install(ext4_root, [stone])
+    r = api.install(ext4_root, [stone])
     assert r.to_state == 1
     counts: dict[int, int] = {}
     for p in files:
@@ -52,7 +52,7 @@ def test_emlink_falls_back_to_copies(ext4_root: Path, tmp_path: Path) -> None:
         counts[n] = counts.get(n, 0) + 1
     # The store's name plus 64,999 tree paths fill the inode; the other 11 paths are copies.
     assert counts == {65_000: 64_999, 1: 11}, counts
-    assert verify.verify(ext4_root).clean
+    assert api.verify(ext4_root).clean
 
 
 def test_out_of_inodes_during_blit(tmp_path: Path, make_stone) -> None:
@@ -60,7 +60,7 @@ def test_out_of_inodes_during_blit(tmp_path: Path, make_stone) -> None:
     if not _mount(["-t", "tmpfs", "-o", "size=64m,nr_inodes=400", "tmpfs"], root):
         pytest.skip("needs root to mount a tmpfs")
     try:
-        transaction.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755)})])
+        api.install(root, [make_stone("hello", {"bin/hello": ("hi", 0o755)})])
         empties = make_stone("empties", {f"share/e/{i}": b"" for i in range(600)}
                              | {"share/e/data": "new content"})
         before = snapshot(root)
@@ -69,7 +69,7 @@ def test_out_of_inodes_during_blit(tmp_path: Path, make_stone) -> None:
         assert "no space left while building the new /usr" in r.stderr
         assert read_state_id(root / "usr") == 1
         assert not (root / ".onix/staging/usr").exists()
-        assert verify.verify(root).clean
+        assert api.verify(root).clean
         st = onix("status", "--root", root, "--json", check=True).stdout
         assert '"states": 1' in st
         # The import is taken back too: only the database file's bytes may differ.

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import write_tree
 
-from onix.machine import transaction
+from onix import api
 from onix.machine.stone import StoneMeta, pack
 from onix.validate import image, qemu
 
@@ -173,7 +173,7 @@ def test_a_new_state_installed_into_the_image_root_boots(built, tmp_path: Path) 
     write_tree(src, {"share/onix-test/marker": b"state two\n"})
     stone = tmp_path / "onix-test-marker.stone"
     pack(src, stone, StoneMeta(name="onix-test-marker", version="1"))
-    two = transaction.install(root, [stone])
+    two = api.install(root, [stone])
     assert two.to_state == r.state + 1 and two.fstx != r.fstx
     disk = tmp_path / "two.img"
     image.make_disk(root, disk, seed="two")

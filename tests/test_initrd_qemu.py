@@ -18,8 +18,8 @@ import bootkit
 import pytest
 from conftest import write_tree
 
+from onix import api
 from onix.boot import initrd
-from onix.machine import states, transaction
 from onix.machine.stone import StoneMeta, pack
 
 pytestmark = pytest.mark.slow
@@ -62,8 +62,8 @@ def build_machine(work: Path, *, depmod: bool = False) -> Machine:
         return out
 
     root = work / "root"
-    a = transaction.install(root, [*stones.values(), marker(1)])
-    b = transaction.install(root, [marker(2)])
+    a = api.install(root, [*stones.values(), marker(1)])
+    b = api.install(root, [marker(2)])
     assert (a.to_state, b.to_state) == (1, 2)
     # mount points the initrd moves /dev, /proc, /sys and /run onto
     for d in ("dev", "proc", "sys", "run"):
@@ -71,7 +71,7 @@ def build_machine(work: Path, *, depmod: bool = False) -> Machine:
     _tree, kver = bootkit.kernel_tree(depmod=depmod)
     img = initrd.build(usr=root / "usr", kver=kver, cache_dir=work / "initrd-cache")
     assert img.compression == "zstd" and "virtio_blk" in img.modules
-    fstx = {s["id"]: s["fstx"] for s in states.list_states(root)}
+    fstx = {s["id"]: s["fstx"] for s in api.list_states(root)}
     return Machine(root=root, kver=kver, initrd=img.path, fstx=fstx)
 
 

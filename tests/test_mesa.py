@@ -31,8 +31,9 @@ from pathlib import Path
 import pytest
 from conftest import onix
 
+from onix import api
 from onix.core import tools
-from onix.machine import transaction
+from onix.core.paths import RootPaths
 from onix.repo import index as repo
 from onix.repo import keys
 
@@ -104,11 +105,11 @@ def mesa_repo(tmp_path_factory):
 
 
 def _install_set(root: Path, wanted: list[tuple[str, str]]):
-    by = {(a.name, a.version): a for a in repo.available(root)}
+    by = {(a.name, a.version): a for a in repo.available(RootPaths.of(root))}
     missing = [w for w in wanted if w not in by]
     assert not missing, f"the repository lacks {missing}"
-    files = [repo.fetch(root, by[w]) for w in wanted]
-    return transaction.install(root, files, dependencies=[n for n, _ in wanted if n != "mesa"])
+    files = [repo.fetch(RootPaths.of(root), by[w]) for w in wanted]
+    return api.install(root, files, dependencies=[n for n, _ in wanted if n != "mesa"])
 
 
 def _add_app(root: Path) -> Path:
@@ -137,7 +138,7 @@ def test_the_app_follows_mesa_across_install_and_rollback(mesa_repo, tmp_path):
     repodir, pub, sets = mesa_repo
     root = tmp_path / "root"
     root.mkdir()
-    repo.add(root, name="mesa", uri=str(repodir), public_key=str(pub))
+    api.repo_add(root, name="mesa", uri=str(repodir), public_key=str(pub))
 
     old = _install_set(root, sets["22.3.6"])
     onix("nix", "seed", "--root", root, check=True)
@@ -161,7 +162,7 @@ def test_the_app_follows_mesa_across_install_and_rollback(mesa_repo, tmp_path):
     assert second["probe"] == "ok"
     assert _opengl(root) == "coherent"
 
-    back = transaction.rollback(root)
+    back = api.rollback(root)
     assert back.to_state == old.to_state
     third = _run_app(root, app)
     assert "Mesa 22.3.6" in third["version"], third

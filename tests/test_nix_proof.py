@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import fake_nix, onix, onix_json
 
-from onix.machine import transaction
+from onix import api
 from onix.machine.ownership import compare, nix_fingerprint, report
 
 
@@ -33,8 +33,8 @@ def test_rollback_reports_a_nix_change_it_saw(root: Path, make_stone) -> None:
     """Nix moving during a rollback is real but cannot be timed on demand, so the rollback is
     stopped (ONIX_FAULT) after its exchange, /nix is changed, and recovery finishes it."""
     fake_nix(root)
-    transaction.install(root, [make_stone("hello", {"bin/hello": "1"})])
-    transaction.install(root, [make_stone("hello", {"bin/hello": "2"}, version="2")])
+    api.install(root, [make_stone("hello", {"bin/hello": "1"})])
+    api.install(root, [make_stone("hello", {"bin/hello": "2"}, version="2")])
     r = onix("rollback", "--root", root, env={"ONIX_FAULT": "rollback:links"})
     assert r.returncode == 86
     (root / "nix/store/eeee-gc-survivor").mkdir()

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nixkit import NixPlane, available, base_accounts, integration_stone
 
+from onix import api
 from onix.core.paths import read_state_id
-from onix.machine import prune, states, transaction, verify
 from onix.machine.stone import StoneMeta, pack
 from onix.nix import plane as nixplane
 
@@ -56,7 +56,7 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
     root = work / "root"
     root.mkdir()
     base_accounts(root)
-    transaction.install(root, [integration_stone(work)])
+    api.install(root, [integration_stone(work)])
     nixplane.seed(root)
     version = 0
     installed = False  # the model: is ripgrep in alice's profile?
@@ -70,14 +70,14 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
         for op in ops:
             if op == "onix-install":
                 version += 1
-                r = transaction.install(root, [_stone(work, version)])
+                r = api.install(root, [_stone(work, version)])
                 assert r.nix == "untouched", r.nix
             elif op == "onix-rollback":
                 live = read_state_id(root / "usr")
-                if any(st["id"] < live for st in states.list_states(root)):
-                    assert transaction.rollback(root).nix == "untouched"
+                if any(st["id"] < live for st in api.list_states(root)):
+                    assert api.rollback(root).nix == "untouched"
             elif op == "onix-prune":
-                assert prune.prune(root, keep=1).nix == "untouched"
+                assert api.prune(root, keep=1).nix == "untouched"
             elif op == "nix-install" and not installed:
                 alice("nix profile install nixpkgs#ripgrep")
                 installed = True
@@ -93,5 +93,5 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
                 assert alice("rg x").stdout.strip().endswith("x")
             r = plane.run(["nix", "store", "verify", "--all"], check=False, timeout=60)
             assert r.returncode == 0, r.stderr
-            assert verify.verify(root).clean
+            assert api.verify(root).clean
             assert nixplane.daemon_health(root)[0] == "healthy"

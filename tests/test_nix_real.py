@@ -30,8 +30,8 @@ from nixkit import (
     pidns_members,
 )
 
+from onix import api
 from onix.core.errors import OnixError
-from onix.machine import transaction
 from onix.nix import check as nixcheck_mod
 from onix.nix import plane as nixplane
 
@@ -65,7 +65,7 @@ def _mount_points() -> list[str]:
 def machine(root: Path, tmp_path: Path) -> Path:
     """An ONIX root: base accounts, one state with onix-nix-integration, seeded."""
     base_accounts(root)
-    transaction.install(root, [integration_stone(tmp_path)])
+    api.install(root, [integration_stone(tmp_path)])
     nixplane.seed(root)
     return root
 
@@ -96,7 +96,7 @@ def onix_inside(plane: NixPlane, *args: str, check: bool = True):
 
 
 def nixcheck(plane: NixPlane, user: str = "alice") -> dict:
-    code = ("import json; from onix.nixcheck import check; "
+    code = ("import json; from onix.nix.check import check; "
             f"print(json.dumps(check(user={user!r})))")
     return json.loads(plane.python(code, timeout=60).stdout)
 
@@ -225,8 +225,8 @@ def test_profile_install_from_the_local_flake_survives_a_reboot(plane: NixPlane,
 @pytest.mark.slow
 def test_rollback_prune_and_nix_gc_leave_each_plane_alone(plane: NixPlane, machine: Path,
                                                           make_stone) -> None:
-    transaction.install(machine, [make_stone("hello", {"bin/hello": "#!/bin/sh\necho 1\n"})])
-    transaction.install(machine, [make_stone("hello", {"bin/hello": "#!/bin/sh\necho 2\n"},
+    api.install(machine, [make_stone("hello", {"bin/hello": "#!/bin/sh\necho 1\n"})])
+    api.install(machine, [make_stone("hello", {"bin/hello": "#!/bin/sh\necho 2\n"},
                                              version="2")])
     alice(plane, "nix profile install nixpkgs#ripgrep", timeout=60)
     listed = alice(plane, "nix profile list").stdout

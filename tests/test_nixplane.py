@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, onix, onix_json, snapshot
 
+from onix import api
 from onix.core.errors import StateError
-from onix.machine import prune, transaction
 from onix.nix import plane as nixplane
 
 DECLARED = REPO / "stones/onix-nix-integration/usr/share/onix/nix"
@@ -102,7 +102,7 @@ def test_runtime_dirs_have_the_installers_modes(root: Path) -> None:
 
 
 def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_stone) -> None:
-    transaction.install(root, [nix_stone()])
+    api.install(root, [nix_stone()])
     conf = root / "etc/nix/nix.conf"
     text = conf.read_text()
     assert text.startswith("# Managed by onix") and "build-users-group = nixbld" in text
@@ -110,13 +110,13 @@ def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_
     assert nixplane.drift(root).overrides == []
     assert not (root / "nix").exists()  # a transaction never writes inside /nix
     # New defaults replace an unedited file ...
-    transaction.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = false\n"
+    api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = false\n"
                                          "max-jobs = 4\n", version="2.0")])
     assert "max-jobs = 4" in conf.read_text()
     # ... but a local edit is kept through later transactions, and counted.
     conf.write_text(conf.read_text().replace("max-jobs = 4", "max-jobs = 16") + "cores = 2\n")
     edited = conf.read_text()
-    transaction.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = true\n",
+    api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = true\n",
                                          version="3.0")])
     assert conf.read_text() == edited
     d = nixplane.drift(root)
@@ -130,7 +130,7 @@ def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_
 
 
 def test_syntax_error_in_nix_conf_is_reported_with_its_line(root: Path, nix_stone) -> None:
-    transaction.install(root, [nix_stone()])
+    api.install(root, [nix_stone()])
     conf = root / "etc/nix/nix.conf"
     conf.write_text(conf.read_text() + "this line is not a setting\nmax-jobs=4\n"
                     "include a b\n")
@@ -144,7 +144,7 @@ def test_syntax_error_in_nix_conf_is_reported_with_its_line(root: Path, nix_ston
 
 
 def test_status_lines_in_product_order(root: Path, nix_stone, mesa_stone) -> None:
-    r = transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+    r = api.install(root, [nix_stone(), mesa_stone("22.3.6")])
     nixplane.seed(root, runtime=True)
     lines = onix("status", "--root", root, check=True).stdout.splitlines()
     assert lines[0] == f"active fstx: {r.fstx}"
@@ -154,7 +154,7 @@ def test_status_lines_in_product_order(root: Path, nix_stone, mesa_stone) -> Non
 
 
 def test_missing_nixbld_group_is_a_status_note(root: Path, nix_stone) -> None:
-    transaction.install(root, [nix_stone()])
+    api.install(root, [nix_stone()])
     group = root / "etc/group"
     group.write_text("".join(ln + "\n" for ln in group.read_text().splitlines()
                              if not ln.startswith("nixbld:")))
@@ -193,18 +193,18 @@ def test_daemon_health_stale_socket_and_silent_daemon(root: Path) -> None:
 
 def test_opengl_bridge_follows_rollback_and_reports_stale(root: Path, nix_stone,
                                                           mesa_stone) -> None:
-    one = transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+    one = api.install(root, [nix_stone(), mesa_stone("22.3.6")])
     bridge = root / "run/opengl-driver"
     assert os.readlink(bridge) == f"/run/onix/opengl-driver-{one.fstx}"
     driver = root / "run/onix" / f"opengl-driver-{one.fstx}"
     assert os.readlink(driver / "lib/dri") == "/usr/lib/x86_64-linux-gnu/dri"
     assert os.readlink(driver / "share/vulkan/icd.d") == "/usr/share/vulkan/icd.d"
     assert nixplane.opengl_status(root, fstx=one.fstx) == "coherent"
-    two = transaction.install(root, [mesa_stone("25.0.7")])
+    two = api.install(root, [mesa_stone("25.0.7")])
     assert os.readlink(bridge) == f"/run/onix/opengl-driver-{two.fstx}"
     dri = root / "usr/lib/x86_64-linux-gnu/dri/swrast_dri.so"
     assert dri.read_text() == "mesa 25.0.7"
-    transaction.rollback(root)
+    api.rollback(root)
     assert os.readlink(bridge) == f"/run/onix/opengl-driver-{one.fstx}"
     assert dri.read_text() == "mesa 22.3.6"  # what a Nix app's loader finds through the bridge
     assert sorted(p.name for p in (root / "run/onix").iterdir()) == \
@@ -217,7 +217,7 @@ def test_opengl_bridge_follows_rollback_and_reports_stale(root: Path, nix_stone,
     onix("nix", "seed", "--root", root, check=True)
     assert onix_json("status", "--root", root)["nix"]["opengl"] == "coherent"
     # Stale: an ICD file that names a library the state does not have.
-    transaction.install(root, [mesa_stone("25.0.8", icd_lib="/usr/lib/nope/libvk.so")])
+    api.install(root, [mesa_stone("25.0.8", icd_lib="/usr/lib/nope/libvk.so")])
     assert "names /usr/lib/nope/libvk.so, which does not exist" in \
         onix_json("status", "--root", root)["nix"]["opengl"]
 
@@ -226,19 +226,19 @@ def test_gc_roots_for_store_links_follow_the_states(root: Path, make_stone) -> N
     nixplane.seed(root, runtime=True)
     (root / "nix/store/aaaa-ripgrep-14.1/bin").mkdir(parents=True)
     link = make_stone("uses-nix", {"bin/rg": ("symlink", "/nix/store/aaaa-ripgrep-14.1/bin/rg")})
-    r1 = transaction.install(root, [link])
+    r1 = api.install(root, [link])
     roots = root / "nix/var/nix/gcroots/onix/states"
     assert {p.name: os.readlink(p) for p in roots.iterdir()} == \
         {"1-0": "/nix/store/aaaa-ripgrep-14.1"}
     assert r1.nix == "untouched"  # onix's own roots are its seam, not Nix's
-    transaction.remove(root, ["uses-nix"])
+    api.remove(root, ["uses-nix"])
     assert {p.name for p in roots.iterdir()} == {"1-0"}  # state 1 still retained
-    prune.prune(root, keep=1)
+    api.prune(root, keep=1)
     assert list(roots.iterdir()) == []
 
 
 def test_nix_seed_cli_and_json(root: Path, nix_stone) -> None:
-    transaction.install(root, [nix_stone()])
+    api.install(root, [nix_stone()])
     r = onix_json("nix", "seed", "--root", root)
     assert "/nix/store" in r["changed"]
     assert onix_json("nix", "seed", "--root", root)["changed"] == []
@@ -253,7 +253,7 @@ def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
 
     if shutil.which("s6-svscan") is None:
         pytest.fail("s6 is not installed: run ./scripts/bootstrap")
-    transaction.install(root, [nix_stone()])
+    api.install(root, [nix_stone()])
     nixplane.seed(root, runtime=True)
     svc = root / nixplane.SERVICE
     svc.mkdir(parents=True)
@@ -284,7 +284,7 @@ def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
 def test_symlinked_directories_are_never_written_through(root: Path, nix_stone, mesa_stone,
                                                          tmp_path: Path, rel: str) -> None:
     """The root is a scratch dir on a host: a symlink there must not lead onix outside."""
-    transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+    api.install(root, [nix_stone(), mesa_stone("22.3.6")])
     outside = tmp_path / "outside"
     outside.mkdir()
     target = root / rel
@@ -310,7 +310,7 @@ def test_services_sync_lays_the_services_down_again_after_a_reboot(root: Path,
     stone = tmp_path / "integration.stone"
     pack(REPO / "stones/onix-nix-integration", stone,
          StoneMeta(name="onix-nix-integration", version="1"))
-    transaction.install(root, [stone])
+    api.install(root, [stone])
     assert (root / "run/service/nix-daemon/run").exists()
     shutil.rmtree(root / "run")  # the reboot
     rows = onix_json("services", "--sync", "--root", root)
@@ -327,7 +327,7 @@ def test_a_broken_etc_never_leaves_store_links_unrooted(root: Path, nix_stone,
     nixplane.seed(root, runtime=True)
     (root / "etc/group").write_text("nixbld:x:1234:\n")  # seed will refuse this
     (root / "nix/store/abcd-firefox/bin").mkdir(parents=True)
-    r = transaction.install(root, [nix_stone(), make_stone(
+    r = api.install(root, [nix_stone(), make_stone(
         "ff", {"bin/firefox": ("symlink", "/nix/store/abcd-firefox/bin/firefox")})])
     assert any("nix plane (seed)" in w and "gid 1234" in w for w in r.warnings), r.warnings
     roots = root / "nix/var/nix/gcroots/onix/states"
@@ -341,7 +341,7 @@ def test_a_crash_after_the_journal_closed_is_caught_up(root: Path, make_stone) -
 
     nixplane.seed(root, runtime=True)
     (root / "nix/store/bbbb-tool/bin").mkdir(parents=True)
-    transaction.install(root, [make_stone("a", {"bin/a": "a"})])
+    api.install(root, [make_stone("a", {"bin/a": "a"})])
     s = make_stone("tool", {"bin/tool": ("symlink", "/nix/store/bbbb-tool/bin/tool")})
     r = cli("install", "--root", root, s, env={"ONIX_FAULT": "install:done"})
     assert r.returncode == 86
@@ -385,7 +385,7 @@ def test_group_without_members_is_reported_and_fixed(root: Path) -> None:
 def test_directories_are_0755_whatever_the_umask(root: Path, nix_stone, mesa_stone) -> None:
     old = os.umask(0o027)
     try:
-        transaction.install(root, [nix_stone(), mesa_stone("22.3.6")])
+        api.install(root, [nix_stone(), mesa_stone("22.3.6")])
         nixplane.seed(root, runtime=True)
     finally:
         os.umask(old)
@@ -395,7 +395,7 @@ def test_directories_are_0755_whatever_the_umask(root: Path, nix_stone, mesa_sto
 
 def test_bad_declared_defaults_or_service_cycle_never_become_live(root: Path, nix_stone,
                                                                   make_stone) -> None:
-    transaction.install(root, [nix_stone()])
+    api.install(root, [nix_stone()])
     live = (root / "usr/.stateID").read_text()
     conf = root / "etc/nix/nix.conf"
     before = conf.read_bytes()

@@ -10,9 +10,9 @@ from conftest import fake_nix, snapshot, write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from onix import api
 from onix.core.errors import OnixError
 from onix.core.paths import read_state_id
-from onix.machine import prune, states, transaction, verify
 from onix.machine.stone import StoneMeta, pack
 
 NAMES = ("alpha", "beta", "gamma")
@@ -58,20 +58,20 @@ def test_random_sequences_keep_root_sound(sequence: list[tuple]) -> None:
         for op in sequence:
             try:
                 if op[0] == "install":
-                    transaction.install(root, [STONES[(op[1], op[2])]])
+                    api.install(root, [STONES[(op[1], op[2])]])
                 elif op[0] == "remove":
-                    transaction.remove(root, [op[1]])
+                    api.remove(root, [op[1]])
                 elif op[0] == "rollback":
-                    transaction.rollback(root)
+                    api.rollback(root)
                 elif op[0] == "prune":
-                    r = prune.prune(root, keep=op[1])
+                    r = api.prune(root, keep=op[1])
                     assert r.nix == "untouched"
                 elif op[0] == "pin" and read_state_id(root / "usr") is not None:
-                    states.set_pinned(root, read_state_id(root / "usr"), True)
+                    api.set_pinned(root, read_state_id(root / "usr"), True)
             except OnixError:
                 pass  # refused operations (nothing to remove, no older state) are fine
             if read_state_id(root / "usr") is not None:
-                report = verify.verify(root)
+                report = api.verify(root)
                 assert report.clean, (op, report.problems)
                 assert report.unreferenced_objects == 0 or op[0] != "prune"
         assert snapshot(root / "nix") == nix_before

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import snapshot
 
+from onix import api
 from onix.core.errors import OnixError, StoneError
+from onix.core.paths import RootPaths
 from onix.machine.stone import Stone
 from onix.repo import index as repo
 from onix.repo import keys
@@ -223,7 +225,7 @@ def test_index_with_a_bad_key_writes_nothing(stones, signer):
 
 
 def test_add_a_local_directory(root, stones, signer):
-    info = repo.add(root, name="main", uri=str(stones), public_key=_pub(signer), priority=5)
+    info = api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer), priority=5)
     assert info.status == "ok" and info.stones == 3 and info.priority == 5
     conf = (root / "etc/onix/repos/main.conf").read_text()
     assert f"uri = {stones}\n" in conf and "priority = 5\n" in conf
@@ -231,23 +233,23 @@ def test_add_a_local_directory(root, stones, signer):
     cache = root / ".onix/repos/main"
     assert (cache / "index.json").read_bytes() == (stones / "index.json").read_bytes()
     assert (cache / "index.json.sig").read_bytes() == (stones / "index.json.sig").read_bytes()
-    [listed] = repo.list_repos(root)
+    [listed] = api.repo_list(root)
     assert listed.as_dict()["name"] == "main" and listed.stones == 3
-    names = sorted(a.name for a in repo.available(root))
+    names = sorted(a.name for a in repo.available(RootPaths.of(root)))
     assert names == ["hello", "hello-dbginfo", "libgreet"]
-    assert [a.name for a in repo.search(root, "libgreet.so")] == ["libgreet"]  # by provider
-    assert [a.name for a in repo.search(root, "HELLO")] == ["hello", "hello-dbginfo"]
-    [hello] = repo.info(root, "hello")
+    assert [a.name for a in api.search(root, "libgreet.so")] == ["libgreet"]  # by provider
+    assert [a.name for a in api.search(root, "HELLO")] == ["hello", "hello-dbginfo"]
+    [hello] = repo.info(RootPaths.of(root), "hello")
     assert hello.evr == "2.1-1" and hello.repo == "main" and hello.priority == 5
     assert hello.location == str(stones / "hello-2.1-1-x86_64.stone")
     with pytest.raises(OnixError, match="no repository has a stone named nope"):
-        repo.info(root, "nope")
+        repo.info(RootPaths.of(root), "nope")
 
 
 def test_add_a_file_url_and_a_public_key_file(root, stones, signer):
-    repo.add(root, name="f", uri=f"file://{stones}/", public_key=str(signer[1]))
-    assert repo.list_repos(root)[0].uri == f"file://{stones}"
-    path = repo.fetch(root, repo.info(root, "libgreet")[0])
+    api.repo_add(root, name="f", uri=f"file://{stones}/", public_key=str(signer[1]))
+    assert api.repo_list(root)[0].uri == f"file://{stones}"
+    path = repo.fetch(RootPaths.of(root), repo.info(RootPaths.of(root), "libgreet")[0])
     with Stone(path) as s:
         assert s.meta.name == "libgreet"
 
@@ -275,7 +277,7 @@ def test_add_refuses_a_bad_index_and_writes_nothing(case, transport, root, stone
     uri = str(stones) if transport == "dir" else serve(stones)
     before = snapshot(root)
     with pytest.raises(OnixError, match=message) as e:
-        repo.add(root, name="main", uri=uri, public_key=_pub(signer))
+        api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
     assert e.value.path == (f"{stones}/index.json" if transport == "dir"
                             else f"{uri}/index.json")
     assert e.value.hint
@@ -287,7 +289,7 @@ def test_add_refuses_the_wrong_key(root, stones, other_signer, serve):
     before = snapshot(root)
     with pytest.raises(OnixError, match=re.escape("signature does not match the key configured for "
                                             "repository main (signed by key")) as e:
-        repo.add(root, name="main", uri=uri, public_key=_pub(other_signer))
+        api.repo_add(root, name="main", uri=uri, public_key=_pub(other_signer))
     assert e.value.line().startswith(f"{uri}/index.json: signature does not match")
     assert snapshot(root) == before
 
@@ -320,11 +322,11 @@ def test_bad_add_names_what_and_writes_nothing(case, root, stones, signer, serve
     elif case == "bad key":
         key = "onix-ed25519 bm90IGEga2V5 comment"
     elif case == "duplicate":
-        repo.add(root, name="main", uri=uri, public_key=key)
+        api.repo_add(root, name="main", uri=uri, public_key=key)
         where = str(root / "etc/onix/repos/main.conf")
     before = snapshot(root)
     with pytest.raises(OnixError) as e:
-        repo.add(root, name=name, uri=uri, public_key=key)
+        api.repo_add(root, name=name, uri=uri, public_key=key)
     if where is not None:
         assert e.value.path == where
     assert e.value.hint
@@ -336,20 +338,20 @@ def test_a_symlinked_etc_is_refused(root, stones, signer, tmp_path):
     elsewhere.mkdir()
     os.symlink(elsewhere, root / "etc")
     with pytest.raises(OnixError, match="is a symlink") as e:
-        repo.add(root, name="main", uri=str(stones), public_key=_pub(signer))
+        api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
     assert e.value.path == str(root / "etc")
     assert list(elsewhere.iterdir()) == []
 
 
 def test_remove(root, stones, signer):
-    repo.add(root, name="main", uri=str(stones), public_key=_pub(signer))
-    assert repo.remove(root, name="main").name == "main"
+    api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
+    assert api.repo_remove(root, name="main").name == "main"
     assert not (root / "etc/onix/repos/main.conf").exists()
     assert not (root / ".onix/repos/main").exists()
-    assert repo.list_repos(root) == [] and repo.available(root) == []
+    assert api.repo_list(root) == [] and repo.available(RootPaths.of(root)) == []
     before = snapshot(root)
     with pytest.raises(OnixError, match="no repository named main"):
-        repo.remove(root, name="main")
+        api.repo_remove(root, name="main")
     assert snapshot(root) == before
 
 
@@ -358,22 +360,22 @@ def test_remove(root, stones, signer):
 
 def test_tampered_update_keeps_the_previous_cache(root, stones, signer, serve, make_stone):
     uri = serve(stones)
-    repo.add(root, name="main", uri=uri, public_key=_pub(signer))
-    assert repo.update(root)[0].changed is False
+    api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
+    assert api.repo_update(root)[0].changed is False
     _place(make_stone("extra", {"share/extra": "x"}), stones)
     repo.write_index(directory=stones, key=signer[0], name="test")
     good_new = (stones / "index.json").read_bytes()
     _tamper(stones)
     before = snapshot(root)
     with pytest.raises(OnixError, match="signature does not match") as e:
-        repo.update(root, names=["main"])
+        api.repo_update(root, names=["main"])
     assert e.value.path == f"{uri}/index.json"
     assert snapshot(root) == before
-    assert "extra" not in {a.name for a in repo.available(root)}
+    assert "extra" not in {a.name for a in repo.available(RootPaths.of(root))}
     (stones / "index.json").write_bytes(good_new)
-    [result] = repo.update(root, names=["main"])
+    [result] = api.repo_update(root, names=["main"])
     assert result.changed and result.stones == 4
-    assert "extra" in {a.name for a in repo.available(root)}
+    assert "extra" in {a.name for a in repo.available(RootPaths.of(root))}
     assert not list((root / ".onix/repos").glob(".*"))  # no swap debris
 
 
@@ -383,37 +385,37 @@ def test_update_checks_every_repository_before_writing_any(root, stones, signer,
     second.mkdir()
     _place(make_stone("other", {"share/o": "o"}), second)
     repo.write_index(directory=second, key=signer[0], name="second")
-    repo.add(root, name="a", uri=str(stones), public_key=_pub(signer))
-    repo.add(root, name="b", uri=serve(second), public_key=_pub(signer))
+    api.repo_add(root, name="a", uri=str(stones), public_key=_pub(signer))
+    api.repo_add(root, name="b", uri=serve(second), public_key=_pub(signer))
     repo.write_index(directory=stones, key=signer[0], name="changed")  # a would change
     (second / "index.json.sig").unlink()  # b is broken
     before = snapshot(root)
     with pytest.raises(OnixError, match="is not signed"):
-        repo.update(root)
+        api.repo_update(root)
     assert snapshot(root) == before
     with pytest.raises(OnixError, match="no repository named zzz"):
-        repo.update(root, names=["zzz"])
+        api.repo_update(root, names=["zzz"])
 
 
 def test_a_tampered_cache_is_refused_on_load(root, stones, signer):
-    repo.add(root, name="main", uri=str(stones), public_key=_pub(signer))
+    api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
     _tamper(root / ".onix/repos/main")
     with pytest.raises(OnixError, match="signature does not match the key configured") as e:
-        repo.available(root)
+        repo.available(RootPaths.of(root))
     assert e.value.path == str(root / ".onix/repos/main/index.json")
     assert "onix repo update main" in e.value.hint
-    [info] = repo.list_repos(root)
+    [info] = api.repo_list(root)
     assert info.stones is None and "signature does not match" in info.status
-    repo.update(root)  # a good fetch repairs it
-    assert len(repo.available(root)) == 3
+    api.repo_update(root)  # a good fetch repairs it
+    assert len(repo.available(RootPaths.of(root))) == 3
 
 
 def test_a_broken_config_names_its_line(root, stones, signer):
-    repo.add(root, name="main", uri=str(stones), public_key=_pub(signer))
+    api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
     conf = root / "etc/onix/repos/main.conf"
     conf.write_text(conf.read_text() + "mirror = x\n")
     with pytest.raises(OnixError, match="line 5: expected one of uri, key, priority") as e:
-        repo.list_repos(root)
+        api.repo_list(root)
     assert e.value.path == str(conf)
 
 
@@ -422,13 +424,13 @@ def test_a_broken_config_names_its_line(root, stones, signer):
 
 def test_resolve_and_fetch_over_http(root, stones, signer, serve):
     uri = serve(stones)
-    repo.add(root, name="main", uri=uri, public_key=_pub(signer))
-    plan = resolve(requested=["hello"], installed={}, available=repo.available(root),
+    api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
+    plan = resolve(requested=["hello"], installed={}, available=repo.available(RootPaths.of(root)),
                    explicit=set())
     assert sorted(a.name for a in plan.install) == ["hello", "libgreet"]
     assert plan.dependencies == {"libgreet"}
     seen = []
-    paths = [repo.fetch(root, a, progress=seen.append) for a in plan.install]
+    paths = [repo.fetch(RootPaths.of(root), a, progress=seen.append) for a in plan.install]
     for a, p in zip(plan.install, paths, strict=True):
         assert p == root / ".onix/cache/downloads" / f"{a.sha256}.stone"
         assert hashlib.sha256(p.read_bytes()).hexdigest() == a.sha256
@@ -438,43 +440,43 @@ def test_resolve_and_fetch_over_http(root, stones, signer, serve):
     # a second fetch is served from the download cache: the server is not needed
     for f in stones.glob("*.stone"):
         f.unlink()
-    assert repo.fetch(root, plan.install[0]) == paths[0]
+    assert repo.fetch(RootPaths.of(root), plan.install[0]) == paths[0]
 
 
 def test_checksum_mismatch_is_refused_and_not_cached(root, stones, signer, serve, make_stone):
     uri = serve(stones)
-    repo.add(root, name="main", uri=uri, public_key=_pub(signer))
-    entry = repo.info(root, "libgreet")[0]
+    api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
+    entry = repo.info(RootPaths.of(root), "libgreet")[0]
     # same file name, other bytes: the stone changed after the index was signed
     other = make_stone("libgreet", {"lib/libgreet.so.1": "evil"}, provides=[SONAME])
     shutil.move(other, stones / entry.file)
     before = snapshot(root)
     with pytest.raises(OnixError, match=re.escape(
             "checksum mismatch: the download of libgreet 1.0-1")) as e:
-        repo.fetch(root, entry)
+        repo.fetch(RootPaths.of(root), entry)
     assert e.value.path == f"{uri}/{entry.file}"
     assert "onix repo update main" in e.value.hint
     assert snapshot(root) == before  # not cached, no temp file, no new directories
 
 
 def test_a_damaged_download_cache_entry_is_fetched_again(root, stones, signer):
-    repo.add(root, name="main", uri=str(stones), public_key=_pub(signer))
-    entry = repo.info(root, "hello")[0]
-    path = repo.fetch(root, entry)
+    api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
+    entry = repo.info(RootPaths.of(root), "hello")[0]
+    path = repo.fetch(RootPaths.of(root), entry)
     path.write_bytes(b"rot")
-    assert repo.fetch(root, entry) == path
+    assert repo.fetch(RootPaths.of(root), entry) == path
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
 
 
 def test_a_missing_stone_is_a_404_naming_its_url(root, stones, signer, serve):
     uri = serve(stones)
-    repo.add(root, name="main", uri=uri, public_key=_pub(signer))
-    entry = repo.info(root, "hello")[0]
+    api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
+    entry = repo.info(RootPaths.of(root), "hello")[0]
     (stones / entry.file).unlink()
     before = snapshot(root)
     with pytest.raises(OnixError,
                        match=re.escape("not found (repository main lists hello 2.1-1")) as e:
-        repo.fetch(root, entry)
+        repo.fetch(RootPaths.of(root), entry)
     assert e.value.path == f"{uri}/{entry.file}"
     assert snapshot(root) == before
 
@@ -485,10 +487,10 @@ def test_priority_picks_the_repository(root, stones, signer, tmp_path, make_ston
     _place(make_stone("libgreet", {"lib/libgreet.so.1": "v2"}, version="1.5",
                       provides=[SONAME]), newer)
     repo.write_index(directory=newer, key=signer[0], name="newer")
-    repo.add(root, name="base", uri=str(stones), public_key=_pub(signer), priority=10)
-    repo.add(root, name="newer", uri=str(newer), public_key=_pub(signer))
-    assert [(a.repo, a.version) for a in repo.info(root, "libgreet")] == [
+    api.repo_add(root, name="base", uri=str(stones), public_key=_pub(signer), priority=10)
+    api.repo_add(root, name="newer", uri=str(newer), public_key=_pub(signer))
+    assert [(a.repo, a.version) for a in repo.info(RootPaths.of(root), "libgreet")] == [
         ("base", "1.0"), ("newer", "1.5")]
-    plan = resolve(requested=["libgreet"], installed={}, available=repo.available(root),
-                   explicit=set())
+    plan = resolve(requested=["libgreet"], installed={},
+                   available=repo.available(RootPaths.of(root)), explicit=set())
     assert [(a.repo, a.version) for a in plan.install] == [("base", "1.0")]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import onix, snapshot
 
+from onix.core.paths import RootPaths
 from onix.machine.stone import Stone
 from onix.repo import index as repo
 from onix.repo import keys
@@ -97,13 +98,13 @@ def test_an_index_file_name_with_a_nul_byte_is_a_bad_index_not_a_traceback(root,
 def test_fetch_checks_the_stone_against_its_entry_on_a_cache_hit_too(root, hostile, signer):
     d, _edit = hostile
     onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
-    entry = next(a for a in repo.available(root) if a.name == "evil")
-    got = repo.fetch(root, entry)  # a truthful entry: fetched and kept
+    entry = next(a for a in repo.available(RootPaths.of(root)) if a.name == "evil")
+    got = repo.fetch(RootPaths.of(root), entry)  # a truthful entry: fetched and kept
     with Stone(got) as s:
         assert s.meta.name == "evil"
     lying = repo.Available(**{**entry.__dict__, "name": "app"})
     with pytest.raises(repo.OnixError, match="app"):
-        repo.fetch(root, lying)
+        repo.fetch(RootPaths.of(root), lying)
 
 
 # -- recipes ---------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from onix import api
 from onix.core.errors import ConflictError
 from onix.core.paths import RootPaths
-from onix.machine import transaction
 from onix.machine.db import SCHEMA_VERSION
 
 
@@ -34,9 +34,9 @@ def trio(make_stone):
 
 def test_dependencies_are_recorded_as_such_and_removed_as_orphans(root, trio):
     lib, tool, other = trio
-    transaction.install(root, [lib, tool, other], dependencies=["libz"])
+    api.install(root, [lib, tool, other], dependencies=["libz"])
     assert _explicit(root) == {"libz": False, "tool": True, "other": True}
-    r = transaction.remove(root, ["tool"])
+    r = api.remove(root, ["tool"])
     assert "orphans libz" in r.summary
     assert set(_explicit(root)) == {"other"}
     assert not (root / "usr/lib/libz.so.1").exists()
@@ -44,11 +44,11 @@ def test_dependencies_are_recorded_as_such_and_removed_as_orphans(root, trio):
 
 def test_keep_orphans_and_explicit_dependencies_stay(root, trio):
     lib, tool, _ = trio
-    transaction.install(root, [lib, tool], dependencies=["libz"])
-    transaction.remove(root, ["tool"], orphans=False)
+    api.install(root, [lib, tool], dependencies=["libz"])
+    api.remove(root, ["tool"], orphans=False)
     assert _explicit(root) == {"libz": False}
     # asked for by name later: promoted in place, no new state, never an orphan again
-    r = transaction.install(root, [lib])
+    r = api.install(root, [lib])
     assert not r.changed and "now explicit: libz" in r.summary
     assert _explicit(root) == {"libz": True}
 
@@ -56,30 +56,30 @@ def test_keep_orphans_and_explicit_dependencies_stay(root, trio):
 def test_a_stone_still_needed_is_not_an_orphan(root, make_stone, trio):
     lib, tool, _ = trio
     tool2 = make_stone("tool2", {"bin/tool2": "t2"}, depends=["soname(libz.so.1(x86_64))"])
-    transaction.install(root, [lib, tool, tool2], dependencies=["libz"])
-    transaction.remove(root, ["tool"])
+    api.install(root, [lib, tool, tool2], dependencies=["libz"])
+    api.remove(root, ["tool"])
     assert _explicit(root) == {"libz": False, "tool2": True}
 
 
 def test_removing_a_needed_dependency_is_refused(root, trio):
     lib, tool, _ = trio
-    transaction.install(root, [lib, tool], dependencies=["libz"])
+    api.install(root, [lib, tool], dependencies=["libz"])
     with pytest.raises(ConflictError, match="tool needs soname"):
-        transaction.remove(root, ["libz"])
+        api.remove(root, ["libz"])
 
 
 def test_rollback_restores_the_older_states_intent(root, trio):
     lib, tool, other = trio
-    transaction.install(root, [lib, tool], dependencies=["libz"])
-    transaction.install(root, [other])
-    transaction.remove(root, ["tool"])
-    transaction.rollback(root)
+    api.install(root, [lib, tool], dependencies=["libz"])
+    api.install(root, [other])
+    api.remove(root, ["tool"])
+    api.rollback(root)
     assert _explicit(root) == {"libz": False, "tool": True, "other": True}
 
 
 def test_schema_1_log_is_upgraded_and_its_stones_count_as_explicit(root, trio):
     lib, tool, _ = trio
-    transaction.install(root, [lib, tool], dependencies=["libz"])
+    api.install(root, [lib, tool], dependencies=["libz"])
     db_path = RootPaths.of(root).db
     db = sqlite3.connect(db_path)
     # Rebuild state_stones as schema 1 had it: no explicit column.
@@ -93,7 +93,7 @@ def test_schema_1_log_is_upgraded_and_its_stones_count_as_explicit(root, trio):
     """)
     db.commit()
     db.close()
-    r = transaction.remove(root, ["tool"])  # opens the log read-write: upgrades it
+    r = api.remove(root, ["tool"])  # opens the log read-write: upgrades it
     assert "orphans" not in r.summary
     assert _explicit(root) == {"libz": True}
     db = sqlite3.connect(db_path)

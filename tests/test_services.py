@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import snapshot
 
+from onix import api
 from onix.core.errors import OnixError
 from onix.services import reconcile as services
 
@@ -459,7 +460,6 @@ def test_logger_added_recreates_the_service(tmp_path, root, scandir, out, svscan
 
 def test_states_from_real_transactions(tmp_path, root, scandir, out, svscan, make_stone):
     from onix.core.paths import read_state_id
-    from onix.machine import transaction
 
     def stone(version: str):
         files: dict[str, object] = {}
@@ -471,17 +471,17 @@ def test_states_from_real_transactions(tmp_path, root, scandir, out, svscan, mak
         return make_stone("lone-service", files, version=version)
 
     # Every transaction and rollback reconciles the scan dir itself (transaction.py).
-    r = transaction.install(root, [stone("1")]).detail["services"]
+    r = api.install(root, [stone("1")]).detail["services"]
     s1 = read_state_id(root / "usr")
     assert r["started"] == ["lone"] and r["ok"] and r["supervised"]
     p1 = pid(scandir, "lone")
     assert f"state {s1}" in (scandir / "lone" / services.MARKER).read_text()
-    r = transaction.install(root, [stone("2")]).detail["services"]
+    r = api.install(root, [stone("2")]).detail["services"]
     s2 = read_state_id(root / "usr")
     assert r["restarted"] == ["lone"] and r["state_id"] == s2
     assert (scandir / "lone" / "data" / "version").read_text() == "2"
     assert pid(scandir, "lone") != p1
-    r = transaction.rollback(root).detail["services"]
+    r = api.rollback(root).detail["services"]
     assert read_state_id(root / "usr") == s1
     assert r["restarted"] == ["lone"] and (scandir / "lone" / "data" / "version").read_text() == "1"
     assert reconcile(root, root / "usr", s1).unchanged == ["lone"]  # nothing left to do

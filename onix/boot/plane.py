@@ -53,6 +53,7 @@ from onix.boot import bls, bootloader, esp
 from onix.core import faults, fsutil, safepath
 from onix.core.errors import DiskFullError, OnixError, StateError
 from onix.core.paths import RootPaths, read_state_id
+from onix.machine.session import Session
 
 log = logging.getLogger("onix.boot")
 
@@ -238,7 +239,7 @@ def _meta_int(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _retained(s, cfg: esp.BootConfig, exclude: set[int]) -> dict:
+def _retained(s: Session, cfg: esp.BootConfig, exclude: set[int]) -> dict:
     live = s.live_state()
     with s.db.read() as c:
         states = {st["id"]: st for st in s.db.states(c) if st["id"] not in exclude}
@@ -256,7 +257,8 @@ def _retained(s, cfg: esp.BootConfig, exclude: set[int]) -> dict:
             "reset": reset, "owned": json.loads(owned) if owned else {}}
 
 
-def _plan_one(s, *, st: dict, usr: Path, name: bls.EntryName, version: str) -> Planned | str:
+def _plan_one(s: Session, *, st: dict, usr: Path, name: bls.EntryName,
+              version: str) -> Planned | str:
     from onix.boot import initrd
 
     sid, fstx = st["id"], st["fstx"]
@@ -280,7 +282,7 @@ def _plan_one(s, *, st: dict, usr: Path, name: bls.EntryName, version: str) -> P
                    kernel_rel=kernel_rel, initrd_src=built.path, initrd_rel=initrd_rel)
 
 
-def plan(s, *, dirs: esp.BootDirs, cfg: esp.BootConfig,
+def plan(s: Session, *, dirs: esp.BootDirs, cfg: esp.BootConfig,
          exclude: set[int] | frozenset[int] = frozenset()) -> Plan:
     """What $BOOT should hold. Builds (or takes from the cache) each state's initrd.
 
@@ -372,7 +374,7 @@ def _owned_entries(p: Plan, boot: Path) -> set[str]:
     return set(bls.list_entries(boot))
 
 
-def execute(s, p: Plan, *, cfg: esp.BootConfig) -> dict:
+def execute(s: Session, p: Plan, *, cfg: esp.BootConfig) -> dict:
     """Converge $BOOT to the plan, step by step (see the module docstring)."""
     boot, esp_dir = p.dirs.boot, p.dirs.esp
     check_dirs(p.dirs)
@@ -543,7 +545,7 @@ def _guard(what: str) -> Iterator[None]:
                   "sync" if full else "fix that, then run onix boot sync") from e
 
 
-def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
+def sync(s: Session, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
                  exclude: set[int] | frozenset[int] = frozenset()) -> dict | None:
     """Bring $BOOT in line with the states; None when this root has no ESP."""
     dirs, cfg = dirs_for(s.paths, esp_dir=esp_dir, xbootldr=xbootldr)
@@ -559,18 +561,18 @@ def sync_session(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None
     return report
 
 
-def after_change(s) -> dict | None:
+def after_change(s: Session) -> dict | None:
     """End of a command that changed states: sync, or fail with what to do."""
     with _guard(f"state {s.live_state()} is live, but the boot files were not updated"):
-        return sync_session(s)
+        return sync(s)
 
 
-def preflight(s) -> None:
+def preflight(s: Session) -> None:
     """Before a command changes anything: boot.conf and the boot directories are sane."""
     dirs_for(s.paths)
 
 
-def check_layout(s, entries: list, *, read) -> None:
+def check_layout(s: Session, entries: list, *, read) -> None:
     """Before anything is written: would the planned state boot?
 
     Works from the planned layout; `read(entry) -> bytes` fetches a file's content (from
@@ -651,7 +653,7 @@ def check_layout(s, entries: list, *, read) -> None:
         initrd.check_static(Path(f"usr/{rel}"), rel=rel, what=what, data=data)
 
 
-def check_state(s, *, usr: Path, fstx: str) -> None:
+def check_state(s: Session, *, usr: Path, fstx: str) -> None:
     """Before a state becomes live: can it boot? Bad boot input is refused while the root
     is still as it was (prepare → verify → execute), not found after the exchange.
 
@@ -678,7 +680,7 @@ def check_state(s, *, usr: Path, fstx: str) -> None:
                         f"({len(built.data) >> 10} KiB, {built.compression})")
 
 
-def sync_if_needed(s) -> list[str]:
+def sync_if_needed(s: Session) -> list[str]:
     """Start of a mutating command: redo a sync that a crash or a boot left undone."""
     dirs, _ = dirs_for(s.paths)
     if dirs is None or s.live_state() is None:
@@ -688,13 +690,13 @@ def sync_if_needed(s) -> list[str]:
             return []
     try:
         with _guard(""):
-            sync_session(s)
+            sync(s)
     except OnixError as e:
         return [f"boot files are out of date and could not be updated: {e.line()}"]
     return ["brought the boot files up to date with the state log"]
 
 
-def prune_entries(s, doomed: list[int]) -> None:
+def prune_entries(s: Session, doomed: list[int]) -> None:
     """Prune, before it forgets states and deletes their trees: their entries go first.
 
     A full sync without them (it also moves loader.conf off them); if that cannot be
@@ -707,7 +709,7 @@ def prune_entries(s, doomed: list[int]) -> None:
         return
     try:
         with _guard(""):
-            sync_session(s, exclude=set(doomed))
+            sync(s, exclude=set(doomed))
         return
     except OnixError as e:
         s.progress.note(f"boot: {e.line()}; removing the pruned states' entries only")
@@ -727,7 +729,7 @@ def prune_entries(s, doomed: list[int]) -> None:
         fsutil.fsync_dir(entries)
 
 
-def booted_entry(s, dirs: esp.BootDirs) -> bls.EntryName | None:
+def booted_entry(s: Session, dirs: esp.BootDirs) -> bls.EntryName | None:
     """The entry this system booted: LoaderEntrySelected if it is the live state's (the
     initrd may have exchanged another state in since), else the live state's entry."""
     entries = bls.list_entries(dirs.boot)
@@ -743,7 +745,7 @@ def booted_entry(s, dirs: esp.BootDirs) -> bls.EntryName | None:
     return entries.get(st["fstx"])
 
 
-def mark_good(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -> dict:
+def mark_good(s: Session, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -> dict:
     """Bless the booted entry: drop its counter, and point loader.conf at the new name.
 
     Crash-safe order: the blessed copy first, then loader.conf, then the counted file.
@@ -770,7 +772,7 @@ def mark_good(s, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -
     return {"entry": blessed.file, "was": cur.file, "changed": True}
 
 
-def set_default(s, state_id: int, *, once: bool = False, esp_dir: Path | None = None,
+def set_default(s: Session, state_id: int, *, once: bool = False, esp_dir: Path | None = None,
                 xbootldr: Path | None = None) -> dict:
     """Boot a state next time (once: LoaderEntryOneShot) or from now on (boot_default)."""
     with s.db.read() as c:
@@ -805,16 +807,15 @@ def set_default(s, state_id: int, *, once: bool = False, esp_dir: Path | None = 
         s.db.delete_meta(c, META_FALLBACK)
     with _guard(f"state {state_id} is the boot default now, but the boot files were not "
                 "updated"):
-        report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr) or {}
+        report = sync(s, esp_dir=esp_dir, xbootldr=xbootldr) or {}
     return {"state": state_id, "entry": report.get("default"), "once": False}
 
 
-def status(root: Path | str, *, esp_dir: Path | None = None,
+def status(paths: RootPaths, *, esp_dir: Path | None = None,
            xbootldr: Path | None = None) -> dict:
     """Everything `onix boot status` shows; reads only."""
     from onix.machine.db import Database
 
-    paths = RootPaths.of(root)
     dirs, cfg = dirs_for(paths, esp_dir=esp_dir, xbootldr=xbootldr)
     out: dict = {"esp": str(dirs.esp) if dirs else None,
                  "xbootldr": str(dirs.xbootldr) if dirs and dirs.xbootldr else None,
@@ -856,33 +857,12 @@ def status(root: Path | str, *, esp_dir: Path | None = None,
     return out
 
 
-# -- entry points that take a root (the CLI and tests call these) --------------------------
-
-
-def _session(root: Path | str, *, wait: bool):
-    from onix.machine.transaction import session
-
-    return session(root, wait=wait, create=False)
-
-
-def sync(root: Path | str, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
-         wait: bool = True) -> dict:
-    with _session(root, wait=wait) as s, _guard(""):
-        report = sync_session(s, esp_dir=esp_dir, xbootldr=xbootldr)
+def sync_requested(s: Session, *, esp_dir: Path | None = None,
+                   xbootldr: Path | None = None) -> dict:
+    """`onix boot sync`: like sync(), but a root without an ESP is an error here."""
+    with _guard(""):
+        report = sync(s, esp_dir=esp_dir, xbootldr=xbootldr)
         if report is None:
             raise BootError("no ESP found for this root", path=s.paths.root / "boot",
                             hint="create DIR/boot (image mode), mount the ESP, or pass --esp")
         return {**report, "recovered": s.recovered}
-
-
-def mark_good_root(root: Path | str, *, esp_dir: Path | None = None,
-                   xbootldr: Path | None = None, wait: bool = True) -> dict:
-    with _session(root, wait=wait) as s:
-        return mark_good(s, esp_dir=esp_dir, xbootldr=xbootldr)
-
-
-def set_default_root(root: Path | str, state_id: int, *, once: bool = False,
-                     esp_dir: Path | None = None, xbootldr: Path | None = None,
-                     wait: bool = True) -> dict:
-    with _session(root, wait=wait) as s:
-        return set_default(s, state_id, once=once, esp_dir=esp_dir, xbootldr=xbootldr)

@@ -15,7 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from onix.cli.output import RichProgress, console, error, human_bytes, print_json
+from onix.cli.output import (
+    RichProgress,
+    console,
+    error,
+    format_status,
+    human_bytes,
+    print_json,
+)
 from onix.core.errors import OnixError, from_exception
 
 app = typer.Typer(help="ONIX machine plane: stones, states, rollback.", no_args_is_help=True,
@@ -116,10 +123,10 @@ def install(targets: Annotated[list[str], typer.Argument(
                 "such as 'binary(rg)', or .stone files.")],
             root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Install or replace stones, with their dependencies; one transaction, one new state."""
-    from onix.repo import install as selection
+    from onix import api
 
-    _run(json, lambda: selection.install(root, targets, wait=not no_wait,
-                                         progress=_progress(json)), _print_result)
+    _run(json, lambda: api.install(root, targets, wait=not no_wait,
+                                   progress=_progress(json)), _print_result)
 
 
 @app.command()
@@ -128,10 +135,10 @@ def remove(names: Annotated[list[str], typer.Argument(help="Installed stone name
                "--keep-orphans", help="Keep dependencies nothing asked for any more.")] = False,
            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Remove stones by name, and dependencies only they needed; one new state."""
-    from onix.machine import transaction
+    from onix import api
 
-    _run(json, lambda: transaction.remove(root, names, orphans=not keep_orphans,
-                                          wait=not no_wait, progress=_progress(json)),
+    _run(json, lambda: api.remove(root, names, orphans=not keep_orphans,
+                                  wait=not no_wait, progress=_progress(json)),
          _print_result)
 
 
@@ -139,7 +146,7 @@ def remove(names: Annotated[list[str], typer.Argument(help="Installed stone name
 def search(term: Annotated[str, typer.Argument(help="Part of a name, summary or provider.")],
            root: Root = Path("/"), json: Json = False) -> None:
     """Stones the configured repositories offer."""
-    from onix.repo import index as repo
+    from onix import api
 
     def human(rows: list) -> None:
         if not rows:
@@ -148,13 +155,13 @@ def search(term: Annotated[str, typer.Argument(help="Part of a name, summary or 
             console().print(f"{a['name']} {a['version']}-{a['release']}  [dim]{a['repo']}[/]  "
                             f"{a['summary']}")
 
-    _run(json, lambda: [a.as_dict() for a in repo.search(root, term)], human)
+    _run(json, lambda: [a.as_dict() for a in api.search(root, term)], human)
 
 
 @app.command()
 def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
     """One stone: what the live state has and what the repositories offer."""
-    from onix.repo import install as selection
+    from onix import api
 
     def human(r: dict) -> None:
         out = console()
@@ -172,7 +179,7 @@ def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
             out.print(f"available: {a['version']}-{a['release']} from {a['repo']} "
                       f"({human_bytes(a['size'])}) {a['location']}")
 
-    _run(json, lambda: selection.info(root, name), human)
+    _run(json, lambda: api.info(root, name), human)
 
 
 def _print_switch(r: dict) -> None:
@@ -190,16 +197,16 @@ def _print_switch(r: dict) -> None:
 def rollback(to: Annotated[int | None, typer.Option("--to", help="State id to go back to.")] = None,
              root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Go back to the previous state (or --to ID). /nix is checked before and after."""
-    from onix.machine import transaction
+    from onix import api
 
-    _run(json, lambda: transaction.rollback(root, to=to, wait=not no_wait), _print_switch)
+    _run(json, lambda: api.rollback(root, to=to, wait=not no_wait), _print_switch)
 
 
 @app.command()
 def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to keep.")] = 3,
           root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Remove old states (never active or pinned ones) and store content nothing uses."""
-    from onix.machine import prune as prune_mod
+    from onix import api
 
     def human(r: dict) -> None:
         out = console()
@@ -216,15 +223,15 @@ def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to kee
         for w in r.get("warnings") or []:
             out.print(f"[yellow]warning:[/] {w}")
 
-    _run(json, lambda: prune_mod.prune(root, keep=keep, wait=not no_wait,
-                                       progress=_progress(json)), human)
+    _run(json, lambda: api.prune(root, keep=keep, wait=not no_wait,
+                                 progress=_progress(json)), human)
 
 
 @app.command()
 def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the store.")] = False,
            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Re-hash the store; check /usr and every archived state against their layouts."""
-    from onix.machine import verify as verify_mod
+    from onix import api
 
     def human(r: dict) -> None:
         out = console()
@@ -241,8 +248,8 @@ def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the sto
         if not r["clean"] and not fix:
             out.print("run onix verify --fix to restore from the store")
 
-    report = _run(json, lambda: verify_mod.verify(root, fix=fix, wait=not no_wait,
-                                                  progress=_progress(json)), human)
+    report = _run(json, lambda: api.verify(root, fix=fix, wait=not no_wait,
+                                           progress=_progress(json)), human)
     if not report["clean"]:
         raise typer.Exit(1)
 
@@ -252,17 +259,16 @@ def status(root: Root = Path("/"), json: Json = False,
            verbose: Annotated[bool, typer.Option("--verbose", "-v",
                                                  help="List drifted keys.")] = False) -> None:
     """What is live: active fstx, boot entry, the Nix plane's seams, states, store size."""
-    from onix.machine.status import format_status
-    from onix.machine.status import status as get
+    from onix import api
 
-    _run(json, lambda: get(root), lambda r: sys.stdout.write("".join(
+    _run(json, lambda: api.status(root), lambda r: sys.stdout.write("".join(
         line + "\n" for line in format_status(r, verbose=verbose))), rich_output=False)
 
 
 @app.command("ownership")
 def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
     """The ownership contract: which plane owns which surface (as recorded in the root)."""
-    from onix.machine.ownership import table
+    from onix import api
 
     def human(rows: list) -> None:
         from rich.table import Table
@@ -274,7 +280,7 @@ def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
             t.add_row(r["surface"], r["owner"], r["reason"])
         console().print(t)
 
-    _run(json, lambda: table(root), human)
+    _run(json, lambda: api.ownership(root), human)
 
 
 # -- states ------------------------------------------------------------------------
@@ -283,7 +289,7 @@ def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
 @state_app.command("list")
 def state_list(root: Root = Path("/"), json: Json = False) -> None:
     """States, newest first; * marks the active one."""
-    from onix.machine import states
+    from onix import api
 
     def human(rows: list) -> None:
         from rich.table import Table
@@ -296,14 +302,14 @@ def state_list(root: Root = Path("/"), json: Json = False) -> None:
                       str(r["stones"]), "pinned" if r["pinned"] else "", r["summary"])
         console().print(t)
 
-    _run(json, lambda: states.list_states(root), human)
+    _run(json, lambda: api.list_states(root), human)
 
 
 @state_app.command("show")
 def state_show(state_id: Annotated[int, typer.Argument(metavar="ID")], root: Root = Path("/"),
                json: Json = False) -> None:
     """One state: its fstx, stones and size."""
-    from onix.machine import states
+    from onix import api
 
     def human(r: dict) -> None:
         out = console()
@@ -314,13 +320,13 @@ def state_show(state_id: Annotated[int, typer.Argument(metavar="ID")], root: Roo
         for s in r["stones"]:
             out.print(f"  {s['name']} {s['version']}-{s['release']}  [dim]{s['summary']}[/]")
 
-    _run(json, lambda: states.show_state(root, state_id), human)
+    _run(json, lambda: api.show_state(root, state_id), human)
 
 
 @state_app.command("diff")
 def state_diff(a: int, b: int, root: Root = Path("/"), json: Json = False) -> None:
     """Stones and files added, removed and changed from state A to state B."""
-    from onix.machine import states
+    from onix import api
 
     def human(r: dict) -> None:
         out = console()
@@ -331,22 +337,22 @@ def state_diff(a: int, b: int, root: Root = Path("/"), json: Json = False) -> No
         if not any(r[w][c] for w in ("stones", "files") for c in ("added", "removed", "changed")):
             out.print("no differences")
 
-    _run(json, lambda: states.diff_states(root, a, b), human)
+    _run(json, lambda: api.diff_states(root, a, b), human)
 
 
 @state_app.command("activate")
 def state_activate(state_id: Annotated[int, typer.Argument(metavar="ID")],
                    root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Make an archived state live."""
-    from onix.machine import transaction
+    from onix import api
 
-    _run(json, lambda: transaction.activate(root, state_id, wait=not no_wait), _print_switch)
+    _run(json, lambda: api.activate(root, state_id, wait=not no_wait), _print_switch)
 
 
 def _pin(state_id: int, pinned: bool, root: Path, json: bool, no_wait: bool) -> None:
-    from onix.machine import states
+    from onix import api
 
-    _run(json, lambda: states.set_pinned(root, state_id, pinned, wait=not no_wait),
+    _run(json, lambda: api.set_pinned(root, state_id, pinned, wait=not no_wait),
          lambda r: console().print(f"state {r['id']} {'pinned' if r['pinned'] else 'unpinned'}"))
 
 
@@ -368,9 +374,9 @@ def state_unpin(state_id: Annotated[int, typer.Argument(metavar="ID")], root: Ro
 def state_remove(ids: Annotated[list[int], typer.Argument(metavar="ID...")],
                  root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Remove archived states (never the active one) and store content only they used."""
-    from onix.machine import prune as prune_mod
+    from onix import api
 
-    _run(json, lambda: prune_mod.remove_states(root, ids, wait=not no_wait),
+    _run(json, lambda: api.remove_states(root, ids, wait=not no_wait),
          _print_summary_and_warnings)
 
 
@@ -393,18 +399,17 @@ def stone_pack(
     json: Json = False,
 ) -> None:
     """Pack a DESTDIR into a stone (deterministic: same tree, same bytes)."""
-    from onix.machine.stone import StoneMeta, pack
-
-    meta = StoneMeta(name=name, version=version, release=release, arch=arch, summary=summary,
-                     license=license, provides=sorted(provides or []),
-                     depends=sorted(depends or []))
+    from onix import api
 
     def human(r: dict) -> None:
         console().print(f"{r['path']}: {r['meta']['name']} {r['meta']['version']}-"
                         f"{r['meta']['release']}, {r['entries']} entries, "
                         f"{human_bytes(r['installed_size'])} installed")
 
-    _run(json, lambda: pack(src, output, meta, level=level), human)
+    _run(json, lambda: api.pack_stone(src, output, name=name, version=version,
+                                      release=release, arch=arch, summary=summary,
+                                      license=license, provides=provides or [],
+                                      depends=depends or [], level=level), human)
 
 
 @stone_app.command("inspect")
@@ -414,17 +419,7 @@ def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
                       "--verify/--no-verify", help="Hash every content blob (default).")] = True,
                   json: Json = False) -> None:
     """Check a stone and print its metadata and payloads."""
-    from onix.machine.stone import Stone
-
-    def read() -> dict:
-        with Stone(stone) as s:
-            if verify_content:
-                s.check_content()
-            d = s.describe()
-            d["content_verified"] = verify_content
-            if files:
-                d["layout"] = [e.as_record() for e in s.layout]
-            return d
+    from onix import api
 
     def human(d: dict) -> None:
         out = console()
@@ -442,7 +437,7 @@ def stone_inspect(stone: Annotated[Path, typer.Argument(metavar="FILE")],
         for rec in d.get("layout", []):
             out.print(f"  {rec[1]:7} {rec[2]:04o} /usr/{rec[0]}")
 
-    _run(json, read, human)
+    _run(json, lambda: api.inspect_stone(stone, check=verify_content, files=files), human)
 
 
 # -- boot plane --------------------------------------------------------------------------
@@ -477,9 +472,9 @@ def _print_sync(r: dict) -> None:
 def boot_sync(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
               json: Json = False, no_wait: NoWait = False) -> None:
     """Write entries, kernels and initrds for the retained states; drop stale ones."""
-    from onix.boot import plane as boot
+    from onix import api
 
-    _run(json, lambda: boot.sync(root, esp_dir=esp, xbootldr=xbootldr, wait=not no_wait),
+    _run(json, lambda: api.boot_sync(root, esp_dir=esp, xbootldr=xbootldr, wait=not no_wait),
          _print_sync)
 
 
@@ -487,7 +482,7 @@ def boot_sync(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None
 def boot_status(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
                 json: Json = False) -> None:
     """ESP, bootloader, default entry, and every entry with its state and tries left."""
-    from onix.boot import plane as boot
+    from onix import api
 
     def human(r: dict) -> None:
         out = console()
@@ -511,20 +506,20 @@ def boot_status(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = No
                 out.print(f"    [red]missing {f}[/]")
         out.print(f"kernels and initrds: {len(r['kernels'])}")
 
-    _run(json, lambda: boot.status(root, esp_dir=esp, xbootldr=xbootldr), human)
+    _run(json, lambda: api.boot_status(root, esp_dir=esp, xbootldr=xbootldr), human)
 
 
 @boot_app.command("mark-good")
 def boot_mark_good(root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
                    json: Json = False, no_wait: NoWait = False) -> None:
     """Bless the booted entry: boot counting is over for it."""
-    from onix.boot import plane as boot
+    from onix import api
 
     def human(r: dict) -> None:
         console().print(f"{r['entry']} is blessed" if r["changed"]
                         else f"{r['entry']} was already blessed")
 
-    _run(json, lambda: boot.mark_good_root(root, esp_dir=esp, xbootldr=xbootldr,
+    _run(json, lambda: api.boot_mark_good(root, esp_dir=esp, xbootldr=xbootldr,
                                            wait=not no_wait), human)
 
 
@@ -535,13 +530,13 @@ def boot_set_default(state_id: Annotated[int, typer.Argument(metavar="ID")],
                      root: Root = Path("/"), esp: Esp = None, xbootldr: Xbootldr = None,
                      json: Json = False, no_wait: NoWait = False) -> None:
     """Boot state ID by default from now on, or with --once for the next boot only."""
-    from onix.boot import plane as boot
+    from onix import api
 
     def human(r: dict) -> None:
         when = "the next boot" if r["once"] else "every boot from now on"
         console().print(f"state {r['state']} ({r['entry']}) boots {when}")
 
-    _run(json, lambda: boot.set_default_root(root, state_id, once=once, esp_dir=esp,
+    _run(json, lambda: api.boot_set_default(root, state_id, once=once, esp_dir=esp,
                                              xbootldr=xbootldr, wait=not no_wait), human)
 
 
@@ -555,22 +550,11 @@ def services_cmd(root: Root = Path("/"), json: Json = False,
                      "(what a boot service runs: /run starts empty).")] = False,
                  no_wait: NoWait = False) -> None:
     """The live state's s6 services and what s6-svstat says of each."""
-    from onix.services import reconcile as services
+    from onix import api
 
     def rows() -> list:
-        if sync:
-            from onix.core.paths import read_state_id
-            from onix.machine.transaction import session
-
-            with session(root, wait=not no_wait, create=False) as s:
-                live = read_state_id(s.paths.usr)
-                if live is not None:
-                    report = services.reconcile(root=s.paths.root, usr=s.paths.usr,
-                                                state_id=live)
-                    for f in report.failed:
-                        sys.stderr.write(f"warning: service {f['name']} did not come up: "
-                                         f"{f['reason']}\n")
-        return services.list_services(root=root)
+        return api.services(root, sync=sync, wait=not no_wait,
+                            warn=lambda w: sys.stderr.write(f"warning: {w}\n"))
 
     def human(rows: list) -> None:
         out = console()
@@ -590,23 +574,10 @@ def services_cmd(root: Root = Path("/"), json: Json = False,
 @nix_app.command("seed")
 def nix_seed(root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """nixbld users, /etc/nix defaults, the shell hook, /nix runtime dirs, the GL bridge."""
-    from onix.machine.transaction import session
-    from onix.nix import plane as nixplane
+    from onix import api
 
     def run() -> dict:
-        with session(root, wait=not no_wait, create=False) as s:
-            report = nixplane.seed_session(s, runtime=True)
-            report.pop("seeded", None)
-            after = nixplane.after_change(s)
-            after.pop("seed", None)  # the same /etc step, already in "changed"
-            report.update(after)
-            if "/etc/nix/nix.conf" in report["changed"]:
-                from onix.machine.transaction import restart_service
-
-                warnings: list[str] = []
-                restart_service(s, "nix-daemon", warnings)  # it reads nix.conf only once
-                report["warnings"] = warnings
-            return report
+        return api.nix_seed(root, wait=not no_wait)
 
     def human(r: dict) -> None:
         out = console()
@@ -622,9 +593,9 @@ def nix_seed(root: Root = Path("/"), json: Json = False, no_wait: NoWait = False
 def nix_check(user: Annotated[str, typer.Option("--user", help="Build as this user.")] = "nobody",
               json: Json = False) -> None:
     """Self-test: build a trivial derivation through the daemon as a non-root user."""
-    from onix.nix import check as nixcheck
+    from onix import api
 
-    _run(json, lambda: nixcheck.check(user=user),
+    _run(json, lambda: api.nix_check(user=user),
          lambda r: console().print(f"nix daemon built {r['path']} as {user} "
                                    f"in {r['seconds']:.1f} s: ok"))
 
@@ -645,15 +616,15 @@ def build(recipes: Annotated[list[Path], typer.Argument(metavar="RECIPE...",
           keep: Annotated[bool, typer.Option("--keep", help="Keep the work directory.")] = False,
           json: Json = False) -> None:
     """Build recipes into stones (+ -dbginfo, + a JSON manifest) in a clean environment."""
-    from onix.build import builder as build_mod
+    from onix import api
 
     def run() -> list:
         results = []
         for r in recipes:
             note = None if json else (lambda step, r=r: console().print(
                 f"[dim]{r.stem}:[/] {step}"))
-            results.append(build_mod.build(r, out=out, cache=cache, jobs=jobs, keep=keep,
-                                           progress=note).as_dict())
+            results.append(api.build(r, out=out, cache=cache, jobs=jobs, keep=keep,
+                                     progress=note).as_dict())
         return results
 
     def human(rows: list) -> None:
@@ -678,14 +649,9 @@ def key_generate(out: Annotated[Path, typer.Option(
                  comment: Annotated[str, typer.Option("--comment")] = "onix",
                  json: Json = False) -> None:
     """Make an ed25519 key pair for signing a repository index."""
-    from onix.repo import keys
+    from onix import api
 
-    def run() -> dict:
-        private, public = keys.generate(out=out, comment=comment)
-        return {"private": str(private), "public": str(public),
-                "public_key": public.read_text().strip()}
-
-    _run(json, run, lambda r: console().print(
+    _run(json, lambda: api.generate_key(out=out, comment=comment), lambda r: console().print(
         f"private key: {r['private']}\npublic key:  {r['public']}\n{r['public_key']}"))
 
 
@@ -695,23 +661,11 @@ def index_cmd(directory: Annotated[Path, typer.Argument(metavar="DIR", file_okay
               name: Annotated[str | None, typer.Option("--name", help="Repository name.")] = None,
               json: Json = False) -> None:
     """Write DIR/index.json for the stones in DIR and sign it (index.json.sig)."""
-    from onix.repo import index as repo
+    from onix import api
 
-    _run(json, lambda: repo.write_index(directory=directory, key=key, name=name),
+    _run(json, lambda: api.write_index(directory=directory, key=key, name=name),
          lambda r: console().print(f"{r['index']}: {r['stones']} stones, signed by key "
                                    f"{r['key_id']}"))
-
-
-def _repo_lock(root: Path, no_wait: bool):
-    """The root lock around repository changes, once the root has a .onix (a first
-    `repo add` on a fresh root must leave nothing behind when it is refused)."""
-    from contextlib import nullcontext
-
-    from onix.core.lock import root_lock
-    from onix.core.paths import RootPaths
-
-    paths = RootPaths.of(root)
-    return root_lock(paths, wait=not no_wait) if paths.onix.is_dir() else nullcontext()
 
 
 def _print_repos(rows: list) -> None:
@@ -729,45 +683,40 @@ def repo_add(name: str, uri: str,
              priority: Annotated[int, typer.Option("--priority")] = 0,
              root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Add a repository (a directory or an http(s) URL); its index must verify."""
-    from onix.repo import index as repo
+    from onix import api
 
-    def run():  # the root lock is taken after the index is fetched, not during
-        return repo.add(root, name=name, uri=uri, public_key=key, priority=priority,
-                        lock=lambda: _repo_lock(root, no_wait))
-
-    _run(json, run, lambda r: _print_repos([r]))
+    _run(json, lambda: api.repo_add(root, name=name, uri=uri, public_key=key,
+                                    priority=priority, wait=not no_wait),
+         lambda r: _print_repos([r]))
 
 
 @repo_app.command("list")
 def repo_list(root: Root = Path("/"), json: Json = False) -> None:
     """Configured repositories and whether their cached index verifies."""
-    from onix.repo import index as repo
+    from onix import api
 
-    _run(json, lambda: [r.as_dict() for r in repo.list_repos(root)], _print_repos)
+    _run(json, lambda: [r.as_dict() for r in api.repo_list(root)], _print_repos)
 
 
 @repo_app.command("remove")
 def repo_remove(name: str, root: Root = Path("/"), json: Json = False,
                 no_wait: NoWait = False) -> None:
     """Forget a repository (installed stones stay)."""
-    from onix.repo import index as repo
+    from onix import api
 
-    def run():
-        with _repo_lock(root, no_wait):
-            return repo.remove(root, name=name)
-
-    _run(json, run, lambda r: console().print(f"removed repository {r['name']}"))
+    _run(json, lambda: api.repo_remove(root, name=name, wait=not no_wait),
+         lambda r: console().print(f"removed repository {r['name']}"))
 
 
 @repo_app.command("update")
 def repo_update(names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]")] = None,
                 root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
     """Fetch and verify the indexes again (all repositories, or NAME...)."""
-    from onix.repo import index as repo
+    from onix import api
 
-    def run():  # the root lock is taken after the indexes are fetched, not during
-        return [u.as_dict() for u in repo.update(root, names=names or None,
-                                                 lock=lambda: _repo_lock(root, no_wait))]
+    def run():
+        return [u.as_dict() for u in api.repo_update(root, names=names or None,
+                                                     wait=not no_wait)]
 
     _run(json, run, lambda rows: [console().print(
         f"{u['name']}: {u['stones']} stones" + (" (changed)" if u["changed"] else ""))
@@ -895,9 +844,3 @@ def validate_cmd(
             print(f"work: {rep.work}")
     if not rep.ok:
         raise typer.Exit(1)
-
-
-def main() -> None:
-    from onix.cli.main import main as entry
-
-    entry()

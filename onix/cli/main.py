@@ -32,8 +32,9 @@ def _fast_status(args: list[str]) -> int | None:
 
     if os.path.exists(root) and not os.path.isdir(root):
         return None  # typer reports the usage error, as for every other command
+    from onix.api import status
+    from onix.cli.output import format_status
     from onix.core.errors import OnixError, from_exception
-    from onix.machine.status import format_status, status
 
     try:
         try:

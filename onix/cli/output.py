@@ -18,6 +18,35 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def format_status(r: dict, *, verbose: bool = False) -> list[str]:
+    """The human lines of `onix status` (plain text: this path must not import rich)."""
+    if not r["initialized"]:
+        return [f"{r['root']}: not an ONIX root yet"]
+    lines = [f"active fstx: {r['active_fstx'] or 'none'}"]
+    if r["boot"]["esp"] is not None:
+        lines.append(f"boot entry: {r['boot_entry'] or 'none (loader.conf names no default)'}")
+    nix = r.get("nix")
+    if nix is not None:
+        daemon = nix["daemon"] if nix["daemon"] == "healthy" else \
+            f"{nix['daemon']} ({nix['daemon_reason']})"
+        lines.append(f"nix daemon: {daemon}")
+        d = nix["drift"]
+        n = len(d["overrides"])
+        what = f"{n} local override{'s' if n != 1 else ''}" if n else "none"
+        if d["missing"]:
+            what += f"; {', '.join(d['missing'])} missing (onix nix seed)"
+        lines.append(f"etc drift: {what}")
+        if verbose:
+            lines.extend(f"  nix.conf: {k}" for k in d["overrides"])
+        lines.extend(f"  error: {e}" for e in d["errors"])
+        lines.append(f"opengl: {nix['opengl']}")
+    pinned = f" (pinned: {', '.join(map(str, r['pinned']))})" if r["pinned"] else ""
+    lines.append(f"states: {r['states']}{pinned}")
+    lines.append(f"store: {human_bytes(r['store_bytes'])}")
+    lines.extend(f"note: {n}" for n in r["notes"])
+    return lines
+
+
 def console(stderr: bool = False):
     from rich.console import Console
 

@@ -11,7 +11,7 @@ class OnixError(Exception):
     `path` names what was wrong, `hint` says what to do. The CLI prints
     ``error: <path>: <message>; <hint>`` and exits non-zero. Checks run before
     anything is written, and an error after that settles the journal on the
-    way out (transaction.session), so the root holds the old or the new state.
+    way out (recovery.opened), so the root holds the old or the new state.
     """
 
     exit_code = 1

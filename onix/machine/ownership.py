@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from onix.core.paths import RootPaths
+
 MACHINE = "machine"
 NIX_INTEGRATION = "onix-nix-integration"
 NIX = "Nix"
@@ -30,12 +32,12 @@ TABLE: list[tuple[str, str, str]] = [
 ]
 
 
-def table(root: Path | str) -> list[dict]:
+def table(paths: RootPaths) -> list[dict]:
     """The table as recorded in the root's database, or the built-in one for a fresh root."""
     import sqlite3
     from urllib.parse import quote
 
-    db = Path(root) / ".onix" / "db" / "onix.db"
+    db = paths.db
     rows = [(s, o, r) for s, o, r in TABLE]
     if db.exists():
         con = sqlite3.connect(f"file:{quote(str(db.absolute()))}?mode=ro", uri=True)

@@ -18,17 +18,16 @@ from __future__ import annotations
 import json
 import os
 from contextlib import suppress
-from pathlib import Path
 
 from sqlalchemy import select
 
 from onix.boot import plane as boot
 from onix.core import faults, fsutil
 from onix.core.errors import StateError
-from onix.core.progress import SILENT, Progress
-from onix.machine import ownership
+from onix.machine import follow, ownership
 from onix.machine.db import stones_t
-from onix.machine.transaction import Result, Session, session
+from onix.machine.session import Session
+from onix.machine.transaction import Result
 
 PRUNE_STEPS = ("journal", "boot", "forget", "trash", "gc", "done")
 
@@ -47,35 +46,36 @@ def _boot_default(s: Session, c) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def prune(root: Path | str, *, keep: int = 3, wait: bool = True,
-          progress: Progress = SILENT) -> Result:
+def check_keep(keep: int) -> None:
+    """Before the root is locked: a prune must keep the active state at least."""
     if keep < 1:
         raise StateError("--keep must be at least 1", hint="the active state is always kept")
-    with session(root, wait=wait, progress=progress, create=False) as s:
-        with s.db.read() as c:
-            doomed = plan(s.db.states(c), active=s.live_state(), keep=keep,
-                          boot_default=_boot_default(s, c))
-        return _run(s, doomed, kind="prune")
 
 
-def remove_states(root: Path | str, ids: list[int], *, wait: bool = True,
-                  progress: Progress = SILENT) -> Result:
+def prune(s: Session, *, keep: int = 3) -> Result:
+    check_keep(keep)
+    with s.db.read() as c:
+        doomed = plan(s.db.states(c), active=s.live_state(), keep=keep,
+                      boot_default=_boot_default(s, c))
+    return _run(s, doomed, kind="prune")
+
+
+def remove_states(s: Session, ids: list[int]) -> Result:
     """`onix state remove`: like prune, for named states."""
-    with session(root, wait=wait, progress=progress, create=False) as s:
-        live = s.live_state()
-        with s.db.read() as c:
-            for sid in ids:
-                st = s.db.state(c, sid)
-                if sid == live:
-                    raise StateError(f"state {sid} is the active state", path=s.paths.db,
-                                     hint="activate another state first")
-                if st["pinned"]:
-                    raise StateError(f"state {sid} is pinned", path=s.paths.db,
-                                     hint=f"onix state unpin {sid} first")
-                if sid == _boot_default(s, c):
-                    raise StateError(f"state {sid} is the boot default", path=s.paths.db,
-                                     hint="onix boot set-default another state first")
-        return _run(s, sorted(set(ids)), kind="state-remove")
+    live = s.live_state()
+    with s.db.read() as c:
+        for sid in ids:
+            st = s.db.state(c, sid)
+            if sid == live:
+                raise StateError(f"state {sid} is the active state", path=s.paths.db,
+                                 hint="activate another state first")
+            if st["pinned"]:
+                raise StateError(f"state {sid} is pinned", path=s.paths.db,
+                                 hint=f"onix state unpin {sid} first")
+            if sid == _boot_default(s, c):
+                raise StateError(f"state {sid} is the boot default", path=s.paths.db,
+                                 hint="onix boot set-default another state first")
+    return _run(s, sorted(set(ids)), kind="state-remove")
 
 
 def _run(s: Session, doomed: list[int], *, kind: str) -> Result:
@@ -88,10 +88,8 @@ def _run(s: Session, doomed: list[int], *, kind: str) -> Result:
     detail = resume(s, tx)
     report = detail.pop("nix_report")
     detail["boot"] = boot.after_change(s)
-    from onix.machine.transaction import follow_live
-
     warnings: list[str] = []
-    detail.update(follow_live(s, warnings))  # drops the GC roots of the pruned states
+    detail.update(follow.follow_live(s, warnings))  # drops the GC roots of the pruned states
     return Result(kind=kind, changed=bool(doomed or detail["objects"]), summary=(
         f"removed {len(doomed)} states, {detail['objects']} objects, "
         f"{detail['bytes_freed']} bytes"), nix=report, recovered=s.recovered, detail=detail,

@@ -8,21 +8,15 @@ every other change.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from onix.core.paths import RootPaths, read_state_id
 from onix.machine.db import Database
 from onix.machine.layout import Entry
-from onix.machine.transaction import session
+from onix.machine.session import Session
 
 
-def _db(root: Path | str) -> tuple[RootPaths, Database]:
-    paths = RootPaths.of(root)
-    return paths, Database(paths)
-
-
-def list_states(root: Path | str) -> list[dict]:
-    paths, db = _db(root)
+def list_states(paths: RootPaths) -> list[dict]:
+    db = Database(paths)
     live = read_state_id(paths.usr)
     try:
         with db.read() as c:
@@ -45,8 +39,8 @@ def _stones(db: Database, c, state_id: int) -> list[dict]:
             for r in db.stones(c, db.state_stone_ids(c, state_id))]
 
 
-def show_state(root: Path | str, state_id: int) -> dict:
-    paths, db = _db(root)
+def show_state(paths: RootPaths, state_id: int) -> dict:
+    db = Database(paths)
     try:
         with db.read() as c:
             st = db.state(c, state_id)
@@ -59,9 +53,9 @@ def show_state(root: Path | str, state_id: int) -> dict:
         db.close()
 
 
-def diff_states(root: Path | str, a: int, b: int) -> dict:
+def diff_states(paths: RootPaths, a: int, b: int) -> dict:
     """Stones and files added, removed and changed going from state a to state b."""
-    _paths, db = _db(root)
+    db = Database(paths)
     try:
         with db.read() as c:
             db.state(c, a)
@@ -95,9 +89,8 @@ def diff_states(root: Path | str, a: int, b: int) -> dict:
     }
 
 
-def set_pinned(root: Path | str, state_id: int, pinned: bool, *, wait: bool = True) -> dict:
-    with session(root, wait=wait, create=False) as s:
-        with s.db.write() as c:
-            s.db.state(c, state_id)
-            s.db.set_pinned(c, state_id, pinned)
-        return {"id": state_id, "pinned": pinned}
+def set_pinned(s: Session, state_id: int, pinned: bool) -> dict:
+    with s.db.write() as c:
+        s.db.state(c, state_id)
+        s.db.set_pinned(c, state_id, pinned)
+    return {"id": state_id, "pinned": pinned}

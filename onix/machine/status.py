@@ -45,8 +45,7 @@ def _query(db: Path) -> dict:
             "meta": meta, "made_live": made_live, "last_done": last_done or 0}
 
 
-def status(root: Path | str) -> dict:
-    paths = RootPaths.of(root)
+def status(paths: RootPaths) -> dict:
     if not paths.db.exists():
         return {"root": str(paths.root), "initialized": False, "active_state": None,
                 "active_fstx": None, "states": 0, "store_bytes": 0, "notes": [
@@ -62,10 +61,10 @@ def status(root: Path | str) -> dict:
         # lock) or one a crash interrupted (nobody does). Only the second is ours to repair.
         in_progress = lock_held(paths)
         if not in_progress:
-            from onix.machine.transaction import session
+            from onix.machine.recovery import opened
 
             try:
-                with session(paths.root, create=False, wait=False) as s:
+                with opened(paths, create=False, wait=False) as s:
                     recovered = s.recovered
             except (OSError, OnixError):
                 pass  # not allowed to repair (read-only, not root), or someone else just
@@ -181,34 +180,3 @@ def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
     d = nixplane.drift(paths.root, usr=paths.usr)
     return {"daemon": daemon, "daemon_reason": reason, "drift": d.as_dict(),
             "opengl": nixplane.opengl_status(paths.root, fstx=fstx, usr=paths.usr)}, notes
-
-
-def format_status(r: dict, *, verbose: bool = False) -> list[str]:
-    """The human lines of `onix status` (plain text: this path must not import rich)."""
-    from onix.cli.output import human_bytes
-
-    if not r["initialized"]:
-        return [f"{r['root']}: not an ONIX root yet"]
-    lines = [f"active fstx: {r['active_fstx'] or 'none'}"]
-    if r["boot"]["esp"] is not None:
-        lines.append(f"boot entry: {r['boot_entry'] or 'none (loader.conf names no default)'}")
-    nix = r.get("nix")
-    if nix is not None:
-        daemon = nix["daemon"] if nix["daemon"] == "healthy" else \
-            f"{nix['daemon']} ({nix['daemon_reason']})"
-        lines.append(f"nix daemon: {daemon}")
-        d = nix["drift"]
-        n = len(d["overrides"])
-        what = f"{n} local override{'s' if n != 1 else ''}" if n else "none"
-        if d["missing"]:
-            what += f"; {', '.join(d['missing'])} missing (onix nix seed)"
-        lines.append(f"etc drift: {what}")
-        if verbose:
-            lines.extend(f"  nix.conf: {k}" for k in d["overrides"])
-        lines.extend(f"  error: {e}" for e in d["errors"])
-        lines.append(f"opengl: {nix['opengl']}")
-    pinned = f" (pinned: {', '.join(map(str, r['pinned']))})" if r["pinned"] else ""
-    lines.append(f"states: {r['states']}{pinned}")
-    lines.append(f"store: {human_bytes(r['store_bytes'])}")
-    lines.extend(f"note: {n}" for n in r["notes"])
-    return lines

@@ -40,15 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from onix.boot import plane as boot
-from onix.core import faults, fsutil, proc
+from onix.core import faults, fsutil
 from onix.core.errors import ConflictError, DiskFullError, OnixError, StateError, StoneError
-from onix.core.lock import root_lock
 from onix.core.parallel import in_two_processes, split_balanced
 from onix.core.paths import OS_RELEASE_FILE, ROOT_LINKS, STATE_ID_FILE, RootPaths, read_state_id
-from onix.core.progress import SILENT, Progress
-from onix.machine import ownership
+from onix.machine import follow, ownership
 from onix.machine.layout import DIR, FILE, SYMLINK, Entry, canonical_digest, implicit_dirs, merge
-from onix.machine.store import DigestMismatch, ObjectKey, Store
+from onix.machine.session import Session
+from onix.machine.store import DigestMismatch, ObjectKey
 
 BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "archive", "links",
                "activate", "done")
@@ -84,95 +83,6 @@ def fstx_of(state_id: int, layout_digest: str) -> str:
 def os_release(state_id: int, fstx: str) -> bytes:
     return (f'NAME="ONIX"\nID=onix\nPRETTY_NAME="ONIX ({fstx})"\nVERSION_ID="{state_id}"\n'
             f"BUILD_ID={fstx}\nONIX_STATE={state_id}\nONIX_FSTX={fstx}\n").encode()
-
-
-# -- session: lock, database, recovery ------------------------------------------
-
-
-class Session:
-    """What a mutating command holds: the root lock, the database, the store."""
-
-    def __init__(self, paths: RootPaths, progress: Progress):
-        from onix.machine.db import Database
-
-        self.paths = paths
-        self.progress = progress
-        created = not paths.db.exists()
-        self.db = Database(paths, create=True)
-        self.store = Store(paths)
-        if created:
-            with self.db.write() as c:
-                self.db.seed_ownership(c, ownership.TABLE)
-        self.recovered: list[str] = []
-
-    def live_state(self) -> int | None:
-        return read_state_id(self.paths.usr)
-
-
-
-def check_live_state(s: Session) -> None:
-    """Refuse to act on a /usr whose state onix cannot name.
-
-    A missing or unreadable .stateID in a non-empty /usr, or one naming a state
-    the database does not know (a database restored from an older backup), would
-    make verify --fix "repair" /usr against nothing and prune or activate treat
-    the live tree as disposable. A human has to look first.
-    """
-    usr = s.paths.usr
-    live = s.live_state()
-    if live is None:
-        if usr.is_dir() and any(usr.iterdir()):
-            raise StateError("/usr has no readable .stateID, so onix cannot tell which state "
-                             "is live", path=s.paths.state_id_file,
-                             hint="restore usr/.stateID (see onix state list) before any change")
-        return
-    with s.db.read() as c:
-        if s.db.maybe_state(c, live) is None:
-            raise StateError(f"/usr/.stateID names state {live}, which the database does not "
-                             "know", path=s.paths.state_id_file,
-                             hint="restore the matching database, or reinstall; onix will "
-                             "not guess")
-
-
-@contextmanager
-def session(root: Path | str, *, wait: bool = True, progress: Progress = SILENT,
-            create: bool = True):
-    paths = RootPaths.of(root)
-    if not create and not paths.db.exists():
-        raise StateError("this root has no ONIX database", path=paths.db,
-                         hint="install a stone first: onix install --root DIR X.stone")
-    fresh = not paths.onix.exists() and not paths.onix.is_symlink()
-    root_existed = paths.root.exists()
-    discard = paths.root / f".onix.discard-{os.getpid()}"
-    try:
-        with root_lock(paths, wait=wait, on_wait=progress.note):
-            s = Session(paths, progress)
-            try:
-                s.recovered = recover(s)
-                check_live_state(s)
-                boot.preflight(s)
-                s.recovered += boot.sync_if_needed(s)
-                # A recovery, a boot, or a crash after the journal closed: the seams follow.
-                s.recovered += seams_if_needed(s)
-                yield s
-            except BaseException as exc:
-                translated = _settle_after_failure(s, exc)
-                # A first command that failed leaves no .onix behind. It is moved aside while
-                # the lock is held (anyone queued on its lock file re-locks, see lock.py).
-                if fresh and read_state_id(paths.usr) is None and not s.db.has_states():
-                    s.db.close()
-                    os.rename(paths.onix, discard)
-                if translated is not None:
-                    raise translated from None
-                raise
-            finally:
-                s.db.close()
-    finally:
-        if discard.exists():
-            fsutil.remove_tree(discard)
-            if not root_existed:
-                with suppress(OSError):
-                    paths.root.rmdir()  # only if still empty
 
 
 # -- prepare: read stones and plan a selection ---------------------------------
@@ -526,7 +436,7 @@ def root_links(paths: RootPaths) -> list[str]:
     return warnings
 
 
-def _archive_old_tree(paths: RootPaths, where: Path, old_state: int | None) -> None:
+def archive_old_tree(paths: RootPaths, where: Path, old_state: int | None) -> None:
     """After the exchange, `where` holds the previous /usr: file it under its state id."""
     if not where.exists():
         return
@@ -556,7 +466,7 @@ def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) 
             s.db.set_meta(c, boot.META_DEFAULT, str(to_state))
             s.db.delete_meta(c, boot.META_FALLBACK)
         s.db.end_tx(c, tx_id, "done", nix_after=nix_after, nix_report=report)
-    _unmark_txn(s.paths)
+    unmark_txn(s.paths)
     faults.point(kind, "done")
     return report, warnings
 
@@ -569,97 +479,11 @@ def _after_activation(s: Session, result: Result) -> Result:
     machine is live and `onix nix seed` / `onix services --sync` redo them.
     """
     result.detail["boot"] = boot.after_change(s)
-    result.detail.update(follow_live(s, result.warnings))
+    result.detail.update(follow.follow_live(s, result.warnings))
     return result
 
 
-def check_seams(usr: Path) -> None:
-    """Before a state becomes live: its service definitions load (names, dependencies,
-    no cycles, no symlinks) and its declared nix.conf is one Nix would accept."""
-    from onix.nix import plane as nixplane
-    from onix.services import reconcile as services
-
-    if (usr / services.DEFINITIONS).is_dir():
-        services.load_definitions(usr)
-    declared = nixplane.declared(usr).get("nix.conf")
-    if declared is not None:
-        _, errors = nixplane.parse_conf(declared.decode(errors="replace"),
-                                        where=f"usr/{nixplane.DECLARED_DIR}/nix.conf")
-        if errors:
-            raise StateError(errors[0], path=usr / nixplane.DECLARED_DIR / "nix.conf",
-                             hint="fix the stone's declared defaults")
-
-
-def follow_live(s: Session, warnings: list[str]) -> dict:
-    """The Nix seams and the services, for whatever state is live now; failures become
-    warnings. Also run after a recovery or a reconcile changed the live state."""
-    from onix.nix import plane as nixplane
-
-    out: dict = {}
-    before = len(warnings)
-    out["nix"] = nixplane.after_change(s, warnings)
-    out["services"] = _services_follow(s, warnings)
-    if "/etc/nix/nix.conf" in out["nix"].get("seed", []):
-        # The daemon reads nix.conf once: new defaults mean nothing until it restarts.
-        restart_service(s, "nix-daemon", warnings)
-    with s.db.write() as c:  # "" = lagging: status says so, the next command retries
-        s.db.set_meta(c, META_SEAMS_SYNCED,
-                      str(s.db.last_done_tx(c)) if len(warnings) == before else "")
-    return out
-
-
-META_SEAMS_SYNCED = "seams_synced_tx"  # last transaction the Nix seams and services follow
-
-
-def seams_if_needed(s: Session) -> list[str]:
-    """Start of a mutating command: redo the seams a crash after the journal left undone."""
-    if s.live_state() is None:
-        return []
-    with s.db.read() as c:
-        if not s.db.behind(c, META_SEAMS_SYNCED):
-            return []
-    notes: list[str] = []
-    follow_live(s, notes)
-    return notes or ["brought the Nix seams and services up to date with the live state"]
-
-
-def restart_service(s: Session, name: str, warnings: list[str]) -> None:
-    from onix.services import reconcile as services
-
-    svc = services.default_scandir(s.paths.root) / name
-    if not (svc / "supervise").is_dir() or not services.svscan_running(svc.parent):
-        return
-    try:
-        r = proc.run(["s6-svc", "-r", str(svc)], check=False, timeout=10)
-        why = r.stderr.decode(errors="replace").strip() or str(r.returncode) \
-            if r.returncode != 0 else None
-    except OnixError as e:
-        why = e.message
-    if why is not None:
-        warnings.append(f"service {name}: could not restart it for the new /etc/nix/nix.conf "
-                        f"({why}); s6-svc -r {svc}")
-
-
-def _services_follow(s: Session, warnings: list[str]) -> dict | None:
-    """Reconcile the live s6 scan directory with the live state's service definitions."""
-    from onix.services import reconcile as services
-
-    live = s.live_state()
-    has_defs = (s.paths.usr / services.DEFINITIONS).is_dir()
-    if live is None or (not has_defs and not services.default_scandir(s.paths.root).is_dir()):
-        return None
-    try:
-        report = services.reconcile(root=s.paths.root, usr=s.paths.usr, state_id=live)
-    except (OnixError, OSError) as e:
-        warnings.append(f"services: {e.line() if isinstance(e, OnixError) else e}; "
-                        "onix services --sync redoes it")
-        return None
-    for f in report.failed:
-        warnings.append(f"service {f['name']} did not come up: {f['reason']}")
-    return report.as_dict()
-
-
-def _mark_txn(paths: RootPaths) -> None:
+def mark_txn(paths: RootPaths) -> None:
     """Tell the initrd (boot/init) not to exchange /usr until this journal is closed."""
     fd = os.open(paths.txn_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     os.fsync(fd)
@@ -667,7 +491,7 @@ def _mark_txn(paths: RootPaths) -> None:
     fsutil.fsync_dir(paths.onix)
 
 
-def _unmark_txn(paths: RootPaths) -> None:
+def unmark_txn(paths: RootPaths) -> None:
     with suppress(FileNotFoundError):
         paths.txn_marker.unlink()
 
@@ -688,13 +512,13 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                        nbytes=sum(e.size for e in files), implicit=implicit)
         tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
                               detail={"source": "staging"}, nix_before=nix_before)
-    _mark_txn(paths)
+    mark_txn(paths)
     faults.point(kind, "blit")
     blit(s, entries, paths.staging_usr)
     faults.point(kind, "stateid")
     write_generated(paths.staging_usr, state_id, fstx)
     boot.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
-    check_seams(paths.staging_usr)
+    follow.check_seams(paths.staging_usr)
     faults.point(kind, "sync")
     fsutil.syncfs(paths.staging)
     faults.point(kind, "exchange")
@@ -704,28 +528,11 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
         os.rename(paths.staging_usr, paths.usr)
     fsutil.fsync_dir(paths.root)
     faults.point(kind, "archive")
-    _archive_old_tree(paths, paths.staging_usr, from_state)
+    archive_old_tree(paths, paths.staging_usr, from_state)
     report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
     return _after_activation(s, Result(
         kind=kind, from_state=from_state, to_state=state_id, fstx=fstx, summary=summary,
         nix=report, warnings=warnings, recovered=s.recovered))
-
-
-def _settle_after_failure(s: Session, exc: BaseException) -> OnixError | None:
-    """An error (not a crash) inside a session: settle now exactly as the next run would.
-
-    A journal row left running is undone if the exchange had not happened
-    (drop staging, forget the pending state) and finished if it had; a prune
-    is run forward. A full disk comes back as a DiskFullError for the caller to raise.
-    """
-    with suppress(Exception):  # the original error matters more; the next run retries
-        s.recovered += recover(s)
-    if fsutil.disk_full(exc):
-        live = read_state_id(s.paths.usr)
-        return DiskFullError("no space left while building the new /usr", path=s.paths.staging,
-                             hint="free space on that file system (onix prune helps) and "
-                             f"retry; state {live} is active")
-    return None
 
 
 def _selection(s: Session) -> dict[str, dict]:
@@ -750,76 +557,66 @@ def _plan(s: Session, selection: dict[str, dict], new: dict[str, Candidate]) -> 
     return merge(layouts)
 
 
-def install(root: Path | str, files: list[Path], *, dependencies: Iterable[str] = (),
-            wait: bool = True, progress: Progress = SILENT) -> Result:
-    """Install or replace stones by file; one transaction, one new state.
+def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] = ()) -> Result:
+    """Install or replace stones (opened and checked by open_candidates); one transaction,
+    one new state.
 
     Stones are recorded as explicit (asked for) unless their name is in `dependencies`
     (pulled in by the resolver), which `onix remove` may later drop as orphans.
     """
-    if not files:
-        raise OnixError("nothing to install", hint="name one or more .stone files")
-    with open_candidates(files) as cands:  # every stone checked before anything is written
-        return _install(root, cands, dependencies=set(dependencies), wait=wait,
-                        progress=progress)
+    dependencies = set(dependencies)
+    faults.point("install", "import")
+    current = _selection(s)
+    selection = dict(current)
+    new = {cand.meta["name"]: cand for cand in cands}
+    # An explicit request promotes a dependency; a dependency never demotes a request.
+    explicit = {n for n, r in current.items() if r["explicit"]}
+    explicit |= {n for n in new if n not in dependencies}
+    changes = []
+    for name, cand in new.items():
+        old = current.get(name)
+        if old and old["digest"] == cand.digest:
+            continue
+        evr = f"{cand.meta['version']}-{cand.meta['release']}"
+        changes.append(f"{name} {old['version']}-{old['release']} → {evr}" if old
+                       else f"{name} {evr}")
+        selection[name] = cand.meta
+    if not changes:
+        return _promote(s, current, sorted(n for n in new if n in explicit))
+    unmet = unmet_dependencies(selection)
+    if unmet:
+        raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
+                            hint="install the stones that provide them in the same command")
+    entries = _plan(s, selection, new)
+    boot.check_layout(s, entries, read=_content_reader(s, list(new.values())))
+    imported = import_stones(s, [new[n] for n in new if selection[n] is not current.get(n)])
+    ids = {n: imported.ids.get(n) or selection[n]["id"] for n in selection}
+    before = s.live_state()
+    try:
+        return build_state(s, kind="install", stone_ids=[ids[n] for n in sorted(ids)],
+                           implicit=[ids[n] for n in ids if n not in explicit],
+                           entries=entries, summary=_install_summary(changes, explicit))
+    except BaseException:
+        # Settle the journal now (the session would too), and if the old state is still
+        # live, take the import back as well: a failed install leaves no new stones.
+        with suppress(Exception):
+            with s.db.read() as c:
+                tx = s.db.running_tx(c)
+            if tx is not None:
+                s.recovered += settle(s, tx)
+            if s.live_state() == before:
+                imported.undo(s)
+        raise
 
 
-def _install(root: Path | str, cands: list[Candidate], *, dependencies: set[str], wait: bool,
-             progress: Progress) -> Result:
-    paths = RootPaths.of(root)
-    check_usr_is_ours(paths)
-    with session(paths.root, wait=wait, progress=progress) as s:
-        faults.point("install", "import")
-        current = _selection(s)
-        selection = dict(current)
-        new = {cand.meta["name"]: cand for cand in cands}
-        # An explicit request promotes a dependency; a dependency never demotes a request.
-        explicit = {n for n, r in current.items() if r["explicit"]}
-        explicit |= {n for n in new if n not in dependencies}
-        changes = []
-        for name, cand in new.items():
-            old = current.get(name)
-            if old and old["digest"] == cand.digest:
-                continue
-            evr = f"{cand.meta['version']}-{cand.meta['release']}"
-            changes.append(f"{name} {old['version']}-{old['release']} → {evr}" if old
-                           else f"{name} {evr}")
-            selection[name] = cand.meta
-        if not changes:
-            return _promote(s, current, sorted(n for n in new if n in explicit))
-        unmet = unmet_dependencies(selection)
-        if unmet:
-            raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
-                                hint="install the stones that provide them in the same command")
-        entries = _plan(s, selection, new)
-        boot.check_layout(s, entries, read=_content_reader(s, list(new.values())))
-        imported = import_stones(s, [new[n] for n in new
-                                     if selection[n] is not current.get(n)])
-        ids = {n: imported.ids.get(n) or selection[n]["id"] for n in selection}
-        before = s.live_state()
-        try:
-            return build_state(s, kind="install", stone_ids=[ids[n] for n in sorted(ids)],
-                               implicit=[ids[n] for n in ids if n not in explicit],
-                               entries=entries, summary=_install_summary(changes, explicit))
-        except BaseException:
-            # Settle the journal now (the session would too), and if the old state is still
-            # live, take the import back as well: a failed install leaves no new stones.
-            with suppress(Exception):
-                s.recovered += recover(s)
-                if s.live_state() == before:
-                    imported.undo(s)
-            raise
-
-
-def mark_explicit(root: Path | str, names: list[str], *, wait: bool = True) -> Result:
+def mark_explicit(s: Session, names: list[str]) -> Result:
     """Record installed stones as asked for (never orphans); no new state: intent only."""
-    with session(root, wait=wait, create=False) as s:
-        current = _selection(s)
-        missing = [n for n in names if n not in current]
-        if missing:
-            raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
-                             hint="see onix state show for what the active state holds")
-        return _promote(s, current, names)
+    current = _selection(s)
+    missing = [n for n in names if n not in current]
+    if missing:
+        raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
+                         hint="see onix state show for what the active state holds")
+    return _promote(s, current, names)
 
 
 def _promote(s: Session, current: dict[str, dict], names: list[str]) -> Result:
@@ -845,65 +642,55 @@ def _install_summary(changes: list[str], explicit: set[str]) -> str:
                                             f"{len(pulled)} dependencies")
 
 
-def remove(root: Path | str, names: list[str], *, orphans: bool = True, wait: bool = True,
-           progress: Progress = SILENT) -> Result:
+def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
     """Remove stones by name, and (unless orphans=False) the dependencies they alone needed."""
     if not names:
         raise OnixError("nothing to remove", hint="name one or more installed stones")
-    with session(root, wait=wait, progress=progress, create=False) as s:
-        faults.point("remove", "import")
-        current = _selection(s)
-        missing = [n for n in names if n not in current]
-        if missing:
-            raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
-                             hint="see onix state show for what the active state holds")
-        selection = {n: r for n, r in current.items() if n not in names}
-        unmet = unmet_dependencies(selection)
-        if unmet:
-            raise ConflictError("removal would break dependencies: " + "; ".join(unmet),
-                                path=s.paths.usr, hint="remove the dependents too")
-        dropped: set[str] = set()
-        if orphans:
-            from onix.repo.resolve import orphans as find_orphans
+    faults.point("remove", "import")
+    current = _selection(s)
+    missing = [n for n in names if n not in current]
+    if missing:
+        raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
+                         hint="see onix state show for what the active state holds")
+    selection = {n: r for n, r in current.items() if n not in names}
+    unmet = unmet_dependencies(selection)
+    if unmet:
+        raise ConflictError("removal would break dependencies: " + "; ".join(unmet),
+                            path=s.paths.usr, hint="remove the dependents too")
+    dropped: set[str] = set()
+    if orphans:
+        from onix.repo.resolve import orphans as find_orphans
 
-            dropped = find_orphans(selection=selection,
-                                   explicit={n for n, r in selection.items() if r["explicit"]})
-            selection = {n: r for n, r in selection.items() if n not in dropped}
-        entries = _plan(s, selection, {})
-        boot.check_layout(s, entries, read=_content_reader(s, []))
-        summary = "remove " + ", ".join(sorted(names))
-        if dropped:
-            summary += f" (and orphans {', '.join(sorted(dropped))})"
-        return build_state(s, kind="remove", stone_ids=[r["id"] for r in selection.values()],
-                           implicit=[r["id"] for r in selection.values() if not r["explicit"]],
-                           entries=entries, summary=summary)
+        dropped = find_orphans(selection=selection,
+                               explicit={n for n, r in selection.items() if r["explicit"]})
+        selection = {n: r for n, r in selection.items() if n not in dropped}
+    entries = _plan(s, selection, {})
+    boot.check_layout(s, entries, read=_content_reader(s, []))
+    summary = "remove " + ", ".join(sorted(names))
+    if dropped:
+        summary += f" (and orphans {', '.join(sorted(dropped))})"
+    return build_state(s, kind="remove", stone_ids=[r["id"] for r in selection.values()],
+                       implicit=[r["id"] for r in selection.values() if not r["explicit"]],
+                       entries=entries, summary=summary)
 
 
 # -- execute: switch to an archived state ----------------------------------------
 
 
-def activate(root: Path | str, state_id: int, *, kind: str = "activate", wait: bool = True,
-             progress: Progress = SILENT) -> Result:
-    with session(root, wait=wait, progress=progress, create=False) as s:
-        return _activate(s, state_id, kind)
-
-
-def rollback(root: Path | str, *, to: int | None = None, wait: bool = True,
-             progress: Progress = SILENT) -> Result:
+def rollback(s: Session, *, to: int | None = None) -> Result:
     """Activate the newest state older than the live one (or `to`)."""
-    with session(root, wait=wait, progress=progress, create=False) as s:
-        if to is None:
-            live = s.live_state()
-            with s.db.read() as c:
-                older = [st["id"] for st in s.db.states(c) if live is not None and st["id"] < live]
-            if not older:
-                raise StateError("there is no older state to roll back to", path=s.paths.db,
-                                 hint="see onix state list")
-            to = max(older)
-        return _activate(s, to, "rollback")
+    if to is None:
+        live = s.live_state()
+        with s.db.read() as c:
+            older = [st["id"] for st in s.db.states(c) if live is not None and st["id"] < live]
+        if not older:
+            raise StateError("there is no older state to roll back to", path=s.paths.db,
+                             hint="see onix state list")
+        to = max(older)
+    return activate(s, to, kind="rollback")
 
 
-def _activate(s: Session, state_id: int, kind: str) -> Result:
+def activate(s: Session, state_id: int, *, kind: str = "activate") -> Result:
     paths = s.paths
     live = s.live_state()
     with s.db.read() as c:
@@ -924,13 +711,13 @@ def _activate(s: Session, state_id: int, kind: str) -> Result:
     with s.db.write() as c:
         tx_id = s.db.begin_tx(c, kind=kind, from_state=live, to_state=state_id,
                               detail={"source": "archive"}, nix_before=nix_before)
-    _mark_txn(paths)
+    mark_txn(paths)
     faults.point(kind, "exchange")
     fsutil.exchange(tree, paths.usr)
     fsutil.fsync_dir(paths.root)
     faults.point(kind, "archive")
-    _archive_old_tree(paths, tree, live)
-    _remove_empty(tree.parent)
+    archive_old_tree(paths, tree, live)
+    remove_empty(tree.parent)
     report, warnings = _finish(s, tx_id, state_id, kind, nix_before)
     return _after_activation(s, Result(
         kind=kind, from_state=live, to_state=state_id, fstx=target["fstx"],
@@ -938,91 +725,26 @@ def _activate(s: Session, state_id: int, kind: str) -> Result:
         recovered=s.recovered))
 
 
-def _remove_empty(d: Path) -> None:
+def remove_empty(d: Path) -> None:
     with suppress(OSError):
         d.rmdir()
 
 
-# -- recovery ------------------------------------------------------------------
-
-
-def reconcile(s: Session) -> list[str]:
-    """Make the log follow /usr when a known state was made live outside onix.
-
-    The initrd does this on purpose (booting an older entry with onix.fstx=
-    exchanges that archived state into /usr, exactly as `activate` would), and
-    leaves no journal. The exchange put the previously live tree where the
-    booted one was archived; file it under its own id, mark the booted state
-    active, and log a `reconcile` transaction.
-    """
-    live = s.live_state()
-    if live is None:
-        return []
-    with s.db.read() as c:
-        active = s.db.active_state(c)
-        known = s.db.maybe_state(c, live)
-    if known is None or (active is not None and active["id"] == live):
-        return []  # an unknown state is reported by status and refused by check_live_state
-    old = active["id"] if active is not None else None
-    misfiled = s.paths.state_tree(live)
-    if old is not None and read_state_id(misfiled) == old:
-        _archive_old_tree(s.paths, misfiled, old)
-        _remove_empty(misfiled.parent)
-    note = _boot_note(s.paths)
-    source = "by the initrd, booting an older entry" if note.get("to") == str(live) else \
-        "outside onix"
-    with s.db.write() as c:
-        tx_id = s.db.begin_tx(c, kind="reconcile", from_state=old, to_state=live,
-                              detail={"source": source, "note": note})
-        s.db.mark_active(c, live)
-        s.db.end_tx(c, tx_id, "done")
-    with suppress(FileNotFoundError):
-        s.paths.boot_note.unlink()
-    root_links(s.paths)
-    return [f"state {live} was made live {source} (from state {old}); the log now "
-            "follows /usr"]
-
-
-def _boot_note(paths: RootPaths) -> dict[str, str]:
-    """The initrd's `key=value` note about the exchange it made (boot/init writes it)."""
-    try:
-        text = paths.boot_note.read_text(errors="replace")
-    except OSError:
-        return {}
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def recover(s: Session) -> list[str]:
-    """Finish or undo whatever a crashed onix left; returns what it did, for the user."""
-    with s.db.read() as c:
-        tx = s.db.running_tx(c)
-    done: list[str] = []
-    if tx is None:
-        # No journal: any staging tree is debris of a crash before the journal row.
-        if s.paths.staging_usr.exists() or s.paths.staging_usr.is_symlink():
-            fsutil.remove_tree(s.paths.staging_usr)
-            done.append("removed an unfinished staging tree")
-        s.store.clean_tmp()
-        _unmark_txn(s.paths)  # a crash after the journal closed, before the marker went
-        return done + reconcile(s)
+def settle(s: Session, tx: dict) -> list[str]:
+    """Finish or undo an install, remove, activate or rollback whose journal row is still
+    running (a crash, or an error inside the command): finished when /usr is already the
+    new state (the exchange happened), undone when it is still the old one."""
     kind = tx["kind"]
-    if kind == "prune" or kind == "state-remove":
-        from onix.machine.prune import resume
-
-        # The machine may have booted into one of the doomed states meanwhile (initrd,
-        # onix.fstx=): file the trees first; resume() then spares whatever is live.
-        done = reconcile(s)
-        resume(s, tx)
-        return [*done, f"completed interrupted {kind} (journal {tx['id']})"]
+    done: list[str] = []
     detail = json.loads(tx["detail"] or "{}")
     live = s.live_state()
     frm, to = tx["from_state"], tx["to_state"]
     source = s.paths.staging_usr if detail.get("source") == "staging" else s.paths.state_tree(to)
     nix_before = json.loads(tx["nix_before"]) if tx["nix_before"] else {}
     if live == to:
-        _archive_old_tree(s.paths, source, frm)
+        archive_old_tree(s.paths, source, frm)
         if detail.get("source") != "staging":
-            _remove_empty(source.parent)
+            remove_empty(source.parent)
         _finish(s, tx["id"], to, kind, nix_before)
         done.append(f"completed interrupted {kind} to state {to} (journal {tx['id']})")
     elif live == frm:
@@ -1032,7 +754,7 @@ def recover(s: Session) -> list[str]:
             if kind in NEW_STATE_KINDS:
                 s.db.delete_state(c, to)
             s.db.end_tx(c, tx["id"], "undone")
-        _unmark_txn(s.paths)
+        unmark_txn(s.paths)
         # Links may be missing if the first install crashed before creating them; harmless.
         if kind in NEW_STATE_KINDS:
             done.append(f"undid interrupted {kind} (state {to} discarded; state {frm} kept)")

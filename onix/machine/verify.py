@@ -20,10 +20,10 @@ from onix.core import fsutil
 from onix.core.errors import OnixError
 from onix.core.parallel import in_two_processes
 from onix.core.paths import GENERATED, read_state_id
-from onix.core.progress import SILENT, Progress
 from onix.machine.layout import DIR, FILE, SYMLINK, Entry, implicit_dirs
+from onix.machine.session import Session
 from onix.machine.store import ObjectKey, hash_file
-from onix.machine.transaction import Session, generated_files, session, write_generated_file
+from onix.machine.transaction import generated_files, write_generated_file
 
 
 @dataclass
@@ -59,18 +59,16 @@ class VerifyReport:
                 "fixed": [p.as_dict() for p in self.fixed], "recovered": self.recovered}
 
 
-def verify(root: Path | str, *, fix: bool = False, wait: bool = True,
-           progress: Progress = SILENT) -> VerifyReport:
-    with session(root, wait=wait, progress=progress, create=False) as s:
+def verify(s: Session, *, fix: bool = False) -> VerifyReport:
+    report = _verify(s)
+    if fix and report.problems:
+        _fix(s, report)
+        before = report.problems
         report = _verify(s)
-        if fix and report.problems:
-            _fix(s, report)
-            before = report.problems
-            report = _verify(s)
-            left = {(p.path, p.problem) for p in report.problems}
-            report.fixed = [p for p in before if (p.path, p.problem) not in left]
-        report.recovered = s.recovered
-        return report
+        left = {(p.path, p.problem) for p in report.problems}
+        report.fixed = [p for p in before if (p.path, p.problem) not in left]
+    report.recovered = s.recovered
+    return report
 
 
 def _hash_path(path: str, size: int, *, threads: bool = True) -> str | None:

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from onix.core import fsutil, proc
 from onix.core.errors import OnixError, StateError
+from onix.machine.session import Session
 
 NIXBLD_GROUP = "nixbld"
 NIXBLD_GID = 30000
@@ -368,7 +369,7 @@ def seed(root: Path | str, *, usr: Path | None = None, runtime: bool = True,
     return {"changed": changed, "seeded": seeded_now}
 
 
-def seed_session(s, *, runtime: bool) -> dict:
+def seed_session(s: Session, *, runtime: bool) -> dict:
     """seed() inside a mutating session: remembers what was written in the meta table."""
     with s.db.read() as c:
         raw = s.db.get_meta(c, META_SEEDED)
@@ -719,7 +720,7 @@ def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
 # -- after every transaction ---------------------------------------------------------------
 
 
-def after_change(s, warnings: list[str] | None = None) -> dict:
+def after_change(s: Session, warnings: list[str] | None = None) -> dict:
     """After a transaction, rollback or prune: GC roots, /etc defaults, the bridge.
 
     Each seam on its own, GC roots first: a problem in /etc must never leave a store

@@ -50,7 +50,9 @@ from typing import BinaryIO
 
 from onix.core.errors import OnixError
 from onix.core.fsutil import atomic_write, exchange, fsync_dir, read_nofollow, remove_tree
+from onix.core.paths import RootPaths
 from onix.repo import keys
+from onix.repo.versions import Available, compare_evr
 
 INDEX_FILE = "index.json"
 SIG_FILE = "index.json.sig"
@@ -72,43 +74,6 @@ def _canonical(obj: object) -> bytes:
 
 
 # -- data the CLI prints -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Available:
-    """One stone one repository offers, as its verified index describes it."""
-
-    repo: str
-    priority: int
-    uri: str
-    name: str
-    version: str
-    release: int
-    arch: str
-    summary: str
-    license: str
-    provides: tuple[str, ...]
-    depends: tuple[str, ...]
-    file: str
-    sha256: str
-    size: int
-
-    @property
-    def evr(self) -> str:
-        return f"{self.version}-{self.release}"
-
-    @property
-    def location(self) -> str:
-        """Where the stone is fetched from (a path or a URL)."""
-        return _join(self.uri, self.file)
-
-    def as_dict(self) -> dict:
-        return {"repo": self.repo, "priority": self.priority, "name": self.name,
-                "version": self.version, "release": self.release, "arch": self.arch,
-                "summary": self.summary, "license": self.license,
-                "provides": list(self.provides), "depends": list(self.depends),
-                "file": self.file, "sha256": self.sha256, "size": self.size,
-                "location": self.location}
 
 
 @dataclass(frozen=True)
@@ -175,10 +140,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def _root(root: Path | str) -> Path:
-    return Path(os.path.abspath(root))
-
-
 def _real_dir(root: Path, rel: str) -> Path | None:
     """root/rel if it is a directory reached through no symlink, None if it is missing."""
     return _walk_dirs(root, rel, created=None)
@@ -216,12 +177,8 @@ def _undo_dirs(created: list[Path]) -> None:
             p.rmdir()
 
 
-def config_path(root: Path | str, name: str) -> Path:
-    return _root(root) / CONFIG_DIR / f"{check_name(name)}.conf"
-
-
-def cache_path(root: Path | str, name: str) -> Path:
-    return _root(root) / CACHE_DIR / check_name(name)
+def config_path(paths: RootPaths, name: str) -> Path:
+    return paths.root / CONFIG_DIR / f"{check_name(name)}.conf"
 
 
 # -- URIs ----------------------------------------------------------------------------
@@ -545,9 +502,12 @@ def _format_config(conf: RepoConfig) -> bytes:
             f"uri = {conf.uri}\nkey = {conf.key.line()}\npriority = {conf.priority}\n").encode()
 
 
-def configs(root: Path | str) -> list[RepoConfig]:
+def configs(paths: RootPaths) -> list[RepoConfig]:
     """Every configured repository, by name."""
-    root = _root(root)
+    return _configs(paths.root)
+
+
+def _configs(root: Path) -> list[RepoConfig]:
     d = _real_dir(root, CONFIG_DIR)
     if d is None:
         return []
@@ -565,7 +525,7 @@ def configs(root: Path | str) -> list[RepoConfig]:
 
 def _config(root: Path, name: str) -> RepoConfig:
     check_name(name)
-    for conf in configs(root):
+    for conf in _configs(root):
         if conf.name == name:
             return conf
     raise OnixError(f"no repository named {name}", path=root / CONFIG_DIR / f"{name}.conf",
@@ -587,12 +547,12 @@ def _info(root: Path, conf: RepoConfig) -> RepoInfo:
 # -- commands ------------------------------------------------------------------------
 
 
-def add(root: Path | str, *, name: str, uri: str, public_key: str, priority: int = 0,
+def add(paths: RootPaths, *, name: str, uri: str, public_key: str, priority: int = 0,
         lock: Callable[[], contextlib.AbstractContextManager] | None = None) -> RepoInfo:
     """Configure a repository; its index is fetched and verified first (else nothing is
     written). `public_key` is the key line or a path to the .pub file. `lock()` (the
     root lock) is held from after the fetch until the configuration is written."""
-    root = _root(root)
+    root = paths.root
     check_name(name)
     path = root / CONFIG_DIR / f"{name}.conf"
     _real_dir(root, CONFIG_DIR)  # a symlinked etc/onix is refused before any network
@@ -627,9 +587,9 @@ def add(root: Path | str, *, name: str, uri: str, public_key: str, priority: int
         return _info(root, conf)
 
 
-def remove(root: Path | str, *, name: str) -> RepoInfo:
+def remove(paths: RootPaths, *, name: str) -> RepoInfo:
     """Forget a repository: its config and its cached index (downloaded stones stay)."""
-    root = _root(root)
+    root = paths.root
     conf = _config(root, name)
     info = _info(root, conf)
     conf.path.unlink()
@@ -640,19 +600,19 @@ def remove(root: Path | str, *, name: str) -> RepoInfo:
     return info
 
 
-def list_repos(root: Path | str) -> list[RepoInfo]:
-    root = _root(root)
-    return [_info(root, conf) for conf in configs(root)]
+def list_repos(paths: RootPaths) -> list[RepoInfo]:
+    root = paths.root
+    return [_info(root, conf) for conf in _configs(root)]
 
 
-def update(root: Path | str, *, names: list[str] | None = None,
+def update(paths: RootPaths, *, names: list[str] | None = None,
            lock: Callable[[], contextlib.AbstractContextManager] | None = None
            ) -> list[UpdateResult]:
     """Refetch and verify the indexes of `names` (default: all); all of them verify
     before any cache is replaced. `lock()` (the root lock) is held only while the
     caches are replaced: a slow or stalled server must not hold every other onix up."""
-    root = _root(root)
-    all_confs = configs(root)
+    root = paths.root
+    all_confs = _configs(root)
     if names:
         by_name = {c.name: c for c in all_confs}
         for n in names:
@@ -680,17 +640,18 @@ def update(root: Path | str, *, names: list[str] | None = None,
     return results
 
 
-def available(root: Path | str) -> list[Available]:
+def available(paths: RootPaths) -> list[Available]:
     """Every stone of every configured repository's cached index (each index verified)."""
-    root = _root(root)
+    root = paths.root
     out = []
-    for conf in configs(root):
+    for conf in _configs(root):
         _data, index = _load_cached(root, conf)
         out.extend(Available(repo=conf.name, priority=conf.priority, uri=conf.uri,
                              name=e["name"], version=e["version"], release=e["release"],
                              arch=e["arch"], summary=e["summary"], license=e["license"],
                              provides=tuple(e["provides"]), depends=tuple(e["depends"]),
-                             file=e["file"], sha256=e["sha256"], size=e["size"])
+                             file=e["file"], sha256=e["sha256"], size=e["size"],
+                             location=_join(conf.uri, e["file"]))
                    for e in index["stones"])
     return out
 
@@ -698,33 +659,31 @@ def available(root: Path | str) -> list[Available]:
 def _sort_key(a: Available):
     from functools import cmp_to_key
 
-    from onix.repo.resolve import compare_evr
-
     return (a.name, -a.priority, cmp_to_key(lambda x, y: -compare_evr(x, y))(a), a.repo)
 
 
-def search(root: Path | str, term: str) -> list[Available]:
+def search(paths: RootPaths, term: str) -> list[Available]:
     """Stones whose name, summary or a provider contains `term` (case-insensitive)."""
     t = term.lower()
-    hits = [a for a in available(root)
+    hits = [a for a in available(paths)
             if t in a.name.lower() or t in a.summary.lower()
             or any(t in p.lower() for p in a.provides)]
     return sorted(hits, key=_sort_key)
 
 
-def info(root: Path | str, name: str) -> list[Available]:
+def info(paths: RootPaths, name: str) -> list[Available]:
     """Every available version of stone `name`, best first (what install would pick)."""
-    hits = sorted((a for a in available(root) if a.name == name), key=_sort_key)
+    hits = sorted((a for a in available(paths) if a.name == name), key=_sort_key)
     if not hits:
         raise OnixError(f"no repository has a stone named {name}", path=name,
                         hint="try onix search, or onix repo update")
     return hits
 
 
-def fetch(root: Path | str, entry: Available, *,
+def fetch(paths: RootPaths, entry: Available, *,
           progress: Callable[[int], None] | None = None) -> Path:
     """The local path of `entry`'s stone, downloaded (or reused) and sha256-verified."""
-    root = _root(root)
+    root = paths.root
     created: list[Path] = []
     d = _make_dirs(root, DOWNLOADS_DIR, created)
     final = d / f"{entry.sha256}.stone"

@@ -5,8 +5,8 @@ mixed. Names are resolved against the configured repositories (onix.repo, verifi
 indexes) with onix.resolve, which also pulls in what they depend on — by name or by
 provider — and fails with one clear line, before anything is fetched or written, when
 something has no provider. The chosen stones are downloaded and checked against the
-index's sha256, then handed to transaction.install with the pulled-in ones marked as
-dependencies, so `onix remove` can later drop them as orphans.
+index's sha256 (`fetch`); api.install then hands them to transaction.install with the
+pulled-in ones marked as dependencies, so `onix remove` can later drop them as orphans.
 
 The live selection is read without the root lock (resolution and downloads can take a
 while); the transaction re-reads it under the lock and checks every dependency again,
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.core.errors import OnixError
@@ -36,9 +37,8 @@ def is_file_target(target: str) -> bool:
     return target.endswith(".stone") or os.sep in target
 
 
-def live_selection(root: Path | str) -> tuple[dict[str, dict], set[str]]:
+def live_selection(paths: RootPaths) -> tuple[dict[str, dict], set[str]]:
     """(name → stone row, explicit names) of the live state; empty on a fresh root."""
-    paths = RootPaths.of(root)
     if not paths.db.exists():
         return {}, set()
     live = read_state_id(paths.usr)
@@ -59,42 +59,34 @@ def live_selection(root: Path | str) -> tuple[dict[str, dict], set[str]]:
     return {r["name"]: r for r in rows}, {r["name"] for r in rows if r["id"] not in implicit}
 
 
-def install(root: Path | str, targets: list[str], *, wait: bool = True,
-            progress: Progress = SILENT) -> object:
-    """Install stone files and/or names from repositories in one transaction."""
-    from onix.machine import transaction
+@dataclass
+class Fetched:
+    """What installing names needs: stone files downloaded and verified, the names pulled
+    in as dependencies, and the named stones that are installed already."""
 
-    if not targets:
-        raise OnixError("nothing to install", hint="name stones, or .stone files")
-    files = [Path(t) for t in targets if is_file_target(t)]
-    names = [t for t in targets if not is_file_target(t)]
+    fetched: list[Path] = field(default_factory=list)
+    dependencies: set[str] = field(default_factory=set)
+    already: list[str] = field(default_factory=list)
+
+
+def fetch(paths: RootPaths, names: list[str], *, files: Sequence[Path] = (),
+          progress: Progress = SILENT) -> Fetched:
+    """Resolve `names` (beside the stone `files` of the same command) and download what
+    the plan installs. Nothing is fetched when a name has no provider."""
+    from onix.repo import index
+
     if not names:
-        return transaction.install(root, files, wait=wait, progress=progress)
-    plan = plan_install(root, names, files=files)
-    if not plan.install:
-        if not files:
-            return transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
-        result = transaction.install(root, files, wait=wait, progress=progress)
-        if plan.already:  # named, installed: asked for now, whatever the files were
-            transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
-        return result
-    from onix.repo import index as repo
-
-    fetched = []
+        return Fetched()
+    plan = plan_install(paths, names, files=files)
+    out = Fetched(dependencies=set(plan.dependencies), already=sorted(set(plan.already)))
     for i, entry in enumerate(sorted(plan.install, key=lambda a: a.name)):
         progress.note(f"fetching {entry.name} {entry.evr} from {entry.repo} "
                       f"({i + 1}/{len(plan.install)})")
-        fetched.append(repo.fetch(root, entry))
-    result = transaction.install(root, files + fetched, dependencies=plan.dependencies,
-                                 wait=wait, progress=progress)
-    for f in fetched:  # imported now (store + the engine's stone cache): one copy is enough
-        f.unlink(missing_ok=True)
-    if plan.already:  # named stones already installed: the user now wants them explicitly
-        transaction.mark_explicit(root, sorted(set(plan.already)), wait=wait)
-    return result
+        out.fetched.append(index.fetch(paths, entry))
+    return out
 
 
-def plan_install(root: Path | str, names: list[str], *, files: list[Path] = ()):
+def plan_install(paths: RootPaths, names: list[str], *, files: Sequence[Path] = ()):
     """The resolver's plan for names against the live selection and the repositories.
 
     Stone `files` installed in the same transaction count as installed already: what
@@ -102,21 +94,20 @@ def plan_install(root: Path | str, names: list[str], *, files: list[Path] = ()):
     chosen over the file the user gave.
     """
     from onix.machine.stone import Stone
-    from onix.repo import index as repo
-    from onix.repo import resolve
+    from onix.repo import index, resolve
 
-    if not repo.configs(root):
+    if not index.configs(paths):
         raise OnixError(f"{names[0]} is not a stone file and no repository is configured",
                         path=names[0], hint="give a path to a .stone file, or add a repository "
                         "with onix repo add NAME URI --key PUBKEY")
-    installed, explicit = live_selection(root)
+    installed, explicit = live_selection(paths)
     installed = dict(installed)
     given: set[str] = set()
     for f in files:
         with Stone(Path(f)) as s:
             installed[s.meta.name] = s.meta.as_dict()
             given.add(s.meta.name)
-    available = [a for a in repo.available(root) if a.name not in given]
+    available = [a for a in index.available(paths) if a.name not in given]
     return resolve.resolve(requested=names, installed=installed, available=available,
                            explicit=explicit)
 
@@ -131,13 +122,13 @@ class StoneInfo:
         return {"name": self.name, "installed": self.installed, "available": self.available}
 
 
-def info(root: Path | str, name: str) -> StoneInfo:
+def info(paths: RootPaths, name: str) -> StoneInfo:
     """What the live state has of `name` and what the repositories offer."""
     import json
 
-    from onix.repo import index as repo
+    from onix.repo import index
 
-    installed, explicit = live_selection(root)
+    installed, explicit = live_selection(paths)
     row = installed.get(name)
     mine = None
     if row is not None:
@@ -145,9 +136,9 @@ def info(root: Path | str, name: str) -> StoneInfo:
         mine.update(provides=json.loads(row["provides"]), depends=json.loads(row["depends"]),
                     explicit=name in explicit)
     offered: list[dict] = []
-    if repo.configs(root):
+    if index.configs(paths):
         try:
-            offered = [a.as_dict() for a in repo.info(root, name)]
+            offered = [a.as_dict() for a in index.info(paths, name)]
         except OnixError:
             if mine is None:
                 raise

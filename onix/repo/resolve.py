@@ -13,84 +13,12 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cmp_to_key
-from typing import TYPE_CHECKING
 
 from onix.core.errors import ConflictError, OnixError
-
-if TYPE_CHECKING:
-    from onix.repo.index import Available
+from onix.repo.versions import Available, compare_evr, compare_versions
 
 MISSING_HINT = ("add a repository that has it (onix repo add) or install a stone file that "
                 "provides it")
-
-
-# -- versions ------------------------------------------------------------------------
-
-
-def _order(c: str) -> int:
-    """dpkg's character order: '~' before the end of the string, letters before others."""
-    if c == "~":
-        return -1
-    if c.isascii() and c.isalpha():
-        return ord(c)
-    return ord(c) + 256
-
-
-def _verrevcmp(a: str, b: str) -> int:
-    """dpkg's verrevcmp: alternate non-digit runs (by _order) and digit runs (numerically)."""
-    i = j = 0
-    la, lb = len(a), len(b)
-    while i < la or j < lb:
-        while (i < la and not a[i].isdigit()) or (j < lb and not b[j].isdigit()):
-            ac = _order(a[i]) if i < la and not a[i].isdigit() else 0
-            bc = _order(b[j]) if j < lb and not b[j].isdigit() else 0
-            if ac != bc:
-                return -1 if ac < bc else 1
-            i += 1
-            j += 1
-        while i < la and a[i] == "0":
-            i += 1
-        while j < lb and b[j] == "0":
-            j += 1
-        first_diff = 0
-        while i < la and a[i].isdigit() and j < lb and b[j].isdigit():
-            if not first_diff and a[i] != b[j]:
-                first_diff = -1 if a[i] < b[j] else 1
-            i += 1
-            j += 1
-        if i < la and a[i].isdigit():
-            return 1
-        if j < lb and b[j].isdigit():
-            return -1
-        if first_diff:
-            return first_diff
-    return 0
-
-
-def _epoch(v: str) -> tuple[int, str]:
-    head, sep, rest = v.partition(":")
-    if sep and head.isascii() and head.isdigit():
-        return int(head), rest
-    return 0, v
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as version `a` is older than, equal to or newer than `b` (Debian rules:
-    an optional `epoch:`, digit runs compare as numbers, `~` sorts before everything, even
-    the end: 1.0~rc1 < 1.0 < 1.0a < 1.0.1)."""
-    ea, va = _epoch(a)
-    eb, vb = _epoch(b)
-    if ea != eb:
-        return -1 if ea < eb else 1
-    return _verrevcmp(va, vb)
-
-
-def compare_evr(a: Available, b: Available) -> int:
-    """Order two stones by version, then release."""
-    c = compare_versions(a.version, b.version)
-    if c:
-        return c
-    return (a.release > b.release) - (a.release < b.release)
 
 
 def _installed_newer_or_same(cand: Available, meta: dict) -> bool:

@@ -7,7 +7,7 @@ mounting anything and without copying a single file of /usr by hand:
    command line in etc/kernel/cmdline.d/image.conf, etc/onix/boot.conf, and an empty
    ESP directory `boot/` (onix/esp.py takes ROOT/boot for a root that has no ROOT/efi,
    and a running guest finds the ESP mounted on /boot). Then the library does what
-   `onix repo add` and `onix install` do (onix.repo.add, onix.selection.install): one
+   `onix repo add` and `onix install` do (api.repo_add, api.install): one
    transaction makes state 1, and its boot sync writes the BLS entry, the kernel, the
    initrd and systemd-boot into boot/. Last, what `onix nix seed` does
    (nixplane.seed_session, runtime dirs included), so the image's /nix is ready for
@@ -37,7 +37,7 @@ The cache is bounded: after a build, only the CACHE_KEEP most recently used entr
 are kept (use is the mtime of an entry's result.json, touched by every build that takes
 it); older ones (a stone set or an image.py that changed) are removed.
 The cached root/ is read-only by convention: to change an image, clone it
-(`clone_root`), change the clone with onix (transaction.install...), and `make_disk`.
+(`clone_root`), change the clone with onix (api.install...), and `make_disk`.
 
 Reading a disk back, nothing mounted:
     read_file(disk, path) -> bytes          a file of the root (debugfs, at the offset)
@@ -338,10 +338,8 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
                  fixtures_keydir: Path | None = None) -> object:
     """A fresh image root with state 1 installed from the repository; returns the
     transaction's Result."""
-    from onix.machine import transaction
+    from onix import api
     from onix.nix import plane as nixplane
-    from onix.repo import index as repos
-    from onix.repo import install as selection
 
     root = Path(root)
     root.mkdir(parents=True)
@@ -349,9 +347,9 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
         (root / d).mkdir(parents=True, exist_ok=True)
     os.chmod(root / "tmp", 0o1777)
     write_etc(root, hostname=hostname, cmdline=cmdline, boot_conf=boot_conf)
-    repos.add(root, name="local", uri=str(Path(repo).absolute()), public_key=str(key))
-    result = selection.install(root, list(stones))
-    with transaction.session(root, create=False) as s:
+    api.repo_add(root, name="local", uri=str(Path(repo).absolute()), public_key=str(key))
+    result = api.install(root, list(stones))
+    with api.session(root, create=False) as s:
         nixplane.seed_session(s, runtime=True)
     if fixtures:
         add_fixtures(root, keydir=Path(fixtures_keydir or root.parent))
@@ -372,6 +370,8 @@ def add_fixtures(root: Path, *, keydir: Path) -> None:
       and registry.json naming it), the global flake registry of the guest's Nix;
     * /etc/nix/nix.conf: NIX_OFFLINE appended (a local edit: onix keeps it).
     """
+    from onix import api
+    from onix.core.paths import RootPaths
     from onix.machine.stone import StoneMeta, pack
     from onix.repo import index as repos
     from onix.repo import keys
@@ -392,8 +392,9 @@ def add_fixtures(root: Path, *, keydir: Path) -> None:
              StoneMeta(name=name, version="1", summary=summary, license="MPL-2.0"))
     shutil.rmtree(src)
     repos.write_index(directory=srv, key=priv, name=TEST_REPO_NAME)
-    repos.add(root, name=TEST_REPO_NAME, uri=str(srv), public_key=str(keydir / "test-repo.pub"))
-    conf = repos.config_path(root, TEST_REPO_NAME)
+    api.repo_add(root, name=TEST_REPO_NAME, uri=str(srv),
+                 public_key=str(keydir / "test-repo.pub"))
+    conf = repos.config_path(RootPaths.of(root), TEST_REPO_NAME)
     conf.write_text("".join(f"uri = /{TEST_REPO_AT}\n" if ln.startswith("uri =") else ln
                             for ln in conf.read_text().splitlines(keepends=True)))
     dest = root / NIX_FIXTURES_AT

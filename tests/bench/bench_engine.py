@@ -39,9 +39,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from onix import api  # noqa: E402
 from onix.core import fsutil  # noqa: E402
 from onix.core.paths import read_state_id  # noqa: E402
-from onix.machine import ownership, prune, transaction, verify  # noqa: E402
+from onix.machine import ownership, recovery, transaction, verify  # noqa: E402
 from onix.machine.db import Database  # noqa: E402
 from onix.machine.stone import StoneMeta, pack  # noqa: E402
 from onix.machine.store import ImportBatch  # noqa: E402
@@ -177,7 +178,7 @@ def tx_phases() -> Phases:
     return Phases([
         (stone_mod, "Stone", "open and check stones"),
         (stone_mod, "digest_file", "  of which: blake3 of the stone file"),
-        (transaction, "recover", "session: recover()"),
+        (recovery, "recover", "session: recover()"),
         (transaction, "_plan", "plan (load layouts + merge)"),
         (transaction, "import_stones", IMPORT),
         (ImportBatch, "admit", "  of which: admit (chmod/chown/rename + syncfs)"),
@@ -186,7 +187,7 @@ def tx_phases() -> Phases:
         (ownership, "nix_fingerprint", "/nix fingerprint (x2)"),
         (transaction, "blit", "blit (hardlink farm)"),
         (fsutil, "syncfs", "syncfs (all calls)"),
-        (transaction, "_archive_old_tree", "archive old tree"),
+        (transaction, "archive_old_tree", "archive old tree"),
         (transaction, "_finish", "links + activate + journal close"),
     ])
 
@@ -302,7 +303,7 @@ class Bench:
 
     # 3 ----------------------------------------------------------------------------
     def bench_import(self) -> None:
-        log(f"import: transaction.install(fresh root, big.stone) vs ostree commit, {self.n}×")
+        log(f"import: api.install(fresh root, big.stone) vs ostree commit, {self.n}×")
         ph = tx_phases()
         t_onix, t_import, t_ostree = [], [], []
         for i in range(self.n):
@@ -310,7 +311,7 @@ class Bench:
             root.mkdir()
             settle()
             with ph.run() as this:
-                t_onix.append(timed(lambda root=root: transaction.install(root,
+                t_onix.append(timed(lambda root=root: api.install(root,
                                                                           [self.big_stone])))
             if IMPORT in this:
                 t_import.append(this[IMPORT])
@@ -348,7 +349,7 @@ class Bench:
         for i in range(self.n):
             settle()
             with ph.run():
-                t_tx.append(timed(lambda i=i: transaction.install(root, [self.tiny[i % 2]])))
+                t_tx.append(timed(lambda i=i: api.install(root, [self.tiny[i % 2]])))
             settle()
             t_cp.append(timed(lambda: sh(["cp", "-al", root / "usr", dest])))
             rmtree(dest)
@@ -385,13 +386,13 @@ class Bench:
         log(f"rollback at {label}: {lib_runs}× library, {cli_runs}× CLI")
         for _ in range(lib_runs):
             settle()
-            t_lib.append(timed(lambda: transaction.rollback(root)))
-            transaction.activate(root, live)
+            t_lib.append(timed(lambda: api.rollback(root)))
+            api.activate(root, live)
         for _ in range(cli_runs):
             settle()
             t_cli.append(timed(lambda: sh([*self.onix_cmd, "rollback", "--root", root,
                                            "--json"])))
-            transaction.activate(root, live)
+            api.activate(root, live)
         return t_lib, t_cli
 
     def bench_rollback(self) -> None:
@@ -415,14 +416,14 @@ class Bench:
         settle()
         ph = tx_phases()
         with ph.run():
-            ti = timed(lambda: transaction.install(root, [stone]))
+            ti = timed(lambda: api.install(root, [stone]))
         self.suite.phases[f"install on a fresh root ({k} files)"] = ph.medians()
         self.suite.add(Row(f"install {k}-file stone, fresh root", ti, samples={"onix": [ti]}))
         log(f"  second state: tiny stone over {k} files vs cp -al …")
         settle()
         ph = tx_phases()
         with ph.run():
-            tt = timed(lambda: transaction.install(root, [self.tiny[0]]))
+            tt = timed(lambda: api.install(root, [self.tiny[0]]))
         self.suite.phases[f"transaction over {k} files (library)"] = ph.medians()
         dest = self.tmp / "cp-al-many"
         settle()
@@ -461,7 +462,7 @@ class Bench:
             settle()
             with ph.run():
                 t0 = time.perf_counter()
-                report = verify.verify(root)
+                report = api.verify(root)
                 t_v.append(time.perf_counter() - t0)
             hashed = report.bytes_hashed
             if not report.clean:
@@ -485,7 +486,7 @@ class Bench:
         assert self.root_a is not None
         states = len(list((self.root_a / ".onix" / "states").iterdir()))
         settle()
-        t = timed(lambda: verify.verify(self.root_a))
+        t = timed(lambda: api.verify(self.root_a))
         self.suite.add(Row(f"verify with {states} archived states", t, goal="info",
                            note="archived trees are checked too", samples={"onix": [t]}))
 
@@ -509,7 +510,7 @@ class Bench:
         assert self.root_a is not None
         settle()
         t0 = time.perf_counter()
-        r = prune.prune(self.root_a, keep=1)
+        r = api.prune(self.root_a, keep=1)
         t = time.perf_counter() - t0
         states = len(r.detail["states"])
         self.suite.add(Row(f"prune --keep 1 ({states} states of 20k files)", t,

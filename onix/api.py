@@ -1,0 +1,352 @@
+"""The onix library's front door: the only layer that takes a root.
+
+Every operation a person or a script can ask for is one function here, a few lines
+each: resolve the root (`RootPaths`), open a session when the operation writes
+(`recovery.opened`: the root lock, recovery, boot and seam catch-up), and call the
+plane module that does the work with that typed Session. Below this module nothing
+takes a bare root; the CLI (onix/cli/) calls only this module and prints.
+
+Heavy modules (SQLAlchemy, zstandard, pyelftools) are imported inside the functions
+that need them, so `onix status` and the other read commands start fast.
+
+The validation harness (onix/validate/) sits above this module, not below it: it
+composes images with api.install like a user would, and the CLI's `image` and
+`validate` commands call it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onix.core.errors import OnixError
+from onix.core.paths import RootPaths, read_state_id
+from onix.core.progress import SILENT, Progress
+
+if TYPE_CHECKING:
+    from onix.machine.session import Session
+    from onix.machine.transaction import Result
+
+Root = Path | str
+
+
+@contextmanager
+def session(root: Root, *, wait: bool = True, progress: Progress = SILENT,
+            create: bool = True) -> Iterator[Session]:
+    """The root locked and in a known state (see machine/recovery.py)."""
+    from onix.machine import recovery
+
+    with recovery.opened(RootPaths.of(root), wait=wait, progress=progress,
+                         create=create) as s:
+        yield s
+
+
+# -- transactions ------------------------------------------------------------------------
+
+
+def install(root: Root, targets: Sequence[str | Path], *, dependencies: Iterable[str] = (),
+            wait: bool = True, progress: Progress = SILENT) -> Result:
+    """Install stone files and/or stones by name from repositories: one new state.
+
+    Paths (and strings that name .stone files) are installed as they are; names and
+    provider strings are resolved against the repositories first (repo/install.py).
+    Names in `dependencies` are recorded as pulled in, so `remove` may drop them later.
+    """
+    from onix.repo import install as by_name
+
+    if not targets:
+        raise OnixError("nothing to install", hint="name stones, or .stone files")
+    paths = RootPaths.of(root)
+    files = [Path(t) for t in targets if isinstance(t, Path) or by_name.is_file_target(t)]
+    names = [t for t in targets if not isinstance(t, Path) and not by_name.is_file_target(t)]
+    plan = by_name.fetch(paths, names, files=files, progress=progress)
+    result = None
+    if files or plan.fetched:
+        result = _install_files(paths, files + plan.fetched,
+                                dependencies={*dependencies, *plan.dependencies},
+                                wait=wait, progress=progress)
+        for f in plan.fetched:  # imported now (store + stone cache): one copy is enough
+            f.unlink(missing_ok=True)
+    if plan.already:  # named stones already installed: asked for by name from now on
+        from onix.machine import transaction
+
+        with session(paths.root, wait=wait, create=False) as s:
+            promoted = transaction.mark_explicit(s, plan.already)
+        result = result or promoted
+    return result
+
+
+def _install_files(paths: RootPaths, files: list[Path], *, dependencies: set[str], wait: bool,
+                   progress: Progress) -> Result:
+    from onix.machine import transaction
+
+    # Every stone is read and checked before the root is locked or anything written.
+    with transaction.open_candidates(files) as cands:
+        transaction.check_usr_is_ours(paths)
+        with session(paths.root, wait=wait, progress=progress) as s:
+            return transaction.install(s, cands, dependencies=dependencies)
+
+
+def remove(root: Root, names: list[str], *, orphans: bool = True, wait: bool = True,
+           progress: Progress = SILENT) -> Result:
+    from onix.machine import transaction
+
+    if not names:
+        raise OnixError("nothing to remove", hint="name one or more installed stones")
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return transaction.remove(s, names, orphans=orphans)
+
+
+def activate(root: Root, state_id: int, *, wait: bool = True,
+             progress: Progress = SILENT) -> Result:
+    from onix.machine import transaction
+
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return transaction.activate(s, state_id)
+
+
+def rollback(root: Root, *, to: int | None = None, wait: bool = True,
+             progress: Progress = SILENT) -> Result:
+    from onix.machine import transaction
+
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return transaction.rollback(s, to=to)
+
+
+def prune(root: Root, *, keep: int = 3, wait: bool = True,
+          progress: Progress = SILENT) -> Result:
+    from onix.machine import prune as pruning
+
+    pruning.check_keep(keep)
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return pruning.prune(s, keep=keep)
+
+
+def remove_states(root: Root, ids: list[int], *, wait: bool = True,
+                  progress: Progress = SILENT) -> Result:
+    from onix.machine import prune as pruning
+
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return pruning.remove_states(s, ids)
+
+
+def verify(root: Root, *, fix: bool = False, wait: bool = True,
+           progress: Progress = SILENT) -> Any:
+    from onix.machine import verify as checking
+
+    with session(root, wait=wait, progress=progress, create=False) as s:
+        return checking.verify(s, fix=fix)
+
+
+# -- reading the machine -------------------------------------------------------------------
+
+
+def status(root: Root) -> dict:
+    from onix.machine import status as st
+
+    return st.status(RootPaths.of(root))
+
+
+def list_states(root: Root) -> list[dict]:
+    from onix.machine import states
+
+    return states.list_states(RootPaths.of(root))
+
+
+def show_state(root: Root, state_id: int) -> dict:
+    from onix.machine import states
+
+    return states.show_state(RootPaths.of(root), state_id)
+
+
+def diff_states(root: Root, a: int, b: int) -> dict:
+    from onix.machine import states
+
+    return states.diff_states(RootPaths.of(root), a, b)
+
+
+def set_pinned(root: Root, state_id: int, pinned: bool, *, wait: bool = True) -> dict:
+    from onix.machine import states
+
+    with session(root, wait=wait, create=False) as s:
+        return states.set_pinned(s, state_id, pinned)
+
+
+def ownership(root: Root) -> list[dict]:
+    from onix.machine import ownership as table
+
+    return table.table(RootPaths.of(root))
+
+
+# -- the boot plane ------------------------------------------------------------------------
+
+
+def boot_sync(root: Root, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
+              wait: bool = True) -> dict:
+    from onix.boot import plane as boot
+
+    with session(root, wait=wait, create=False) as s:
+        return boot.sync_requested(s, esp_dir=esp_dir, xbootldr=xbootldr)
+
+
+def boot_status(root: Root, *, esp_dir: Path | None = None,
+                xbootldr: Path | None = None) -> dict:
+    from onix.boot import plane as boot
+
+    return boot.status(RootPaths.of(root), esp_dir=esp_dir, xbootldr=xbootldr)
+
+
+def boot_mark_good(root: Root, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
+                   wait: bool = True) -> dict:
+    from onix.boot import plane as boot
+
+    with session(root, wait=wait, create=False) as s:
+        return boot.mark_good(s, esp_dir=esp_dir, xbootldr=xbootldr)
+
+
+def boot_set_default(root: Root, state_id: int, *, once: bool = False,
+                     esp_dir: Path | None = None, xbootldr: Path | None = None,
+                     wait: bool = True) -> dict:
+    from onix.boot import plane as boot
+
+    with session(root, wait=wait, create=False) as s:
+        return boot.set_default(s, state_id, once=once, esp_dir=esp_dir, xbootldr=xbootldr)
+
+
+# -- the Nix plane and services ------------------------------------------------------------
+
+
+def nix_seed(root: Root, *, wait: bool = True) -> dict:
+    from onix.machine import follow
+
+    with session(root, wait=wait, create=False) as s:
+        return follow.seed_now(s)
+
+
+def nix_check(*, user: str = "nobody") -> dict:
+    from onix.nix import check
+
+    return check.check(user=user)
+
+
+def services(root: Root, *, sync: bool = False, wait: bool = True,
+             warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The live state's services and what s6 says of each; with sync, first reconcile
+    the scan directory with the live state (what a boot service runs)."""
+    from onix.services import reconcile as svc
+
+    paths = RootPaths.of(root)
+    if sync:
+        with session(paths.root, wait=wait, create=False) as s:
+            live = read_state_id(s.paths.usr)
+            if live is not None:
+                report = svc.reconcile(root=s.paths.root, usr=s.paths.usr, state_id=live)
+                for f in report.failed:
+                    if warn:
+                        warn(f"service {f['name']} did not come up: {f['reason']}")
+    return svc.list_services(root=paths.root)
+
+
+# -- repositories and installing by name ---------------------------------------------------
+
+
+def _repo_lock(paths: RootPaths, wait: bool) -> AbstractContextManager:
+    """The root lock around repository changes, once the root has a .onix (a first
+    `repo add` on a fresh root must leave nothing behind when it is refused)."""
+    from onix.core.lock import root_lock
+
+    return root_lock(paths, wait=wait) if paths.onix.is_dir() else nullcontext()
+
+
+def repo_add(root: Root, *, name: str, uri: str, public_key: str, priority: int = 0,
+             wait: bool = True) -> Any:
+    from onix.repo import index
+
+    paths = RootPaths.of(root)  # the root lock is taken after the index is fetched
+    return index.add(paths, name=name, uri=uri, public_key=public_key, priority=priority,
+                     lock=lambda: _repo_lock(paths, wait))
+
+
+def repo_remove(root: Root, *, name: str, wait: bool = True) -> Any:
+    from onix.repo import index
+
+    paths = RootPaths.of(root)
+    with _repo_lock(paths, wait):
+        return index.remove(paths, name=name)
+
+
+def repo_list(root: Root) -> list:
+    from onix.repo import index
+
+    return index.list_repos(RootPaths.of(root))
+
+
+def repo_update(root: Root, *, names: list[str] | None = None, wait: bool = True) -> list:
+    from onix.repo import index
+
+    paths = RootPaths.of(root)  # the root lock is taken after the indexes are fetched
+    return index.update(paths, names=names, lock=lambda: _repo_lock(paths, wait))
+
+
+def search(root: Root, term: str) -> list:
+    from onix.repo import index
+
+    return index.search(RootPaths.of(root), term)
+
+
+def info(root: Root, name: str) -> Any:
+    from onix.repo import install as by_name
+
+    return by_name.info(RootPaths.of(root), name)
+
+
+# -- making stones, repositories, images ---------------------------------------------------
+
+
+def build(recipe: Path, *, out: Path, cache: Path | None = None, jobs: int | None = None,
+          keep: bool = False, progress: Callable[[str], None] | None = None) -> Any:
+    from onix.build import builder
+
+    return builder.build(recipe, out=out, cache=cache, jobs=jobs, keep=keep, progress=progress)
+
+
+def generate_key(*, out: Path, comment: str) -> dict:
+    from onix.repo import keys
+
+    private, public = keys.generate(out=out, comment=comment)
+    return {"private": str(private), "public": str(public),
+            "public_key": public.read_text().strip()}
+
+
+def write_index(*, directory: Path, key: Path, name: str) -> dict:
+    from onix.repo import index
+
+    return index.write_index(directory=directory, key=key, name=name)
+
+
+def pack_stone(src: Path, out: Path, *, name: str, version: str, release: int = 1,
+               arch: str = "x86_64", summary: str = "", license: str = "",
+               provides: Iterable[str] = (), depends: Iterable[str] = (),
+               level: int = 6) -> Any:
+    """Pack a DESTDIR (usr/ only) into a stone; the same tree gives the same bytes."""
+    from onix.machine.stone import StoneMeta, pack
+
+    meta = StoneMeta(name=name, version=version, release=release, arch=arch, summary=summary,
+                     license=license, provides=sorted(provides), depends=sorted(depends))
+    return pack(src, out, meta, level=level)
+
+
+def inspect_stone(path: Path, *, check: bool = True, files: bool = False) -> dict:
+    """A stone's metadata and payloads; with check, every content blob is hashed."""
+    from onix.machine.stone import Stone
+
+    with Stone(path) as s:
+        if check:
+            s.check_content()
+        d = s.describe()
+        d["content_verified"] = check
+        if files:
+            d["layout"] = [e.as_record() for e in s.layout]
+        return d

@@ -1,0 +1,119 @@
+"""The planes that follow the live state: the Nix plane's seams and the s6 services.
+
+After every change of the live state (a transaction, a recovery, a boot into an older
+entry) the declared /etc/nix defaults, the graphics bridge, the GC roots and the
+service scan directory are brought in line with it. The state is committed by then, so
+a failure here is a warning, recorded as lagging (`seams_synced_tx`) and retried by the
+next command; `onix nix seed` and `onix services --sync` redo it by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onix.core import proc
+from onix.core.errors import OnixError, StateError
+from onix.machine.session import Session
+
+
+def check_seams(usr: Path) -> None:
+    """Before a state becomes live: its service definitions load (names, dependencies,
+    no cycles, no symlinks) and its declared nix.conf is one Nix would accept."""
+    from onix.nix import plane as nixplane
+    from onix.services import reconcile as services
+
+    if (usr / services.DEFINITIONS).is_dir():
+        services.load_definitions(usr)
+    declared = nixplane.declared(usr).get("nix.conf")
+    if declared is not None:
+        _, errors = nixplane.parse_conf(declared.decode(errors="replace"),
+                                        where=f"usr/{nixplane.DECLARED_DIR}/nix.conf")
+        if errors:
+            raise StateError(errors[0], path=usr / nixplane.DECLARED_DIR / "nix.conf",
+                             hint="fix the stone's declared defaults")
+
+
+def follow_live(s: Session, warnings: list[str]) -> dict:
+    """The Nix seams and the services, for whatever state is live now; failures become
+    warnings. Also run after a recovery or a reconcile changed the live state."""
+    from onix.nix import plane as nixplane
+
+    out: dict = {}
+    before = len(warnings)
+    out["nix"] = nixplane.after_change(s, warnings)
+    out["services"] = _services_follow(s, warnings)
+    if "/etc/nix/nix.conf" in out["nix"].get("seed", []):
+        # The daemon reads nix.conf once: new defaults mean nothing until it restarts.
+        restart_service(s, "nix-daemon", warnings)
+    with s.db.write() as c:  # "" = lagging: status says so, the next command retries
+        s.db.set_meta(c, META_SEAMS_SYNCED,
+                      str(s.db.last_done_tx(c)) if len(warnings) == before else "")
+    return out
+
+
+META_SEAMS_SYNCED = "seams_synced_tx"  # last transaction the Nix seams and services follow
+
+
+def seams_if_needed(s: Session) -> list[str]:
+    """Start of a mutating command: redo the seams a crash after the journal left undone."""
+    if s.live_state() is None:
+        return []
+    with s.db.read() as c:
+        if not s.db.behind(c, META_SEAMS_SYNCED):
+            return []
+    notes: list[str] = []
+    follow_live(s, notes)
+    return notes or ["brought the Nix seams and services up to date with the live state"]
+
+
+def restart_service(s: Session, name: str, warnings: list[str]) -> None:
+    from onix.services import reconcile as services
+
+    svc = services.default_scandir(s.paths.root) / name
+    if not (svc / "supervise").is_dir() or not services.svscan_running(svc.parent):
+        return
+    try:
+        r = proc.run(["s6-svc", "-r", str(svc)], check=False, timeout=10)
+        why = r.stderr.decode(errors="replace").strip() or str(r.returncode) \
+            if r.returncode != 0 else None
+    except OnixError as e:
+        why = e.message
+    if why is not None:
+        warnings.append(f"service {name}: could not restart it for the new /etc/nix/nix.conf "
+                        f"({why}); s6-svc -r {svc}")
+
+
+def _services_follow(s: Session, warnings: list[str]) -> dict | None:
+    """Reconcile the live s6 scan directory with the live state's service definitions."""
+    from onix.services import reconcile as services
+
+    live = s.live_state()
+    has_defs = (s.paths.usr / services.DEFINITIONS).is_dir()
+    if live is None or (not has_defs and not services.default_scandir(s.paths.root).is_dir()):
+        return None
+    try:
+        report = services.reconcile(root=s.paths.root, usr=s.paths.usr, state_id=live)
+    except (OnixError, OSError) as e:
+        warnings.append(f"services: {e.line() if isinstance(e, OnixError) else e}; "
+                        "onix services --sync redoes it")
+        return None
+    for f in report.failed:
+        warnings.append(f"service {f['name']} did not come up: {f['reason']}")
+    return report.as_dict()
+
+
+def seed_now(s: Session) -> dict:
+    """`onix nix seed`: the Nix seams laid down again for the live state, runtime
+    directories included, and nix-daemon restarted when its nix.conf changed."""
+    from onix.nix import plane as nixplane
+
+    report = nixplane.seed_session(s, runtime=True)
+    report.pop("seeded", None)
+    after = nixplane.after_change(s)
+    after.pop("seed", None)  # the same /etc step, already in "changed"
+    report.update(after)
+    if "/etc/nix/nix.conf" in report["changed"]:
+        warnings: list[str] = []
+        restart_service(s, "nix-daemon", warnings)  # it reads nix.conf only once
+        report["warnings"] = warnings
+    return report
