@@ -80,11 +80,11 @@ def install(root: Root, targets: Sequence[str | Path], *, dependencies: Iterable
 
 def _install_files(paths: RootPaths, files: list[Path], *, dependencies: set[str], wait: bool,
                    progress: Progress) -> Result:
-    from onix.machine import transaction
+    from onix.machine import candidates, transaction
 
     # Every stone is read and checked before the root is locked or anything written.
-    with transaction.open_candidates(files) as cands:
-        transaction.check_usr_is_ours(paths)
+    with candidates.open_candidates(files) as cands:
+        candidates.check_usr_is_ours(paths)
         with session(paths.root, wait=wait, progress=progress) as s:
             return transaction.install(s, cands, dependencies=dependencies)
 

@@ -20,7 +20,7 @@ from onix.core.errors import DiskFullError, OnixError, StateError
 from onix.core.lock import root_lock
 from onix.core.paths import RootPaths, read_state_id
 from onix.core.progress import SILENT, Progress
-from onix.machine import follow, prune, transaction
+from onix.machine import blit, follow, prune, transaction
 from onix.machine.session import Session, check_live_state
 
 
@@ -117,7 +117,7 @@ def reconcile(s: Session) -> list[str]:
         s.db.end_tx(c, tx_id, "done")
     with suppress(FileNotFoundError):
         s.paths.boot_note.unlink()
-    transaction.root_links(s.paths)
+    blit.root_links(s.paths)
     return [f"state {live} was made live {source} (from state {old}); the log now "
             "follows /usr"]
 

@@ -25,29 +25,30 @@ Steps of a transaction that builds a new state (install, remove):
 Activating an archived state (activate, rollback) needs no blit: its tree is
 exchanged straight from .onix/states/<id>/usr, which is why rollback costs the
 same at 20k files as at 200k.
+
+The steps' work lives beside this module: candidates.py (prepare), importer.py
+(import), blit.py (blit, stateid, links), follow.py (the seams after activation);
+this module orders them, journals them, and settles a journal a crash left running.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 from collections.abc import Iterable
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onix.boot import plane as boot
 from onix.core import faults, fsutil
-from onix.core.errors import ConflictError, DiskFullError, OnixError, StateError, StoneError
-from onix.core.parallel import in_two_processes, split_balanced
-from onix.core.paths import OS_RELEASE_FILE, ROOT_LINKS, STATE_ID_FILE, RootPaths, read_state_id
-from onix.machine import follow, ownership
-from onix.machine.layout import DIR, FILE, SYMLINK, Entry, canonical_digest, implicit_dirs, merge
+from onix.core.errors import ConflictError, OnixError, StateError
+from onix.core.paths import RootPaths, read_state_id
+from onix.machine import blit, follow, importer, ownership
+from onix.machine.candidates import Candidate, unmet_dependencies
+from onix.machine.layout import FILE, Entry, canonical_digest, merge
 from onix.machine.session import Session
-from onix.machine.store import DigestMismatch, ObjectKey
 
 BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "archive", "links",
                "activate", "done")
@@ -80,360 +81,7 @@ def fstx_of(state_id: int, layout_digest: str) -> str:
     return f"{state_id}-{layout_digest[:4]}"
 
 
-def os_release(state_id: int, fstx: str) -> bytes:
-    return (f'NAME="ONIX"\nID=onix\nPRETTY_NAME="ONIX ({fstx})"\nVERSION_ID="{state_id}"\n'
-            f"BUILD_ID={fstx}\nONIX_STATE={state_id}\nONIX_FSTX={fstx}\n").encode()
-
-
-# -- prepare: read stones and plan a selection ---------------------------------
-
-
-@dataclass
-class Candidate:
-    """A stone named on the command line: opened and checked, not yet imported."""
-
-    path: Path
-    digest: str
-    stone: Any  # onix.stone.Stone, open until the command ends
-
-    @property
-    def meta(self) -> dict:
-        return self.stone.meta.as_dict()
-
-    @property
-    def layout(self) -> list[Entry]:
-        return self.stone.layout
-
-
-@contextmanager
-def open_candidates(files: list[Path]):
-    """Open and check every stone before anything is written; close them all at the end."""
-    from onix.machine.stone import Stone, digest_file
-
-    out: list[Candidate] = []
-    seen: dict[str, Path] = {}
-    try:
-        for f in files:
-            stone = Stone(Path(f))
-            try:
-                digest = digest_file(Path(f))
-            except BaseException:
-                stone.close()
-                raise
-            out.append(Candidate(Path(f).absolute(), digest, stone))
-            name = stone.meta.name
-            if name in seen:
-                raise ConflictError(f"two stones named {name} given ({seen[name]} and {f})",
-                                    path=f, hint="pass only one version of a stone")
-            seen[name] = Path(f)
-        yield out
-    finally:
-        for cand in out:
-            cand.stone.close()
-
-
-def unmet_dependencies(selection: dict[str, dict]) -> list[str]:
-    """Depends no stone of the selection provides; a stone provides its own name."""
-    provided: set[str] = set()
-    for name, meta in selection.items():
-        provided.add(name)
-        provided.update(json.loads(meta["provides"]) if isinstance(meta["provides"], str)
-                        else meta["provides"])
-    out = []
-    for name, meta in sorted(selection.items()):
-        deps = json.loads(meta["depends"]) if isinstance(meta["depends"], str) else meta["depends"]
-        out.extend(f"{name} needs {d}" for d in deps if d not in provided)
-    return out
-
-
-def check_usr_is_ours(paths: RootPaths) -> None:
-    usr = paths.usr
-    if usr.is_symlink() or (usr.exists() and not usr.is_dir()):
-        raise StateError("is not a directory onix can swap", path=usr,
-                         hint="move it away; onix owns /usr")
-    if usr.is_dir() and read_state_id(usr) is None and any(usr.iterdir()):
-        raise StateError("exists but was not made by onix (no .stateID)", path=usr,
-                         hint="move it aside (e.g. to usr.orig) so onix can own /usr")
-
-
 # -- execute: build a new state --------------------------------------------------
-
-
-def _content_reader(s: Session, cands: list[Candidate]):
-    """A file's bytes by its layout entry, before import: from the store, or else from a
-    stone on the command line (one pass over its content; the digest is checked here,
-    since nothing has verified that content yet)."""
-    import blake3
-
-    found: dict[str, bytes] = {}
-
-    def read(e: Entry) -> bytes:
-        key = ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
-        if s.store.has(key):
-            return fsutil.read_nofollow(s.store.path(key))
-        if e.digest not in found:
-            for cand in cands:
-                if not any(x.digest == e.digest for x in cand.layout):
-                    continue
-                for digest, _length, chunks in cand.stone.contents():
-                    if digest == e.digest:
-                        data = b"".join(chunks)
-                        if blake3.blake3(data).hexdigest() != digest:
-                            raise StoneError(f"content {digest[:16]}… is corrupt",
-                                             path=cand.path, hint="the stone is damaged")
-                        found[digest] = data
-                break
-        if e.digest not in found:
-            raise StoneError(f"no content for usr/{e.path}", hint="the stone is damaged")
-        return found[e.digest]
-
-    return read
-
-
-def _objects_for(entries: list[Entry]) -> set[ObjectKey]:
-    return {ObjectKey(e.digest, e.installed_mode, e.uid, e.gid)
-            for e in entries if e.kind == FILE and e.size > 0}
-
-
-@dataclass
-class Imported:
-    """What one import added, so a transaction that then fails can take it back."""
-
-    ids: dict[str, int] = field(default_factory=dict)  # stone name → id, every candidate
-    new_ids: list[int] = field(default_factory=list)  # rows this import created
-    objects: list[Path] = field(default_factory=list)
-    shards: list[Path] = field(default_factory=list)
-    cached: list[Path] = field(default_factory=list)
-    nbytes: int = 0
-
-    def undo(self, s: Session) -> None:
-        """Forget the new stones and delete what only they brought (state rows first)."""
-        with s.db.write() as c:
-            s.db.delete_stones(c, [i for i in self.new_ids if i in s.db.unused_stones(c)])
-            s.db.bump_store_bytes(c, -self.nbytes)
-        for p in self.objects + self.cached:
-            p.unlink(missing_ok=True)
-        for shard in self.shards:
-            with suppress(OSError):
-                shard.rmdir()
-
-
-def import_stones(s: Session, cands: list[Candidate]) -> Imported:
-    """Import new stones: store objects + cached stone + DB rows, all or nothing."""
-    ids: dict[str, int] = {}
-    fresh: list[Candidate] = []
-    with s.db.read() as c:
-        for cand in cands:
-            row = s.db.stone_by_digest(c, cand.digest)
-            if row:
-                ids[cand.meta["name"]] = row["id"]
-            else:
-                fresh.append(cand)
-    if not fresh:
-        return Imported(ids=ids)
-    s.store.clean_tmp()
-    batch = s.store.batch()
-    cached: list[Path] = []
-    recorded = False
-    total = sum(e.size for cand in fresh for e in cand.layout if e.kind == FILE)
-    s.progress.start("importing", total)
-    try:
-        keys: set[ObjectKey] = set()
-        for cand in fresh:
-            need = _objects_for(cand.layout)
-            keys |= need
-            missing = {k.digest for k in need if not s.store.has(k)}
-            first_mode = {}
-            for k in sorted(need):  # admit() takes keys in this order; the first needs no chmod
-                first_mode.setdefault(k.digest, k.mode)
-            try:
-                for digest, length, chunks in cand.stone.contents():
-                    if digest in missing:
-                        batch.write(digest, chunks, mode=first_mode[digest])
-                    s.progress.advance(length)
-            except DigestMismatch as e:
-                raise StoneError(f"content {e.expected[:16]}… is corrupt ({e})",
-                                 path=cand.path, hint="the stone is damaged; fetch or "
-                                 "rebuild it") from None
-        # The cached stone is a copy, never a hardlink: `cp new.stone mine.stone` rewrites the
-        # user's inode in place, and the cache is what verify --fix restores from. It is
-        # copied before admit() so that admit's syncfs() makes it durable too.
-        staged_cache = []
-        for cand in fresh:
-            dest = s.paths.stone_cache / f"{cand.digest}.stone"
-            if not dest.exists():
-                tmp = dest.with_name(f".{dest.name}.tmp")
-                shutil.copyfile(cand.path, tmp)
-                staged_cache.append((tmp, dest))
-                cached.append(tmp)
-        faults.point("install", "admit")
-        batch.admit(keys)
-        for tmp, dest in staged_cache:
-            os.rename(tmp, dest)
-            cached.append(dest)
-        faults.point("install", "record")
-        new_ids = []
-        with s.db.write() as c:
-            for cand in fresh:
-                ids[cand.meta["name"]] = s.db.add_stone(c, cand.digest, cand.meta, cand.layout)
-                new_ids.append(ids[cand.meta["name"]])
-            s.db.bump_store_bytes(c, batch.admitted_bytes)
-            # From here the commit may have happened by the time an interruption lands;
-            # orphaned objects are prune's to collect, deleting referenced ones is worse.
-            recorded = True
-    except BaseException as exc:
-        if recorded:  # e.g. Ctrl-C right after the commit: the rows need these objects
-            raise
-        batch.undo()
-        for p in cached:
-            p.unlink(missing_ok=True)
-        if fsutil.disk_full(exc):
-            raise DiskFullError("no space left while importing stones", path=s.paths.store,
-                                hint="free space on that file system (onix prune helps) and "
-                                "retry; nothing was changed") from None
-        raise
-    finally:
-        batch.close()
-        s.progress.finish()
-    return Imported(ids=ids, new_ids=new_ids, objects=list(batch.admitted),
-                    shards=list(batch.new_shards), cached=cached, nbytes=batch.admitted_bytes)
-
-
-def blit(s: Session, entries: list[Entry], dest: Path) -> None:
-    """Build a /usr tree at `dest` from the store: directories, then the file links.
-
-    The plan is the layout itself, so unlike `cp -al` nothing is walked or
-    stat'ed. Linking is split by directory between this process and one forked
-    child (onix.parallel): ~87 ms for 20k files, against ~107 ms with threads.
-    """
-    if dest.exists() or dest.is_symlink():
-        fsutil.remove_tree(dest)
-    os.mkdir(dest, 0o755)
-    base = str(dest)
-    dirs = [e for e in entries if e.kind == DIR]
-    # Declared and implicit directories together, parents first ("a" sorts before "a/b").
-    for d in sorted([*implicit_dirs(entries), *(e.path for e in dirs)]):
-        os.mkdir(f"{base}/{d}", 0o755)
-    groups: dict[str, list[Entry]] = {}
-    for e in entries:
-        if e.kind == FILE:
-            groups.setdefault(e.path.rpartition("/")[0], []).append(e)
-    total = sum(len(g) for g in groups.values())
-    s.progress.start("linking", total)
-    store = str(s.store.dir)
-    if total < 4000:  # not worth a fork
-        _link_files(store, base, list(groups.items()))
-    else:
-        mine, theirs = split_balanced(list(groups.items()), lambda kv: len(kv[1]))
-        in_two_processes(lambda: _link_files(store, base, theirs),
-                         lambda: _link_files(store, base, mine))
-    s.progress.advance(total)
-    is_root = os.geteuid() == 0
-    for e in entries:
-        if e.kind == SYMLINK:
-            os.symlink(e.target, f"{base}/{e.path}")
-            if is_root:
-                os.lchown(f"{base}/{e.path}", e.uid, e.gid)
-    # Directory modes last: a 0555 directory would refuse its own children otherwise.
-    for e in reversed(dirs):
-        fsutil.set_owner_and_mode(f"{base}/{e.path}", uid=e.uid, gid=e.gid,
-                                  mode=e.installed_mode)
-    s.progress.finish()
-
-
-def _link_files(store: str, base: str, groups: list[tuple[str, list[Entry]]]) -> None:
-    """Hardlink (or, for empty files, create) every file of `groups` below `base`."""
-    shard_fds: dict[str, int] = {}
-    try:
-        for parent, files in groups:
-            dfd = os.open(f"{base}/{parent}" if parent else base, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                for e in files:
-                    name = e.path.rpartition("/")[2]
-                    mode = e.installed_mode
-                    if e.size == 0:
-                        # A fresh inode per empty file: one shared one would hit EMLINK.
-                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode,
-                                     dir_fd=dfd)
-                        try:
-                            fsutil.set_owner_and_mode(fd, uid=e.uid, gid=e.gid, mode=mode)
-                        finally:
-                            os.close(fd)
-                        continue
-                    shard = e.digest[:2]
-                    obj = f"{e.digest}.{mode:04o}.{e.uid}.{e.gid}"  # store.ObjectKey.name
-                    try:
-                        sfd = shard_fds.get(shard)
-                        if sfd is None:
-                            sfd = shard_fds[shard] = os.open(f"{store}/{shard}",
-                                                             os.O_RDONLY | os.O_DIRECTORY)
-                        os.link(obj, name, src_dir_fd=sfd, dst_dir_fd=dfd)
-                    except FileNotFoundError:
-                        raise FileNotFoundError(errno.ENOENT, "store object missing (onix "
-                                                "verify --fix restores it)",
-                                                f"{store}/{shard}/{obj}") from None
-                    except OSError as err:
-                        if err.errno != errno.EMLINK:
-                            raise
-                        # The inode is full of links (ext4: 65,000): give this path a copy.
-                        shutil.copyfile(f"{store}/{shard}/{obj}", f"{base}/{e.path}")
-                        fsutil.set_owner_and_mode(f"{base}/{e.path}", uid=e.uid, gid=e.gid,
-                                                  mode=mode)
-            finally:
-                os.close(dfd)
-    finally:
-        for fd in shard_fds.values():
-            os.close(fd)
-
-
-def write_generated(tree: Path, state_id: int, fstx: str) -> None:
-    """Write usr/.stateID and usr/lib/os-release, never through a symlink."""
-    lib = tree / "lib"
-    if lib.is_symlink():  # layouts reserve lib as a directory; this is a second guard
-        raise StateError("is a symlink; onix will not write through it", path=lib,
-                         hint="the stone that ships it is unsafe")
-    lib.mkdir(exist_ok=True)
-    for rel, data in generated_files(state_id, fstx).items():
-        write_generated_file(tree, rel, data)
-
-
-def generated_files(state_id: int, fstx: str) -> dict[str, bytes]:
-    """What onix writes into every state's tree (relative to usr/) besides its stones."""
-    return {STATE_ID_FILE: f"{state_id}\n".encode(), OS_RELEASE_FILE: os_release(state_id, fstx)}
-
-
-def write_generated_file(tree: Path, rel: str, data: bytes) -> None:
-    """Replace one generated file, read-only, never writing through a symlink."""
-    p = tree / rel
-    if p.is_symlink() or p.exists():
-        fsutil.remove_tree(p)  # a file, a link, or a directory someone put in its place
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o444)
-    finally:
-        os.close(fd)
-
-
-def root_links(paths: RootPaths) -> list[str]:
-    """Point /bin, /sbin, /lib, /lib64 into usr/; never replace something that is not a link."""
-    warnings = []
-    for name, target in ROOT_LINKS.items():
-        p = paths.root / name
-        try:
-            if p.is_symlink():
-                if os.readlink(p) != target:
-                    fsutil.atomic_symlink(target, p)
-            elif p.exists():
-                warnings.append(f"{p} is a real {'directory' if p.is_dir() else 'file'}, not a "
-                                f"link to {target}; left as it is")
-            else:
-                fsutil.atomic_symlink(target, p)
-        except OSError as e:
-            # The new /usr is already live; a convenience link must not make this
-            # transaction (or its recovery) fail forever. Say so and move on.
-            warnings.append(f"could not point {p} at {target}: {e.strerror}")
-    return warnings
 
 
 def archive_old_tree(paths: RootPaths, where: Path, old_state: int | None) -> None:
@@ -454,7 +102,7 @@ def archive_old_tree(paths: RootPaths, where: Path, old_state: int | None) -> No
 
 def _finish(s: Session, tx_id: int, to_state: int, kind: str, nix_before: dict) -> tuple[str, list]:
     faults.point(kind, "links")
-    warnings = root_links(s.paths)
+    warnings = blit.root_links(s.paths)
     faults.point(kind, "activate")
     nix_after = ownership.nix_fingerprint(s.paths.root)
     report = ownership.report(nix_before, nix_after)
@@ -514,9 +162,9 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                               detail={"source": "staging"}, nix_before=nix_before)
     mark_txn(paths)
     faults.point(kind, "blit")
-    blit(s, entries, paths.staging_usr)
+    blit.blit(s, entries, paths.staging_usr)
     faults.point(kind, "stateid")
-    write_generated(paths.staging_usr, state_id, fstx)
+    blit.write_generated(paths.staging_usr, state_id, fstx)
     boot.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
     follow.check_seams(paths.staging_usr)
     faults.point(kind, "sync")
@@ -588,8 +236,9 @@ def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] =
         raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
                             hint="install the stones that provide them in the same command")
     entries = _plan(s, selection, new)
-    boot.check_layout(s, entries, read=_content_reader(s, list(new.values())))
-    imported = import_stones(s, [new[n] for n in new if selection[n] is not current.get(n)])
+    boot.check_layout(s, entries, read=importer.content_reader(s, list(new.values())))
+    changed = [new[n] for n in new if selection[n] is not current.get(n)]
+    imported = importer.import_stones(s, changed)
     ids = {n: imported.ids.get(n) or selection[n]["id"] for n in selection}
     before = s.live_state()
     try:
@@ -665,7 +314,7 @@ def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
                                explicit={n for n, r in selection.items() if r["explicit"]})
         selection = {n: r for n, r in selection.items() if n not in dropped}
     entries = _plan(s, selection, {})
-    boot.check_layout(s, entries, read=_content_reader(s, []))
+    boot.check_layout(s, entries, read=importer.content_reader(s, []))
     summary = "remove " + ", ".join(sorted(names))
     if dropped:
         summary += f" (and orphans {', '.join(sorted(dropped))})"

@@ -20,10 +20,10 @@ from onix.core import fsutil
 from onix.core.errors import OnixError
 from onix.core.parallel import in_two_processes
 from onix.core.paths import GENERATED, read_state_id
+from onix.machine.blit import generated_files, write_generated_file
 from onix.machine.layout import DIR, FILE, SYMLINK, Entry, implicit_dirs
 from onix.machine.session import Session
 from onix.machine.store import ObjectKey, hash_file
-from onix.machine.transaction import generated_files, write_generated_file
 
 
 @dataclass

@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
 from onix import api  # noqa: E402
 from onix.core import fsutil  # noqa: E402
 from onix.core.paths import read_state_id  # noqa: E402
-from onix.machine import ownership, recovery, transaction, verify  # noqa: E402
+from onix.machine import blit, importer, ownership, recovery, transaction, verify  # noqa: E402
 from onix.machine.db import Database  # noqa: E402
 from onix.machine.stone import StoneMeta, pack  # noqa: E402
 from onix.machine.store import ImportBatch  # noqa: E402
@@ -180,12 +180,12 @@ def tx_phases() -> Phases:
         (stone_mod, "digest_file", "  of which: blake3 of the stone file"),
         (recovery, "recover", "session: recover()"),
         (transaction, "_plan", "plan (load layouts + merge)"),
-        (transaction, "import_stones", IMPORT),
+        (importer, "import_stones", IMPORT),
         (ImportBatch, "admit", "  of which: admit (chmod/chown/rename + syncfs)"),
         (Database, "add_stone", "  of which: DB layout rows"),
         (transaction, "canonical_digest", "layout digest"),
         (ownership, "nix_fingerprint", "/nix fingerprint (x2)"),
-        (transaction, "blit", "blit (hardlink farm)"),
+        (blit, "blit", "blit (hardlink farm)"),
         (fsutil, "syncfs", "syncfs (all calls)"),
         (transaction, "archive_old_tree", "archive old tree"),
         (transaction, "_finish", "links + activate + journal close"),
