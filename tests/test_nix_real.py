@@ -96,7 +96,7 @@ def onix_inside(plane: NixPlane, *args: str, check: bool = True):
 
 
 def nixcheck(plane: NixPlane, user: str = "alice") -> dict:
-    code = ("import json; from onix.nixcheck import check; "
+    code = ("import json; from onix.nix.check import check; "
             f"print(json.dumps(check(user={user!r})))")
     return json.loads(plane.python(code, timeout=60).stdout)
 
