@@ -193,26 +193,26 @@ def boot_sync(root: Root, *, esp_dir: Path | None = None, xbootldr: Path | None 
 
 def boot_status(root: Root, *, esp_dir: Path | None = None,
                 xbootldr: Path | None = None) -> dict:
-    from onix.boot import plane as boot
+    from onix.boot import menu
 
-    return boot.status(RootPaths.of(root), esp_dir=esp_dir, xbootldr=xbootldr)
+    return menu.status(RootPaths.of(root), esp_dir=esp_dir, xbootldr=xbootldr)
 
 
 def boot_mark_good(root: Root, *, esp_dir: Path | None = None, xbootldr: Path | None = None,
                    wait: bool = True) -> dict:
-    from onix.boot import plane as boot
+    from onix.boot import menu
 
     with session(root, wait=wait, create=False) as s:
-        return boot.mark_good(s, esp_dir=esp_dir, xbootldr=xbootldr)
+        return menu.mark_good(s, esp_dir=esp_dir, xbootldr=xbootldr)
 
 
 def boot_set_default(root: Root, state_id: int, *, once: bool = False,
                      esp_dir: Path | None = None, xbootldr: Path | None = None,
                      wait: bool = True) -> dict:
-    from onix.boot import plane as boot
+    from onix.boot import menu
 
     with session(root, wait=wait, create=False) as s:
-        return boot.set_default(s, state_id, once=once, esp_dir=esp_dir, xbootldr=xbootldr)
+        return menu.set_default(s, state_id, once=once, esp_dir=esp_dir, xbootldr=xbootldr)
 
 
 # -- the Nix plane and services ------------------------------------------------------------

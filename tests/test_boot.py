@@ -19,7 +19,7 @@ import pytest
 from conftest import onix, onix_json, snapshot
 
 from onix import api
-from onix.boot import bls, initrd
+from onix.boot import bls, checks, initrd, inputs
 from onix.boot import plane as boot
 from onix.core import fsutil
 from onix.core.errors import OnixError
@@ -124,7 +124,7 @@ def test_entry_fields_loader_conf_and_status(broot: Path, boot_stones, make_ston
 
 
 def initrd_kver(root: Path) -> str:
-    return boot.find_kernel(root / "usr")
+    return inputs.find_kernel(root / "usr")
 
 
 def test_loader_conf_keeps_the_users_lines(broot: Path, tools, small_kernel) -> None:
@@ -423,7 +423,7 @@ def test_boot_config_errors_name_the_line(broot: Path, tools, small_kernel) -> N
     (broot / "etc/onix").mkdir(parents=True)
     (broot / "etc/onix/boot.conf").write_text("keep-older = 2\nkeep_older = 3\n")
     with pytest.raises(OnixError, match="line 2"):
-        boot.dirs_for(RootPaths.of(broot))
+        checks.dirs_for(RootPaths.of(broot))
     r = onix("boot", "status", "--root", broot)
     assert r.returncode == 1 and "boot.conf: line 2" in r.stderr
 

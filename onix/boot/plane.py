@@ -36,43 +36,44 @@ The boot default: the state the user last chose (install, remove, activate,
 rollback, or `onix boot set-default`), kept in the meta table as `boot_default`.
 A state made live at boot by an older entry (reconcile) does not move it: a
 one-time boot of an older entry is followed by the default again.
+
+Beside this module: inputs.py reads a state's kernel and command line, checks.py
+refuses what would not boot before anything is written, menu.py blesses the booted
+entry, sets the default and reports `onix boot status`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.boot import bls, bootloader, esp
-from onix.core import faults, fsutil, safepath
-from onix.core.errors import DiskFullError, OnixError, StateError
-from onix.core.paths import RootPaths, read_state_id
+from onix.boot.checks import check_dirs, dirs_for
+from onix.boot.inputs import (
+    KERNEL_DIR,
+    content_digest,
+    find_kernel,
+    kernel_options,
+    pretty_name,
+    state_usr,
+)
+from onix.core import faults, fsutil
+from onix.core.errors import BootError, DiskFullError, OnixError
 from onix.machine.session import Session
 
 log = logging.getLogger("onix.boot")
 
 STEPS = ("files", "bootloader", "entries", "loader", "cleanup", "done")
 USER_KINDS = ("install", "remove", "activate", "rollback")  # they set the boot default
-KERNEL_DIR = "lib/kernel"  # relative to usr/
-CMDLINE_DIRS = ("usr/lib/kernel/cmdline.d", "etc/kernel/cmdline.d")  # relative to the root
 META_DEFAULT = "boot_default"  # state id the user chose to boot by default
 META_SYNCED = "boot_synced_tx"  # last transaction id the ESP reflects ("" = redo the sync)
 META_FALLBACK = "boot_fallback"  # JSON: the automatic rollback status explains
 META_RESET = "boot_reset"  # state id whose bad entry gets a fresh count (set-default)
 META_OWNED = "boot_owned"  # JSON {"entries": [fstx], "files": [rel]}: what this root wrote
-# Directories onix writes on the ESP and $BOOT; any of them being a symlink is refused.
-BOOT_DIRS = ("loader", "loader/entries", "onix")
-ESP_DIRS = ("loader", "EFI", "EFI/systemd", "EFI/BOOT")
-
-
-class BootError(OnixError):
-    """The boot files could not be brought in line with the states."""
 
 
 @dataclass
@@ -97,139 +98,6 @@ class Plan:
     skipped: dict[int, str] = field(default_factory=dict)  # state id → why it has no entry
     fallback: dict | None = None
     owned: dict = field(default_factory=dict)  # META_OWNED before this sync
-
-
-# -- reading a state's boot inputs (never through a symlink) ---------------------------
-
-
-def state_usr(paths: RootPaths, state_id: int, live: int | None) -> Path:
-    return paths.usr if state_id == live else paths.state_tree(state_id)
-
-
-def version_key(v: str) -> list[tuple[int, object]]:
-    """Order kernel versions the way humans do: numbers numerically."""
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", v) if p]
-
-
-def _regular(base: Path, rel: str) -> Path | None:
-    """base/rel as a real file reached without a symlink (safepath), or None if absent.
-
-    A state's tree sits inside a root that may be a scratch directory on a host: a
-    stone's `vmlinuz -> /etc/shadow` must not put the host's file on the ESP.
-    """
-    return base / rel if safepath.is_regular(base, rel) else None
-
-
-def find_kernel(usr: Path) -> str | None:
-    """The kernel a state boots: the highest version under usr/lib/kernel with a vmlinuz."""
-    if not safepath.is_directory(usr, KERNEL_DIR):
-        return None
-    names = sorted(d.name for d in (usr / KERNEL_DIR).iterdir())
-    kvers = [k for k in names if _regular(usr, f"{KERNEL_DIR}/{k}/vmlinuz") is not None]
-    return max(kvers, key=version_key) if kvers else None
-
-
-def _conf_files(base: Path, rel_dir: str) -> dict[str, Path]:
-    d = base / rel_dir
-    try:
-        names = sorted(p.name for p in d.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    out = {}
-    for name in names:
-        if name.endswith(".conf"):
-            p = _regular(base, f"{rel_dir}/{name}")
-            if p is not None:
-                out[name] = p
-    return out
-
-
-def _snippets(root: Path, usr: Path, kver: str | None = None) -> list[str]:
-    """Kernel command-line tokens: the kernel's own usr/lib/kernel/<kver>/*.cmdline, then
-    cmdline.d from /usr and /etc (a file in /etc overrides the one of its name in /usr)."""
-    tokens: list[str] = []
-    if kver is not None:
-        with suppress(FileNotFoundError, NotADirectoryError):
-            for name in sorted(p.name for p in (usr / KERNEL_DIR / kver).iterdir()):
-                p = _regular(usr, f"{KERNEL_DIR}/{kver}/{name}") \
-                    if name.endswith(".cmdline") else None
-                if p is not None:
-                    tokens.extend(_tokens(p))
-    files = {**_conf_files(usr, "lib/kernel/cmdline.d"),
-             **_conf_files(root, "etc/kernel/cmdline.d")}
-    for name in sorted(files):
-        tokens.extend(_tokens(files[name]))
-    return tokens
-
-
-def _tokens(path: Path) -> list[str]:
-    out: list[str] = []
-    for line in fsutil.read_nofollow(path).decode(errors="replace").splitlines():
-        out.extend(line.split("#", 1)[0].split())
-    return out
-
-
-def _root_device() -> str | None:
-    """root= for the running system: the UUID of what is mounted on /, if it has one."""
-    try:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            left, _, right = line.partition(" - ")
-            if left.split()[4] == "/":
-                source = right.split()[1]
-                break
-        else:
-            return None
-    except (OSError, IndexError):
-        return None
-    by_uuid = Path("/dev/disk/by-uuid")
-    with suppress(OSError):
-        real = os.path.realpath(source)
-        for link in by_uuid.iterdir():
-            if os.path.realpath(link) == real:
-                return f"UUID={link.name}"
-    return source if source.startswith("/dev/") else None
-
-
-def kernel_options(*, root: Path, usr: Path, fstx: str, kver: str | None = None) -> str:
-    """root= first, then rw, the snippets in order (see _snippets), onix.fstx= last."""
-    tokens = [t for t in _snippets(root, usr, kver) if not t.startswith("onix.fstx=")]
-    roots = [t for t in tokens if t.startswith(("root=", "onix.root="))]
-    rest = [t for t in tokens if t not in roots]
-    if not roots:
-        dev = _root_device() if root == Path("/") else None
-        if dev is None:
-            raise BootError("no root= for the boot entries", path=root / CMDLINE_DIRS[1],
-                            hint="write a .conf there with e.g. root=UUID=… (or LABEL=…)")
-        roots = [f"root={dev}"]
-    if "ro" not in rest and "rw" not in rest:
-        rest.insert(0, "rw")  # the initrd exchanges /usr on the root for an older entry
-    return " ".join([*roots, *rest, f"onix.fstx={fstx}"])
-
-
-def _pretty_name(usr: Path, fstx: str) -> str:
-    name = "ONIX"
-    with suppress(OSError, OnixError):
-        text = safepath.read_regular(usr, "lib/os-release").decode(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("PRETTY_NAME="):
-                name = line.partition("=")[2].strip().strip('"') or name
-    return name if fstx in name else f"{name} ({fstx})"
-
-
-def _digest(path: Path) -> str:
-    import blake3
-
-    return blake3.blake3(fsutil.read_nofollow(path)).hexdigest()
-
-
-def check_dirs(dirs: esp.BootDirs) -> None:
-    """Refuse boot directories that are symlinks: cleanup would delete through them."""
-    for base, rels in ((dirs.boot, BOOT_DIRS), (dirs.esp, ESP_DIRS)):
-        for rel in ("", *rels):
-            p = base / rel if rel else base
-            if p.is_symlink():
-                raise BootError("is a symlink; onix writes boot files only into real "
-                                "directories", path=p, hint="replace it with a directory")
 
 
 # -- planning --------------------------------------------------------------------------
@@ -272,10 +140,10 @@ def _plan_one(s: Session, *, st: dict, usr: Path, name: bls.EntryName,
         s.progress.note(f"built the initrd for state {sid} (kernel {kver}, "
                         f"{len(built.data) >> 10} KiB, {built.compression})")
     kernel = usr / KERNEL_DIR / kver / "vmlinuz"
-    kernel_rel = f"onix/vmlinuz-{kver}-{_digest(kernel)[:16]}"
+    kernel_rel = f"onix/vmlinuz-{kver}-{content_digest(kernel)[:16]}"
     initrd_rel = f"onix/initrd-{kver}-{built.digest[:16]}.img"
     text = bls.render_entry(
-        state_id=sid, fstx=fstx, title=_pretty_name(usr, fstx), version=version,
+        state_id=sid, fstx=fstx, title=pretty_name(usr, fstx), version=version,
         linux=f"/{kernel_rel}", initrd=f"/{initrd_rel}",
         options=kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver))
     return Planned(state_id=sid, fstx=fstx, name=name, text=text, kver=kver, kernel_src=kernel,
@@ -517,15 +385,6 @@ def _cleanup(p: Plan, *, chosen: dict[str, str], owned_entries: set[str],
 # -- the library API the CLI and the transactions call ------------------------------------
 
 
-def dirs_for(paths: RootPaths, *, esp_dir: Path | None = None,
-             xbootldr: Path | None = None) -> tuple[esp.BootDirs | None, esp.BootConfig]:
-    cfg = esp.read_config(paths.root)
-    dirs = esp.find(paths.root, esp=esp_dir, xbootldr=xbootldr, config=cfg)
-    if dirs is not None:
-        check_dirs(dirs)
-    return dirs, cfg
-
-
 @contextmanager
 def _guard(what: str) -> Iterator[None]:
     """Turn an OSError on the ESP into one BootError (or DiskFullError) naming the file;
@@ -565,119 +424,6 @@ def after_change(s: Session) -> dict | None:
     """End of a command that changed states: sync, or fail with what to do."""
     with _guard(f"state {s.live_state()} is live, but the boot files were not updated"):
         return sync(s)
-
-
-def preflight(s: Session) -> None:
-    """Before a command changes anything: boot.conf and the boot directories are sane."""
-    dirs_for(s.paths)
-
-
-def check_layout(s: Session, entries: list, *, read) -> None:
-    """Before anything is written: would the planned state boot?
-
-    Works from the planned layout; `read(entry) -> bytes` fetches a file's content (from
-    the store, or from a stone not imported yet), so bad boot input is refused with the
-    root byte-identical. check_state() repeats the full check on the built tree.
-    """
-    from onix.boot import initrd
-    from onix.machine.layout import DIR, FILE, SYMLINK
-
-    dirs, _ = dirs_for(s.paths)
-    if dirs is None:
-        return
-    by_path = {e.path: e for e in entries}
-
-    def symlink_on_the_way(rel: str) -> str | None:
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            e = by_path.get("/".join(parts[:i]))
-            if e is not None and e.kind == SYMLINK:
-                return e.path
-        return None
-
-    def file_entry(rel: str):
-        bad = symlink_on_the_way(rel)
-        if bad is not None:
-            raise BootError("is a symlink; boot inputs must be real files inside the state",
-                            path=f"usr/{bad}", hint="ship the file itself in the stone")
-        e = by_path.get(rel)
-        return e if e is not None and e.kind == FILE else None
-
-    def content(rel: str) -> bytes | None:
-        e = file_entry(rel)
-        if e is None:
-            return None
-        return read(e) if e.size else b""
-
-    kvers = sorted({e.path.split("/")[2] for e in entries
-                    if e.path.startswith(f"{KERNEL_DIR}/") and e.path.count("/") == 3
-                    and e.path.endswith("/vmlinuz")}, key=version_key)
-    kvers = [k for k in kvers if file_entry(f"{KERNEL_DIR}/{k}/vmlinuz") is not None]
-    if not kvers:
-        if s.live_state() is not None and find_kernel(s.paths.usr) is not None:
-            raise BootError("the new state would have no kernel, so this machine could not "
-                            "boot it", path=s.paths.usr / KERNEL_DIR,
-                            hint="keep a kernel stone installed (or replace it in the same "
-                            "command)")
-        return
-    kver = kvers[-1]
-    def words(data: bytes | None) -> list[str]:
-        return [w for line in (data or b"").decode(errors="replace").splitlines()
-                for w in line.split("#", 1)[0].split()]
-
-    # The same sources and precedence as _snippets(): the kernel's *.cmdline, then
-    # cmdline.d by file name, a file in /etc replacing the one of its name in /usr.
-    tokens: list[str] = []
-    for rel in sorted(e.path for e in entries if e.kind != DIR and
-                      e.path.startswith(f"{KERNEL_DIR}/{kver}/") and
-                      e.path.endswith(".cmdline")):
-        tokens += words(content(rel))
-    by_name: dict[str, list[str]] = {
-        e.path.rsplit("/", 1)[1]: words(content(e.path)) for e in entries
-        if e.kind != DIR and e.path.startswith("lib/kernel/cmdline.d/")
-        and e.path.endswith(".conf") and e.path.count("/") == 3}
-    for name, path in _conf_files(s.paths.root, "etc/kernel/cmdline.d").items():
-        by_name[name] = _tokens(path)
-    for name in sorted(by_name):
-        tokens += by_name[name]
-    if not any(t.startswith(("root=", "onix.root=")) for t in tokens) and \
-            not (s.paths.root == Path("/") and _root_device()):
-        raise BootError("no root= for the boot entries", path=s.paths.root / CMDLINE_DIRS[1],
-                        hint="write a .conf there with e.g. root=UUID=… (or LABEL=…)")
-    for rel, what in ((initrd.BUSYBOX, "a static busybox"),
-                      (initrd.EXCHANGE, "the static onix exchange helper")):
-        data = content(rel)
-        if data is None:
-            raise BootError(f"the initrd needs {what}, and the new state has none",
-                            path=f"usr/{rel}", hint=f"install a stone that ships usr/{rel}")
-        initrd.check_static(Path(f"usr/{rel}"), rel=rel, what=what, data=data)
-
-
-def check_state(s: Session, *, usr: Path, fstx: str) -> None:
-    """Before a state becomes live: can it boot? Bad boot input is refused while the root
-    is still as it was (prepare → verify → execute), not found after the exchange.
-
-    Builds its initrd into the cache, so the sync after the exchange is quick.
-    """
-    from onix.boot import initrd
-
-    dirs, _ = dirs_for(s.paths)
-    if dirs is None:
-        return
-    kver = find_kernel(usr)
-    if kver is None:
-        live = s.live_state()
-        if live is not None and find_kernel(s.paths.usr) is not None:
-            raise BootError("the new state would have no kernel, so this machine could not "
-                            "boot it", path=usr / KERNEL_DIR,
-                            hint="keep a kernel stone installed (or replace it in the same "
-                            "command)")
-        return
-    kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver)
-    built = initrd.build(usr=usr, kver=kver, cache_dir=s.paths.initrd_cache)
-    if not built.cached:
-        s.progress.note(f"built the initrd for kernel {kver} "
-                        f"({len(built.data) >> 10} KiB, {built.compression})")
 
 
 def sync_if_needed(s: Session) -> list[str]:
@@ -727,134 +473,6 @@ def prune_entries(s: Session, doomed: list[int]) -> None:
                 continue  # the last entry stays
             f.unlink()
         fsutil.fsync_dir(entries)
-
-
-def booted_entry(s: Session, dirs: esp.BootDirs) -> bls.EntryName | None:
-    """The entry this system booted: LoaderEntrySelected if it is the live state's (the
-    initrd may have exchanged another state in since), else the live state's entry."""
-    entries = bls.list_entries(dirs.boot)
-    live = s.live_state()
-    with s.db.read() as c:
-        st = s.db.maybe_state(c, live)
-    if st is None:
-        return None
-    selected = bootloader.read_var("LoaderEntrySelected") if s.paths.root == Path("/") else None
-    n = bls.EntryName.parse(selected) if selected else None
-    if n is not None and n.fstx == st["fstx"] and n.fstx in entries:
-        return entries[n.fstx]
-    return entries.get(st["fstx"])
-
-
-def mark_good(s: Session, *, esp_dir: Path | None = None, xbootldr: Path | None = None) -> dict:
-    """Bless the booted entry: drop its counter, and point loader.conf at the new name.
-
-    Crash-safe order: the blessed copy first, then loader.conf, then the counted file.
-    """
-    dirs, cfg = dirs_for(s.paths, esp_dir=esp_dir, xbootldr=xbootldr)
-    if dirs is None:
-        raise BootError("no ESP found for this root", path=s.paths.root / "boot",
-                        hint="mount the ESP, or pass --esp DIR")
-    cur = booted_entry(s, dirs)
-    if cur is None:
-        raise BootError("the booted state has no boot entry", path=bls.entries_dir(dirs.boot),
-                        hint="run onix boot sync")
-    if cur.blessed:
-        return {"entry": cur.file, "changed": False}
-    blessed = bls.EntryName(fstx=cur.fstx)
-    entries = bls.entries_dir(dirs.boot)
-    with _guard("could not bless the entry"):
-        fsutil.replace_file(entries / blessed.file, fsutil.read_nofollow(entries / cur.file))
-        default = bls.EntryName.parse(bls.read_default(dirs.esp) or "")
-        if default is not None and default.fstx == cur.fstx:
-            _write_loader(dirs.esp, blessed.file, cfg=cfg)
-        (entries / cur.file).unlink()
-        fsutil.fsync_dir(entries)
-    return {"entry": blessed.file, "was": cur.file, "changed": True}
-
-
-def set_default(s: Session, state_id: int, *, once: bool = False, esp_dir: Path | None = None,
-                xbootldr: Path | None = None) -> dict:
-    """Boot a state next time (once: LoaderEntryOneShot) or from now on (boot_default)."""
-    with s.db.read() as c:
-        st = s.db.maybe_state(c, state_id)
-    if st is None:
-        raise StateError(f"no state {state_id}", path=s.paths.db, hint="see onix state list")
-    dirs, _ = dirs_for(s.paths, esp_dir=esp_dir, xbootldr=xbootldr)
-    if dirs is None:
-        raise BootError("no ESP found for this root", path=s.paths.root / "boot",
-                        hint="mount the ESP, or pass --esp DIR")
-    usr = state_usr(s.paths, state_id, s.live_state())
-    if not usr.is_dir() or find_kernel(usr) is None:
-        raise BootError(f"state {state_id} has no kernel, so it cannot boot",
-                        path=usr / KERNEL_DIR, hint="onix boot status lists bootable states")
-    if once:
-        if s.paths.root != Path("/"):
-            raise BootError("a one-time default lives in the firmware's variables, which only "
-                            "the running system has", path=s.paths.root,
-                            hint="run it on the booted machine (without --root)")
-        entry = bls.list_entries(dirs.boot).get(st["fstx"])
-        if entry is None:
-            raise BootError(f"state {state_id} has no boot entry (not retained)",
-                            path=bls.entries_dir(dirs.boot),
-                            hint="onix boot status lists the entries")
-        with _guard("could not set the one-time default"):
-            bootloader.write_var("LoaderEntryOneShot", entry.file)
-        return {"state": state_id, "entry": entry.file, "once": True}
-    with s.db.write() as c:
-        s.db.set_meta(c, META_DEFAULT, str(state_id))
-        s.db.set_meta(c, META_RESET, str(state_id))
-        s.db.set_meta(c, META_SYNCED, "")  # an interrupted sync is redone by the next run
-        s.db.delete_meta(c, META_FALLBACK)
-    with _guard(f"state {state_id} is the boot default now, but the boot files were not "
-                "updated"):
-        report = sync(s, esp_dir=esp_dir, xbootldr=xbootldr) or {}
-    return {"state": state_id, "entry": report.get("default"), "once": False}
-
-
-def status(paths: RootPaths, *, esp_dir: Path | None = None,
-           xbootldr: Path | None = None) -> dict:
-    """Everything `onix boot status` shows; reads only."""
-    from onix.machine.db import Database
-
-    dirs, cfg = dirs_for(paths, esp_dir=esp_dir, xbootldr=xbootldr)
-    out: dict = {"esp": str(dirs.esp) if dirs else None,
-                 "xbootldr": str(dirs.xbootldr) if dirs and dirs.xbootldr else None,
-                 "entries": [], "kernels": [], "default": None, "bootloader": None,
-                 "config": {"keep_older": cfg.keep_older, "tries": cfg.tries}}
-    if dirs is None:
-        return out
-    live = read_state_id(paths.usr)
-    out["default"] = bls.read_default(dirs.esp)
-    out["bootloader"] = bootloader.status(usr=paths.usr if live else None, esp=dirs.esp)
-    states: dict[str, dict] = {}
-    if paths.db.exists():
-        db = Database(paths)
-        try:
-            with db.read() as c:
-                states = {st["fstx"]: st for st in db.states(c)}
-        finally:
-            db.close()
-    for fstx, name in sorted(bls.list_entries(dirs.boot).items(),
-                             key=lambda kv: -kv[1].state_id):
-        path = bls.entries_dir(dirs.boot) / name.file
-        fields = bls.parse_entry(path.read_text(errors="replace"))
-        st = states.get(fstx)
-        missing = [f for f in (fields.get("linux"), *fields.get("initrd", "").split())
-                   if f and not (dirs.boot / f.lstrip("/")).is_file()]
-        out["entries"].append({
-            "file": name.file, "fstx": fstx, "state": name.state_id,
-            "state_exists": st is not None, "live": name.state_id == live,
-            "default": out["default"] == name.file, "tries_left": name.tries_left,
-            "tries_done": name.tries_done, "blessed": name.blessed, "bad": name.bad,
-            "version": fields.get("version"), "linux": fields.get("linux"),
-            "initrd": fields.get("initrd"), "options": fields.get("options"),
-            "missing_files": missing})
-    with suppress(FileNotFoundError):
-        out["kernels"] = sorted(f.name for f in (dirs.boot / "onix").iterdir())
-    out["efi"] = {k: bootloader.read_var(k) for k in
-                  ("LoaderEntrySelected", "LoaderEntryDefault", "LoaderEntryOneShot")} \
-        if paths.root == Path("/") else {}
-    return out
 
 
 def sync_requested(s: Session, *, esp_dir: Path | None = None,

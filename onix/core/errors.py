@@ -42,6 +42,10 @@ class StateError(OnixError):
     """An unknown state, or an operation a state does not allow."""
 
 
+class BootError(OnixError):
+    """The boot files could not be brought in line with the states."""
+
+
 class LockedError(OnixError):
     """Another onix holds the root's lock, or SQLite reports the database locked."""
 

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from onix.boot import checks
 from onix.boot import plane as boot
 from onix.core import fsutil
 from onix.core.errors import DiskFullError, OnixError, StateError
@@ -43,7 +44,7 @@ def opened(paths: RootPaths, *, wait: bool = True, progress: Progress = SILENT,
             try:
                 s.recovered = recover(s)
                 check_live_state(s)
-                boot.preflight(s)
+                checks.preflight(s)
                 s.recovered += boot.sync_if_needed(s)
                 # A recovery, a boot, or a crash after the journal closed: the seams follow.
                 s.recovered += follow.seams_if_needed(s)

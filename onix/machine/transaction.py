@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onix.boot import checks
 from onix.boot import plane as boot
 from onix.core import faults, fsutil
 from onix.core.errors import ConflictError, OnixError, StateError
@@ -165,7 +166,7 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     blit.blit(s, entries, paths.staging_usr)
     faults.point(kind, "stateid")
     blit.write_generated(paths.staging_usr, state_id, fstx)
-    boot.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
+    checks.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
     follow.check_seams(paths.staging_usr)
     faults.point(kind, "sync")
     fsutil.syncfs(paths.staging)
@@ -236,7 +237,7 @@ def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] =
         raise ConflictError("unmet dependencies: " + "; ".join(unmet), path=cands[0].path,
                             hint="install the stones that provide them in the same command")
     entries = _plan(s, selection, new)
-    boot.check_layout(s, entries, read=importer.content_reader(s, list(new.values())))
+    checks.check_layout(s, entries, read=importer.content_reader(s, list(new.values())))
     changed = [new[n] for n in new if selection[n] is not current.get(n)]
     imported = importer.import_stones(s, changed)
     ids = {n: imported.ids.get(n) or selection[n]["id"] for n in selection}
@@ -314,7 +315,7 @@ def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
                                explicit={n for n, r in selection.items() if r["explicit"]})
         selection = {n: r for n, r in selection.items() if n not in dropped}
     entries = _plan(s, selection, {})
-    boot.check_layout(s, entries, read=importer.content_reader(s, []))
+    checks.check_layout(s, entries, read=importer.content_reader(s, []))
     summary = "remove " + ", ".join(sorted(names))
     if dropped:
         summary += f" (and orphans {', '.join(sorted(dropped))})"
@@ -354,7 +355,7 @@ def activate(s: Session, state_id: int, *, kind: str = "activate") -> Result:
     if read_state_id(tree) != state_id:
         raise StateError(f"the archived tree of state {state_id} is missing or damaged",
                          path=tree, hint="run onix verify; prune it with onix state remove")
-    boot.check_state(s, usr=tree, fstx=target["fstx"])
+    checks.check_state(s, usr=tree, fstx=target["fstx"])
     faults.point(kind, "journal")
     nix_before = ownership.nix_fingerprint(paths.root)
     with s.db.write() as c:
