@@ -150,28 +150,28 @@ def status(root: Root) -> dict:
 
 
 def list_states(root: Root) -> list[dict]:
-    from onix.machine import states
+    from onix.machine import state_log
 
-    return states.list_states(RootPaths.of(root))
+    return state_log.list_states(RootPaths.of(root))
 
 
 def show_state(root: Root, state_id: int) -> dict:
-    from onix.machine import states
+    from onix.machine import state_log
 
-    return states.show_state(RootPaths.of(root), state_id)
+    return state_log.show_state(RootPaths.of(root), state_id)
 
 
 def diff_states(root: Root, a: int, b: int) -> dict:
-    from onix.machine import states
+    from onix.machine import state_log
 
-    return states.diff_states(RootPaths.of(root), a, b)
+    return state_log.diff_states(RootPaths.of(root), a, b)
 
 
 def set_pinned(root: Root, state_id: int, pinned: bool, *, wait: bool = True) -> dict:
-    from onix.machine import states
+    from onix.machine import state_log
 
     with session(root, wait=wait, create=False) as s:
-        return states.set_pinned(s, state_id, pinned)
+        return state_log.set_pinned(s, state_id, pinned)
 
 
 def ownership(root: Root) -> list[dict]:

@@ -36,7 +36,6 @@ from pathlib import Path
 
 PREFIX = "onix-"
 NAME_RE = re.compile(r"^onix-(?P<fstx>\d+-[0-9a-f]+)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
-KEYS = ("title", "version", "sort-key", "linux", "initrd", "options")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from onix.core.errors import OnixError
 
-DEFAULTS = {"keep-older": 4, "tries": 3, "timeout": 3}
 INT_KEYS = ("keep-older", "tries", "timeout")
 KNOWN = (*INT_KEYS, "esp", "xbootldr")
 

@@ -77,7 +77,7 @@ META_OWNED = "boot_owned"  # JSON {"entries": [fstx], "files": [rel]}: what this
 
 
 @dataclass
-class Planned:
+class PlannedEntry:
     state_id: int
     fstx: str
     name: bls.EntryName  # the name it has on disk now, or the one a new entry gets
@@ -91,10 +91,10 @@ class Planned:
 
 
 @dataclass
-class Plan:
+class BootPlan:
     dirs: esp.BootDirs
-    entries: list[Planned]
-    default: Planned | None
+    entries: list[PlannedEntry]
+    default: PlannedEntry | None
     skipped: dict[int, str] = field(default_factory=dict)  # state id → why it has no entry
     fallback: dict | None = None
     owned: dict = field(default_factory=dict)  # META_OWNED before this sync
@@ -126,7 +126,7 @@ def _retained(s: Session, cfg: esp.BootConfig, exclude: set[int]) -> dict:
 
 
 def _plan_one(s: Session, *, st: dict, usr: Path, name: bls.EntryName,
-              version: str) -> Planned | str:
+              version: str) -> PlannedEntry | str:
     from onix.boot import initrd
 
     sid, fstx = st["id"], st["fstx"]
@@ -146,12 +146,12 @@ def _plan_one(s: Session, *, st: dict, usr: Path, name: bls.EntryName,
         state_id=sid, fstx=fstx, title=pretty_name(usr, fstx), version=version,
         linux=f"/{kernel_rel}", initrd=f"/{initrd_rel}",
         options=kernel_options(root=s.paths.root, usr=usr, fstx=fstx, kver=kver))
-    return Planned(state_id=sid, fstx=fstx, name=name, text=text, kver=kver, kernel_src=kernel,
+    return PlannedEntry(state_id=sid, fstx=fstx, name=name, text=text, kver=kver, kernel_src=kernel,
                    kernel_rel=kernel_rel, initrd_src=built.path, initrd_rel=initrd_rel)
 
 
 def plan(s: Session, *, dirs: esp.BootDirs, cfg: esp.BootConfig,
-         exclude: set[int] | frozenset[int] = frozenset()) -> Plan:
+         exclude: set[int] | frozenset[int] = frozenset()) -> BootPlan:
     """What $BOOT should hold. Builds (or takes from the cache) each state's initrd.
 
     The live state and the boot default must get entries (their failures are errors);
@@ -168,7 +168,7 @@ def plan(s: Session, *, dirs: esp.BootDirs, cfg: esp.BootConfig,
     # default line does not match (a counted entry renamed at boot; newer systemd-boot
     # versions drop the counter from ids), so the top entry must be the default.
     top = max([order.get(st["id"], st["id"]) for st in r["states"]] or [0])
-    out = Plan(dirs=dirs, entries=[], default=None, owned=r["owned"])
+    out = BootPlan(dirs=dirs, entries=[], default=None, owned=r["owned"])
     for st in r["states"]:
         sid = st["id"]
         version = order.get(sid, sid)
@@ -227,7 +227,7 @@ def _referenced(boot: Path) -> set[str]:
     return refs
 
 
-def _owned_files(p: Plan, boot: Path) -> set[str]:
+def _owned_files(p: BootPlan, boot: Path) -> set[str]:
     """$BOOT/onix files this root wrote (all of onix/ before onix kept a list)."""
     if "files" in p.owned:
         return set(p.owned["files"])
@@ -236,13 +236,13 @@ def _owned_files(p: Plan, boot: Path) -> set[str]:
     return set()
 
 
-def _owned_entries(p: Plan, boot: Path) -> set[str]:
+def _owned_entries(p: BootPlan, boot: Path) -> set[str]:
     if "entries" in p.owned:
         return set(p.owned["entries"])
     return set(bls.list_entries(boot))
 
 
-def execute(s: Session, p: Plan, *, cfg: esp.BootConfig) -> dict:
+def execute(s: Session, p: BootPlan, *, cfg: esp.BootConfig) -> dict:
     """Converge $BOOT to the plan, step by step (see the module docstring)."""
     boot, esp_dir = p.dirs.boot, p.dirs.esp
     check_dirs(p.dirs)
@@ -332,7 +332,7 @@ def _write_loader(esp_dir: Path, default: str, *, cfg: esp.BootConfig) -> bool:
     return True
 
 
-def _cleanup(p: Plan, *, chosen: dict[str, str], owned_entries: set[str],
+def _cleanup(p: BootPlan, *, chosen: dict[str, str], owned_entries: set[str],
              owned_files: set[str], cfg: esp.BootConfig) -> list[str]:
     """Delete what no planned entry needs — only things this root wrote (a shared ESP
     keeps another root's entries) and never the file loader.conf names."""

@@ -50,16 +50,6 @@ def table(paths: RootPaths) -> list[dict]:
     return [{"surface": s, "owner": o, "reason": r} for s, o, r in rows]
 
 
-def owner_of(path: str) -> str | None:
-    """The owner of an absolute path under the root: the longest matching surface wins."""
-    best: tuple[int, str] | None = None
-    for surface, owner, _ in TABLE:
-        inside = path == surface or path.startswith(surface + "/")
-        if inside and (best is None or len(surface) > best[0]):
-            best = (len(surface), owner)
-    return best[1] if best else None
-
-
 def _links(base: Path) -> dict[str, str]:
     """Every symlink below `base` (relative name → target), without following any."""
     out: dict[str, str] = {}

@@ -55,7 +55,6 @@ BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "arch
                "activate", "done")
 ACTIVATE_STEPS = ("journal", "exchange", "archive", "links", "activate", "done")
 NEW_STATE_KINDS = ("install", "remove")
-SWITCH_KINDS = ("activate", "rollback")
 
 
 @dataclass

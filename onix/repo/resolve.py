@@ -42,7 +42,7 @@ def _strings(value: object) -> list[str]:
 
 
 @dataclass
-class Plan:
+class Resolution:
     install: list[Available]  # stones to fetch and install (new ones and upgrades)
     explicit: set[str]  # the explicit set after the install: old ∪ requested stone names
     reasons: dict[str, str]  # stone name -> why it is in `install`
@@ -94,7 +94,7 @@ def _provides(a: Available, dep: str) -> bool:
 
 
 def resolve(*, requested: list[str], installed: dict[str, dict], available: list[Available],
-            explicit: set[str], arch: str = "x86_64") -> Plan:
+            explicit: set[str], arch: str = "x86_64") -> Resolution:
     """Choose the stones to install for `requested` (stone names or provider strings).
 
     `installed` is the live selection (name -> meta with provides/depends, and version/
@@ -204,7 +204,7 @@ def resolve(*, requested: list[str], installed: dict[str, dict], available: list
                 raise ConflictError(f"upgrading {was} to {chosen[was].evr} would leave "
                                     f"{name} without {dep}", path=name,
                                     hint=f"upgrade {name} too, or keep {was} as it is")
-    return Plan(install=list(chosen.values()), explicit=new_explicit, reasons=reasons,
+    return Resolution(install=list(chosen.values()), explicit=new_explicit, reasons=reasons,
                 already=already, upgrades=upgrades)
 
 
