@@ -8,7 +8,6 @@ Heavy modules are imported inside the commands so `onix status` starts fast.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,14 +15,16 @@ from typing import Annotated, Any
 import typer
 
 from onix.cli.output import (
-    RichProgress,
     console,
-    error,
+    fail,
     format_status,
     human_bytes,
     print_json,
+    print_lines,
+    run,
+    warn,
 )
-from onix.core.errors import OnixError, from_exception
+from onix.cli.output import progress as _progress
 
 app = typer.Typer(help="ONIX machine plane: stones, states, rollback.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -46,54 +47,13 @@ NoWait = Annotated[bool, typer.Option("--no-wait",
                                       help="Fail at once if another onix holds the lock.")]
 
 
-def _escaped(data: Any) -> Any:
-    """Data with rich markup neutralised: a stone's summary like 'x [/b]' is text, not a tag."""
-    from rich.markup import escape
-
-    if isinstance(data, str):
-        return escape(data)
-    if isinstance(data, dict):
-        return {k: _escaped(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_escaped(v) for v in data]
-    return data
-
-
 def _run(as_json: bool, fn: Callable[[], Any], human: Callable[[Any], None], *,
          rich_output: bool = True) -> Any:
-    try:
-        result = fn()
-    except OnixError as e:
-        error(e.line(), as_json=as_json, data=e.as_dict())
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        error("interrupted; the root holds the old or the new state (onix status tells which)")
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        known = from_exception(exc)
-        if known is None:
-            raise  # a bug: the traceback is the useful report
-        error(known.line(), as_json=as_json, data=known.as_dict())
-        raise typer.Exit(known.exit_code) from None
-    data = result.as_dict() if hasattr(result, "as_dict") else result
-    if as_json:
-        print_json(data)
-    else:
-        human(_escaped(data) if rich_output else data)
-    return data
-
-
-def _progress(as_json: bool) -> Any:
-    p = RichProgress()
-    if as_json:
-        p.enabled = False
-    return p
+    return run(fn, human, as_json=as_json, markup=rich_output)
 
 
 def _print_result(r: dict) -> None:
     out = console()
-    for line in r.get("recovered") or []:
-        out.print(f"[yellow]recovered:[/] {line}")
     if not r["changed"]:
         out.print(f"nothing to do ({r['summary']})")
         return
@@ -101,17 +61,10 @@ def _print_result(r: dict) -> None:
         out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  "
                   f"[dim](was {r['from_state'] if r['from_state'] is not None else 'none'})[/]")
     out.print(r["summary"])
-    for w in r.get("warnings") or []:
-        out.print(f"[yellow]warning:[/] {w}")
 
 
 def _print_summary_and_warnings(r: dict) -> None:
-    out = console()
-    for line in r.get("recovered") or []:
-        out.print(f"[yellow]recovered:[/] {line}")
-    out.print(r["summary"])
-    for w in r.get("warnings") or []:
-        out.print(f"[yellow]warning:[/] {w}")
+    console().print(r["summary"])
 
 
 # -- transactions ----------------------------------------------------------------
@@ -184,13 +137,9 @@ def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
 
 def _print_switch(r: dict) -> None:
     out = console()
-    for line in r.get("recovered") or []:
-        out.print(f"[yellow]recovered:[/] {line}")
     out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  [dim](was {r['from_state']})[/]")
     out.print("plane: machine")
     out.print(f"/nix: {r['nix']}")
-    for w in r.get("warnings") or []:
-        out.print(f"[yellow]warning:[/] {w}")
 
 
 @app.command()
@@ -218,10 +167,6 @@ def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to kee
         out.print(f"removed {d['objects']} store objects, freed {human_bytes(d['bytes_freed'])}")
         out.print("plane: machine")
         out.print(f"/nix: {r['nix']}")
-        for line in r.get("recovered") or []:
-            out.print(f"[yellow]recovered:[/] {line}")
-        for w in r.get("warnings") or []:
-            out.print(f"[yellow]warning:[/] {w}")
 
     _run(json, lambda: api.prune(root, keep=keep, wait=not no_wait,
                                  progress=_progress(json)), human)
@@ -235,8 +180,6 @@ def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the sto
 
     def human(r: dict) -> None:
         out = console()
-        for line in r["recovered"]:
-            out.print(f"[yellow]recovered:[/] {line}")
         for p in r["fixed"]:
             out.print(f"fixed {p['problem']}: {p['path']}")
         for p in r["problems"]:
@@ -261,8 +204,8 @@ def status(root: Root = Path("/"), json: Json = False,
     """What is live: active fstx, boot entry, the Nix plane's seams, states, store size."""
     from onix import api
 
-    _run(json, lambda: api.status(root), lambda r: sys.stdout.write("".join(
-        line + "\n" for line in format_status(r, verbose=verbose))), rich_output=False)
+    _run(json, lambda: api.status(root), lambda r: print_lines(format_status(r, verbose=verbose)),
+         rich_output=False)
 
 
 @app.command("ownership")
@@ -450,8 +393,6 @@ Xbootldr = Annotated[Path | None, typer.Option("--xbootldr", help="The XBOOTLDR 
 
 def _print_sync(r: dict) -> None:
     out = console()
-    for line in r.get("recovered") or []:
-        out.print(f"[yellow]recovered:[/] {line}")
     out.print(f"ESP {r['esp']}" + (f", entries on {r['boot']}" if r["boot"] != r["esp"] else ""))
     out.print(f"default entry: [bold]{r['default']}[/]")
     for e in r["entries"]:
@@ -554,7 +495,7 @@ def services_cmd(root: Root = Path("/"), json: Json = False,
 
     def rows() -> list:
         return api.services(root, sync=sync, wait=not no_wait,
-                            warn=lambda w: sys.stderr.write(f"warning: {w}\n"))
+                            warn=warn)
 
     def human(rows: list) -> None:
         out = console()
@@ -820,13 +761,10 @@ def validate_cmd(
     try:
         rep = validate.run(scenarios or None, repo=repo, key=key, work=work, timeout=timeout,
                            keep=keep, jobs=jobs, progress=say)
-    except OnixError as e:  # stopped before a table: the JSON still has its shape
-        error(e.line(), as_json=json, data={**validate.empty_report(), **e.as_dict()})
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        error("onix validate: interrupted; every VM was stopped", as_json=json,
-              data={**validate.empty_report(), "error": "interrupted"})
-        raise typer.Exit(130) from None
+    except (Exception, KeyboardInterrupt) as exc:  # before a table: the JSON keeps its shape
+        raise typer.Exit(fail(exc, as_json=json, report=validate.empty_report(),
+                              interrupted="onix validate: interrupted; every VM was stopped")
+                         ) from None
     finally:
         signal.signal(signal.SIGTERM, old_term)
     if json:
