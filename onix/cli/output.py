@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from onix.core.errors import OnixError, from_exception
@@ -164,6 +164,18 @@ def progress(as_json: bool) -> Progress:
     if as_json:
         p.enabled = False
     return p
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Rows under their column names, aligned, no box lines."""
+    from rich.table import Table
+
+    t = Table(box=None)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    console().print(t)
 
 
 def print_lines(lines: list[str]) -> None:
