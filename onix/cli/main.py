@@ -8,7 +8,6 @@ Anything else — other commands, --help, unknown options — goes to the typer 
 
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -33,26 +32,10 @@ def _fast_status(args: list[str]) -> int | None:
     if os.path.exists(root) and not os.path.isdir(root):
         return None  # typer reports the usage error, as for every other command
     from onix.api import status
-    from onix.cli.output import format_status
-    from onix.core.errors import OnixError, from_exception
+    from onix.cli.output import format_status, print_lines, run
 
-    try:
-        try:
-            r = status(root)
-        except Exception as exc:
-            known = from_exception(exc)
-            if known is None:
-                raise
-            raise known from None
-    except OnixError as e:
-        if as_json:
-            sys.stdout.write(json.dumps(e.as_dict(), indent=2, sort_keys=True) + "\n")
-        sys.stderr.write(f"error: {e.line()}\n")
-        return e.exit_code
-    if as_json:
-        sys.stdout.write(json.dumps(r, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        sys.stdout.write("".join(line + "\n" for line in format_status(r, verbose=verbose)))
+    run(lambda: status(root), lambda r: print_lines(format_status(r, verbose=verbose)),
+        as_json=as_json, markup=False)
     return 0
 
 

@@ -1,0 +1,169 @@
+"""Top-level commands on a root's machine plane: transactions, what is installed, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onix import api
+from onix.cli.options import Json, NoWait, Root
+from onix.cli.output import (
+    console,
+    format_status,
+    human_bytes,
+    print_lines,
+    print_table,
+    progress,
+    run,
+)
+
+commands = typer.Typer()
+
+
+def print_result(r: dict) -> None:
+    """An install's or a remove's new state, or why nothing changed."""
+    out = console()
+    if not r["changed"]:
+        out.print(f"nothing to do ({r['summary']})")
+        return
+    if r.get("fstx"):
+        out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  "
+                  f"[dim](was {r['from_state'] if r['from_state'] is not None else 'none'})[/]")
+    out.print(r["summary"])
+
+
+def print_switch(r: dict) -> None:
+    """A rollback's or an activate's new live state, and what /nix said."""
+    out = console()
+    out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  [dim](was {r['from_state']})[/]")
+    out.print("plane: machine")
+    out.print(f"/nix: {r['nix']}")
+
+
+@commands.command()
+def install(targets: Annotated[list[str], typer.Argument(
+                metavar="STONE...", help="Stone names (from repositories), provider strings "
+                "such as 'binary(rg)', or .stone files.")],
+            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Install or replace stones, with their dependencies; one transaction, one new state."""
+    run(lambda: api.install(root, targets, wait=not no_wait, progress=progress(json)),
+        print_result, as_json=json)
+
+
+@commands.command()
+def remove(names: Annotated[list[str], typer.Argument(help="Installed stone names.")],
+           keep_orphans: Annotated[bool, typer.Option(
+               "--keep-orphans", help="Keep dependencies nothing asked for any more.")] = False,
+           root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Remove stones by name, and dependencies only they needed; one new state."""
+    run(lambda: api.remove(root, names, orphans=not keep_orphans, wait=not no_wait,
+                           progress=progress(json)), print_result, as_json=json)
+
+
+@commands.command()
+def search(term: Annotated[str, typer.Argument(help="Part of a name, summary or provider.")],
+           root: Root = Path("/"), json: Json = False) -> None:
+    """Stones the configured repositories offer."""
+
+    def human(rows: list) -> None:
+        if not rows:
+            console().print(f"no stone matches {term!r}")
+        for a in rows:
+            console().print(f"{a['name']} {a['version']}-{a['release']}  [dim]{a['repo']}[/]  "
+                            f"{a['summary']}")
+
+    run(lambda: [a.as_dict() for a in api.search(root, term)], human, as_json=json)
+
+
+@commands.command()
+def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
+    """One stone: what the live state has and what the repositories offer."""
+
+    def human(r: dict) -> None:
+        out = console()
+        mine = r["installed"]
+        if mine:
+            out.print(f"[bold]{mine['name']}[/] {mine['version']}-{mine['release']} installed"
+                      + (" (explicit)" if mine["explicit"] else " (as a dependency)"))
+            out.print(f"  {mine['summary']}  [dim]{mine['license']}[/]")
+            for k in ("provides", "depends"):
+                if mine[k]:
+                    out.print(f"  {k}: {', '.join(mine[k])}")
+        else:
+            out.print(f"[bold]{r['name']}[/] not installed")
+        for a in r["available"]:
+            out.print(f"available: {a['version']}-{a['release']} from {a['repo']} "
+                      f"({human_bytes(a['size'])}) {a['location']}")
+
+    run(lambda: api.info(root, name), human, as_json=json)
+
+
+@commands.command()
+def rollback(to: Annotated[int | None, typer.Option("--to", help="State id to go back to.")] = None,
+             root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Go back to the previous state (or --to ID). /nix is checked before and after."""
+    run(lambda: api.rollback(root, to=to, wait=not no_wait), print_switch, as_json=json)
+
+
+@commands.command()
+def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to keep.")] = 3,
+          root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Remove old states (never active or pinned ones) and store content nothing uses."""
+
+    def human(r: dict) -> None:
+        out = console()
+        d = r["detail"]
+        if d["states"]:
+            out.print("removed states: " + ", ".join(str(i) for i in d["states"]))
+        else:
+            out.print("no states to remove")
+        out.print(f"removed {d['objects']} store objects, freed {human_bytes(d['bytes_freed'])}")
+        out.print("plane: machine")
+        out.print(f"/nix: {r['nix']}")
+
+    run(lambda: api.prune(root, keep=keep, wait=not no_wait, progress=progress(json)), human,
+        as_json=json)
+
+
+@commands.command()
+def verify(fix: Annotated[bool, typer.Option("--fix", help="Restore from the store.")] = False,
+           root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+    """Re-hash the store; check /usr and every archived state against their layouts."""
+
+    def human(r: dict) -> None:
+        out = console()
+        for p in r["fixed"]:
+            out.print(f"fixed {p['problem']}: {p['path']}")
+        for p in r["problems"]:
+            out.print(f"[red]{p['problem']}[/]: {p['path']}" + (f" ({p['detail']})"
+                                                               if p["detail"] else ""))
+        verdict = "[green]clean[/]" if r["clean"] else f"[red]{len(r['problems'])} problems[/]"
+        out.print(f"state {r['state']}: {r['objects_checked']} objects, {r['files_checked']} "
+                  f"files, {human_bytes(r['bytes_hashed'])} hashed — {verdict}")
+        if not r["clean"] and not fix:
+            out.print("run onix verify --fix to restore from the store")
+
+    report = run(lambda: api.verify(root, fix=fix, wait=not no_wait, progress=progress(json)),
+                 human, as_json=json)
+    if not report["clean"]:
+        raise typer.Exit(1)
+
+
+@commands.command()
+def status(root: Root = Path("/"), json: Json = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                                 help="List drifted keys.")] = False) -> None:
+    """What is live: active fstx, boot entry, the Nix plane's seams, states, store size."""
+    run(lambda: api.status(root), lambda r: print_lines(format_status(r, verbose=verbose)),
+        as_json=json, markup=False)
+
+
+@commands.command("ownership")
+def ownership_cmd(root: Root = Path("/"), json: Json = False) -> None:
+    """The ownership contract: which plane owns which surface (as recorded in the root)."""
+
+    run(lambda: api.ownership(root), lambda rows: print_table(
+        ("surface", "owner", "reason"), [(r["surface"], r["owner"], r["reason"]) for r in rows]),
+        as_json=json)

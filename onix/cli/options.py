@@ -1,0 +1,15 @@
+"""The options most commands take, declared once so every --help says the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Root = Annotated[Path, typer.Option("--root", help="Operate on this root instead of /.",
+                                    file_okay=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+NoWait = Annotated[bool, typer.Option("--no-wait",
+                                      help="Fail at once if another onix holds the lock.")]
+StateId = Annotated[int, typer.Argument(metavar="ID")]
