@@ -49,7 +49,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix.core import fsutil, proc
+from onix.core import fsutil, proc, safepath
 from onix.core.errors import OnixError, StateError
 from onix.machine.session import Session
 
@@ -84,18 +84,6 @@ def header(name: str) -> str:
 
 
 # -- /etc/passwd, /etc/group, /etc/shadow ------------------------------------------------
-
-
-def _real_dirs(root: Path, *rels: str) -> None:
-    """Refuse a symlink anywhere on the way to these directories of the root.
-
-    The root may be a scratch directory on a host: a root whose etc is a symlink to
-    /etc would have onix edit the host's accounts. (Missing directories are fine.)
-    """
-    from onix.core import safepath
-
-    for rel in rels:
-        safepath.lstat_below(root, rel, want=safepath.DIRECTORY)
 
 
 def mkdirs(path: Path, mode: int = 0o755) -> None:
@@ -192,7 +180,7 @@ def seed_accounts(root: Path) -> list[str]:
     before writing anything."""
     want = _accounts(root)
     etc = root / "etc"
-    _real_dirs(root, "etc")
+    safepath.check_dirs(root, "etc")
     group_lines = _read_lines(etc / "group")
     passwd_lines = _read_lines(etc / "passwd")
     shadow_lines = _read_lines(etc / "shadow")
@@ -263,8 +251,6 @@ def seed_accounts(root: Path) -> list[str]:
 
 def declared(usr: Path) -> dict[str, bytes]:
     """The state's declared defaults by name (nix.conf, nix.sh), read without symlinks."""
-    from onix.core import safepath
-
     out: dict[str, bytes] = {}
     for name in MATERIALISED:
         rel = f"{DECLARED_DIR}/{name}"
@@ -284,7 +270,7 @@ def materialise(root: Path, usr: Path, seeded: dict, *,
     """Write the declared defaults to /etc where nobody edited them. Returns (changed, seeded)."""
     changed: list[str] = []
     seeded = dict(seeded)
-    _real_dirs(root, *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()})
+    safepath.check_dirs(root, *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()})
     for name, data in declared(usr).items():
         rel = MATERIALISED[name]
         dest = root / rel
@@ -331,7 +317,7 @@ def seed_runtime(root: Path) -> list[str]:
     if not nix.exists():
         mkdirs(nix)
         made.append("/nix")
-    _real_dirs(root, *RUNTIME_DIRS, "nix/store")
+    safepath.check_dirs(root, *RUNTIME_DIRS, "nix/store")
     for rel in RUNTIME_DIRS:
         p = root / rel
         if not p.exists() and not p.is_symlink():
@@ -359,7 +345,7 @@ def seed(root: Path | str, *, usr: Path | None = None, runtime: bool = True,
     root = Path(root).absolute()
     usr = usr or root / "usr"
     # Every directory this may write through is checked before the first write.
-    _real_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
+    safepath.check_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
                *(RUNTIME_DIRS if runtime else ()))
     changed = seed_accounts(root)
     files, seeded_now = materialise(root, usr, seeded or {}, remember=remember)
@@ -571,7 +557,7 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
     """Point /run/opengl-driver at the active state's Mesa (see the module docstring)."""
     root = Path(root)
     usr = usr or root / "usr"
-    _real_dirs(root, BRIDGE_DIRS)
+    safepath.check_dirs(root, BRIDGE_DIRS)
     libdir = _mesa_libdir(usr)
     if libdir is None:
         with suppress(FileNotFoundError):
@@ -697,7 +683,7 @@ def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
     base = root / GCROOTS / "states"
     want = {f"{sid}-{n}": target for sid, targets in sorted(links.items())
             for n, target in enumerate(targets)}
-    _real_dirs(root, GCROOTS + "/states")
+    safepath.check_dirs(root, GCROOTS + "/states")
     have: dict[str, str] = {}
     if base.is_dir():
         have = {p.name: os.readlink(p) for p in base.iterdir() if p.is_symlink()}
