@@ -86,19 +86,6 @@ def header(name: str) -> str:
 # -- /etc/passwd, /etc/group, /etc/shadow ------------------------------------------------
 
 
-def mkdirs(path: Path, mode: int = 0o755) -> None:
-    """mkdir -p with the mode set explicitly: a root seeded under umask 027 must still
-    let users reach /etc/nix, /run/opengl-driver and the store."""
-    missing = []
-    p = path
-    while not p.exists() and not p.is_symlink():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir()
-        os.chmod(d, mode)
-
-
 def _read_lines(path: Path) -> list[str]:
     """Lines of an account file; bytes that are not UTF-8 (an old Latin-1 GECOS field)
     survive the round trip through surrogateescape."""
@@ -117,7 +104,7 @@ def _write_lines(path: Path, lines: list[str], *, mode: int) -> None:
         mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
     except FileNotFoundError:
         uid = gid = 0
-    mkdirs(path.parent)
+    fsutil.mkdirs(path.parent)
     fsutil.atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
                         mode=mode, owner=(uid, gid))
 
@@ -292,7 +279,7 @@ def materialise(root: Path, usr: Path, seeded: dict, *,
         seeded[rel] = [*known[-1:], _b3(content)]
         if remember is not None:
             remember(seeded)
-        mkdirs(dest.parent)
+        fsutil.mkdirs(dest.parent)
         fsutil.atomic_write(dest, content, mode=0o644)
         seeded[rel] = [_b3(content)]
         changed.append(f"/{rel}")
@@ -315,13 +302,13 @@ def seed_runtime(root: Path) -> list[str]:
     if nix.is_symlink():
         raise StateError("is a symlink", path=nix, hint="/nix must be a real directory")
     if not nix.exists():
-        mkdirs(nix)
+        fsutil.mkdirs(nix)
         made.append("/nix")
     safepath.check_dirs(root, *RUNTIME_DIRS, "nix/store")
     for rel in RUNTIME_DIRS:
         p = root / rel
         if not p.exists() and not p.is_symlink():
-            mkdirs(p)
+            fsutil.mkdirs(p)
             made.append(f"/{rel}")
     store = root / "nix/store"
     if not store.exists() and not store.is_symlink():
@@ -574,11 +561,11 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
     for link, rel in MESA_LINKS.items():
         src = rel.format(libdir=libdir)
         if (usr / src).exists():
-            mkdirs((tmp / link).parent)
+            fsutil.mkdirs((tmp / link).parent)
             os.symlink(f"/usr/{src}", tmp / link)
     for lib in MESA_LIBS:
         if (usr / libdir / lib).exists():
-            mkdirs(tmp / "lib")
+            fsutil.mkdirs(tmp / "lib")
             os.symlink(f"/usr/{libdir}/{lib}", tmp / "lib" / lib)
     if target.exists() or target.is_symlink():
         fsutil.remove_tree(target)
@@ -695,7 +682,7 @@ def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
         (base / name).unlink()
         removed.append(name)
     if want:
-        mkdirs(base)
+        fsutil.mkdirs(base)
     for name, target in sorted(want.items()):
         if have.get(name) != target:
             fsutil.atomic_symlink(target, base / name)

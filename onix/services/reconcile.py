@@ -967,7 +967,7 @@ def reconcile(*, root: Path, usr: Path, state_id: int, scandir: Path | None = No
     if not scandir.is_dir():
         if not defs:
             return report
-        from onix.nix.plane import mkdirs
+        from onix.core.fsutil import mkdirs
 
         mkdirs(scandir)  # 0755 whatever the umask: s6 tools run as other users read it
     s6 = _S6() if active else None
