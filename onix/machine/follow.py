@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onix.core import proc
 from onix.core.errors import OnixError, StateError
 from onix.machine.session import Session
 
@@ -74,14 +73,10 @@ def restart_service(s: Session, name: str, warnings: list[str]) -> None:
     if not (svc / "supervise").is_dir() or not s6.svscan_running(svc.parent):
         return
     try:
-        r = proc.run(["s6-svc", "-r", str(svc)], check=False, timeout=10)
-        why = r.stderr.decode(errors="replace").strip() or str(r.returncode) \
-            if r.returncode != 0 else None
+        s6.restart(svc)
     except OnixError as e:
-        why = e.message
-    if why is not None:
         warnings.append(f"service {name}: could not restart it for the new /etc/nix/nix.conf "
-                        f"({why}); s6-svc -r {svc}")
+                        f"({e.message}); s6-svc -r {svc}")
 
 
 def _services_follow(s: Session, warnings: list[str]) -> dict | None:

@@ -49,9 +49,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix.core import fsutil, proc, safepath
+from onix.core import fsutil, safepath
 from onix.core.errors import OnixError, StateError
 from onix.machine.session import Session
+from onix.services import s6
 
 NIXBLD_GROUP = "nixbld"
 NIXBLD_GID = 30000
@@ -506,16 +507,16 @@ def _svstat(root: Path) -> str | None:
     if not (svc / "supervise").is_dir():
         return None
     try:
-        r = proc.run(["s6-svstat", "-o", "up,ready,pid,exitcode,signal,updownfor", str(svc)],
-                     check=False, timeout=2)
+        st = s6.fields(svc, timeout=2)
     except OnixError:  # not installed, or hung: the handshake's reason stands alone
         return None
-    if r.returncode != 0:
+    if st is None:
         return None
-    up, ready, pid, code, sig, secs = (r.stdout.decode(errors="replace").split() + [""] * 6)[:6]
-    if up == "true":
-        return f"up {secs} s, pid {pid}" + ("" if ready == "true" else ", not ready")
-    why = f"killed by {sig}" if sig not in ("", "NA", "-1") else f"exit {code}"
+    secs = st["updownfor"]
+    if st["up"] == "true":
+        return f"up {secs} s, pid {st['pid']}" + ("" if st["ready"] == "true" else ", not ready")
+    sig = st["signal"]
+    why = f"killed by {sig}" if sig not in ("NA", "-1") else f"exit {st['exitcode']}"
     return f"down {secs} s ({why})"
 
 
