@@ -391,6 +391,7 @@ class NixPlane:
         and waits until each is ready (nix-daemon: its data/check passed).
         """
         from onix.services import reconcile as services
+        from onix.services.s6 import svscan_running
 
         if self.supervised:
             raise HarnessError("supervision is already running")
@@ -399,7 +400,7 @@ class NixPlane:
         self._call({"op": "spawn", "name": "s6-svscan", "argv": ["s6-svscan", SCANDIR]}, 5)
         self.supervised = True
         deadline = time.monotonic() + timeout
-        while not services.svscan_running(scandir):
+        while not svscan_running(scandir):
             if time.monotonic() > deadline:
                 raise HarnessError(f"s6-svscan did not start on {SCANDIR}")
             time.sleep(0.01)

@@ -23,7 +23,9 @@ from conftest import snapshot
 
 from onix import api
 from onix.core.errors import OnixError
+from onix.services import definitions, live
 from onix.services import reconcile as services
+from onix.services import s6 as s6drv
 
 pytestmark = pytest.mark.skipif(shutil.which("s6-svscan") is None,
                                 reason="s6 is not installed (apt-get install s6)")
@@ -38,7 +40,7 @@ T = 5.0  # reconcile timeout for services that do come up
 def make_usr(base: Path, names: list[str]) -> Path:
     """A state's usr tree holding copies of the demo definitions `names`."""
     usr = base / "usr"
-    defs = usr / services.DEFINITIONS
+    defs = usr / definitions.DEFINITIONS
     defs.mkdir(parents=True, exist_ok=True)
     for n in names:
         shutil.copytree(DATA / n, defs / n, symlinks=True)
@@ -46,7 +48,7 @@ def make_usr(base: Path, names: list[str]) -> Path:
 
 
 def defdir(usr: Path, name: str) -> Path:
-    return usr / services.DEFINITIONS / name
+    return usr / definitions.DEFINITIONS / name
 
 
 def wait_until(pred, timeout: float = 5.0, what: str = "condition"):
@@ -61,7 +63,7 @@ def wait_until(pred, timeout: float = 5.0, what: str = "condition"):
 
 
 def pid(scandir: Path, name: str) -> int | None:
-    return services.svstat(scandir / name)["pid"]
+    return s6drv.svstat(scandir / name)["pid"]
 
 
 def alive(p: int) -> bool:
@@ -105,7 +107,7 @@ class SvScan:
             self.proc = subprocess.Popen(["s6-svscan", str(self.scandir)], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
-        wait_until(lambda: services.svscan_running(self.scandir), what="s6-svscan")
+        wait_until(lambda: s6drv.svscan_running(self.scandir), what="s6-svscan")
         return self
 
     def stop(self) -> None:
@@ -165,7 +167,7 @@ def reconcile(root: Path, usr: Path, state_id: int, **kw) -> services.Report:
 
 def test_definitions_hash_and_format(tmp_path: Path):
     usr = make_usr(tmp_path / "a", ["ticker", "web", "logged"])
-    defs = services.load_definitions(usr)
+    defs = definitions.load_definitions(usr)
     assert sorted(defs) == ["logged", "ticker", "web"]
     assert defs["web"].dependencies == ("ticker",)  # the comment line is ignored
     assert defs["ticker"].notification_fd == 3 and defs["web"].notification_fd is None
@@ -175,22 +177,22 @@ def test_definitions_hash_and_format(tmp_path: Path):
     usr2 = make_usr(tmp_path / "b", ["ticker"])
     (defdir(usr2, "ticker") / "down").write_text("")
     (defdir(usr2, "ticker") / "supervise").mkdir()
-    assert services.load_definitions(usr2)["ticker"].hash == defs["ticker"].hash
+    assert definitions.load_definitions(usr2)["ticker"].hash == defs["ticker"].hash
     # the exec bit matters; other mode bits do not
     os.chmod(defdir(usr2, "ticker") / "data" / "version", 0o444)
-    assert services.load_definitions(usr2)["ticker"].hash == defs["ticker"].hash
+    assert definitions.load_definitions(usr2)["ticker"].hash == defs["ticker"].hash
     os.chmod(defdir(usr2, "ticker") / "data" / "version", 0o755)
-    assert services.load_definitions(usr2)["ticker"].hash != defs["ticker"].hash
+    assert definitions.load_definitions(usr2)["ticker"].hash != defs["ticker"].hash
     # no services directory: no services
-    assert services.load_definitions(tmp_path / "empty" / "usr") == {}
+    assert definitions.load_definitions(tmp_path / "empty" / "usr") == {}
 
 
 def test_marker_round_trip():
-    m = services.Marker(hash="a" * 64, log_hash="-", state=7, status="up",
+    m = live.Marker(hash="a" * 64, log_hash="-", state=7, status="up",
                         dirs=["data"], files=["data/check", "run"])
-    assert services.Marker.decode(m.encode()) == m
-    assert services.Marker.decode(b"garbage\n").status == "pending"
-    bad = services.Marker.decode(m.encode() + b"file ../../etc/passwd\n")
+    assert live.Marker.decode(m.encode()) == m
+    assert live.Marker.decode(b"garbage\n").status == "pending"
+    bad = live.Marker.decode(m.encode() + b"file ../../etc/passwd\n")
     assert bad.files == ["data/check", "run"]
 
 
@@ -206,11 +208,11 @@ def test_new_services_start_in_dependency_order(tmp_path, root, scandir, out, sv
     lines = order_lines(out)
     assert lines.index("ticker start v1") < lines.index("web start v1 ticker=ready")
     for n in r.started:
-        st = services.svstat(scandir / n)
+        st = s6drv.svstat(scandir / n)
         assert st["up"] and st["pid"], (n, st)
-        marker = (scandir / n / services.MARKER).read_text()
+        marker = (scandir / n / definitions.MARKER).read_text()
         assert "status up" in marker and "state 1" in marker
-    assert services.svstat(scandir / "ticker")["ready"]
+    assert s6drv.svstat(scandir / "ticker")["ready"]
     wait_until(lambda: "hello from logged" in (out / "logged-log" / "current").read_text()
                if (out / "logged-log" / "current").exists() else False, what="the logger")
     # the copies are real directories, not links into /usr
@@ -235,7 +237,7 @@ def test_unchanged_services_keep_running(tmp_path, root, scandir, svscan):
     assert r.unchanged == ["lone", "ticker", "web"]
     assert r.started == r.stopped == r.restarted == r.failed == []
     assert {n: pid(scandir, n) for n in pids} == pids
-    assert "state 1" in (scandir / "lone" / services.MARKER).read_text()  # where it came from
+    assert "state 1" in (scandir / "lone" / definitions.MARKER).read_text()  # where it came from
 
 
 def test_changed_service_is_restarted_with_its_dependents(tmp_path, root, scandir, out,
@@ -276,14 +278,14 @@ def test_removed_services_are_stopped_and_gone(tmp_path, root, scandir, out, svs
     usr1 = make_usr(tmp_path / "s1", ["ticker", "web", "lone", "logged"])
     assert reconcile(root, usr1, 1).ok
     gone = {n: pid(scandir, n) for n in ("web", "logged")}
-    logger = services.svstat(scandir / "logged" / "log")["pid"]
+    logger = s6drv.svstat(scandir / "logged" / "log")["pid"]
     usr2 = make_usr(tmp_path / "s2", ["ticker", "lone"])
     r = reconcile(root, usr2, 2)
     assert r.ok and sorted(r.stopped) == ["logged", "web"] and r.unchanged == ["lone", "ticker"]
     for n, p in gone.items():
         assert not (scandir / n).exists() and not alive(p), n
     assert not alive(logger)
-    assert not [p for p in scandir.iterdir() if p.name.endswith(services.REMOVING_SUFFIX)]
+    assert not [p for p in scandir.iterdir() if p.name.endswith(live.REMOVING_SUFFIX)]
     # a dependency of a service cannot go while the service stays
     usr3 = make_usr(tmp_path / "s3", ["web"])
     with pytest.raises(OnixError, match="depends on ticker"):
@@ -303,7 +305,7 @@ def test_services_not_ours_are_untouched(tmp_path, root, scandir, out, svscan):
     usr2 = make_usr(tmp_path / "s2", [])
     r = reconcile(root, usr2, 2)
     assert r.stopped == ["lone"] and "foreign" not in str(r.as_dict())
-    assert pid(scandir, "foreign") == fpid and not (foreign / services.MARKER).exists()
+    assert pid(scandir, "foreign") == fpid and not (foreign / definitions.MARKER).exists()
     row = {x["name"]: x for x in services.list_services(root=root, usr=usr2)}["foreign"]
     assert row["ours"] is False and row["in_state"] is False and row["state"] == "up"
     # a state that would take over a service that is not ours is refused
@@ -388,7 +390,7 @@ def test_without_svscan_files_are_laid_down_and_start_later(tmp_path, root, scan
     assert r.started == ["logged", "lone", "ticker", "web"]
     for n in r.started:
         assert (scandir / n / "run").is_file() and not (scandir / n / "down").exists()
-        assert "status laid" in (scandir / n / services.MARKER).read_text()
+        assert "status laid" in (scandir / n / definitions.MARKER).read_text()
         assert not (scandir / n / "supervise").exists()
     rows = services.list_services(root=root, usr=usr)
     assert {x["state"] for x in rows} == {"not supervised"} and not rows[0]["svscan"]
@@ -404,7 +406,7 @@ def test_without_svscan_files_are_laid_down_and_start_later(tmp_path, root, scan
     for n in ("ticker", "web", "lone"):
         wait_until(lambda n=n: pid(scandir, n), what=f"{n} to come up")
     wait_until(lambda: "lone2" in order_lines(out), what="the new lone")
-    wait_until(lambda: services.svstat(scandir / "ticker")["ready"], what="ticker ready")
+    wait_until(lambda: s6drv.svstat(scandir / "ticker")["ready"], what="ticker ready")
     pids = {n: pid(scandir, n) for n in ("ticker", "web", "lone")}
     r = reconcile(root, usr2, 2)
     assert r.supervised and r.unchanged == ["lone", "ticker", "web"] and r.ok, r.as_dict()
@@ -430,9 +432,9 @@ def test_readiness_timeout_is_reported_and_others_start(tmp_path, root, scandir,
     assert failed["stuck"]["svstat"].startswith("up (pid")
     assert "depends on stuck" in failed["needs-stuck"]["reason"]
     assert not r.ok and took < 4  # the waits of one wave run side by side
-    assert services.svstat(scandir / "stuck")["up"] and pid(scandir, "needs-stuck") is None
-    assert "status failed" in (scandir / "stuck" / services.MARKER).read_text()
-    assert "status held" in (scandir / "needs-stuck" / services.MARKER).read_text()
+    assert s6drv.svstat(scandir / "stuck")["up"] and pid(scandir, "needs-stuck") is None
+    assert "status failed" in (scandir / "stuck" / definitions.MARKER).read_text()
+    assert "status held" in (scandir / "needs-stuck" / definitions.MARKER).read_text()
     assert not (scandir / "needs-stuck" / "down").exists()  # a boot would start it
     # fixed in the next state: stuck is retried, needs-stuck started after it
     usr2 = make_usr(tmp_path / "s2", ["lone", "ticker", "web"])
@@ -452,7 +454,7 @@ def test_logger_added_recreates_the_service(tmp_path, root, scandir, out, svscan
     shutil.copytree(DATA / "logged", defdir(usr2, "lone"))  # same name, now with a logger
     r = reconcile(root, usr2, 2)
     assert r.ok and r.restarted == ["lone"], r.as_dict()
-    assert not alive(old) and services.svstat(scandir / "lone" / "log")["up"]
+    assert not alive(old) and s6drv.svstat(scandir / "lone" / "log")["up"]
     wait_until(lambda: (out / "logged-log" / "current").exists()
                and "hello from logged" in (out / "logged-log" / "current").read_text(),
                what="the new logger")
@@ -475,7 +477,7 @@ def test_states_from_real_transactions(tmp_path, root, scandir, out, svscan, mak
     s1 = read_state_id(root / "usr")
     assert r["started"] == ["lone"] and r["ok"] and r["supervised"]
     p1 = pid(scandir, "lone")
-    assert f"state {s1}" in (scandir / "lone" / services.MARKER).read_text()
+    assert f"state {s1}" in (scandir / "lone" / definitions.MARKER).read_text()
     r = api.install(root, [stone("2")]).detail["services"]
     s2 = read_state_id(root / "usr")
     assert r["restarted"] == ["lone"] and r["state_id"] == s2
@@ -509,7 +511,7 @@ def test_an_interrupted_reconcile_is_redone(tmp_path, root, scandir, svscan):
     assert reconcile(root, usr, 1).ok
     old = pid(scandir, "lone")
     # what a crash leaves: a copy marked pending, a half-written copy, a removal
-    marker = scandir / "lone" / services.MARKER
+    marker = scandir / "lone" / definitions.MARKER
     marker.write_text(marker.read_text().replace("status up", "status pending"))
     (scandir / ".ghost.onix-new").mkdir()
     (scandir / ".ghost.onix-new" / "run").write_text("#!/bin/sh\n")

@@ -57,6 +57,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def mkdirs(path: Path, mode: int = 0o755) -> None:
+    """mkdir -p with the mode set explicitly: a root seeded under umask 027 must still
+    let users reach /etc/nix, /run/opengl-driver, the store and the services' scan
+    directory (s6 tools run as other users read it)."""
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chmod(d, mode)
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int | None = 0o644,
                  owner: tuple[int, int] | None = None) -> None:
     """Write a whole file so that readers see the old or the new content, never a part.

@@ -1,15 +1,19 @@
-"""Reading a state's files without following symlinks.
+"""Reaching a state's files, and the root's directories, without following symlinks.
 
 While onix builds an initrd or boot entries, a state's usr tree sits in a root that is
 just a directory on the host. A symlink in it is resolved against the HOST: with
 `usr/lib/onix/exchange -> /etc/shadow`, following it would put the host's file into an
 initrd on the ESP. So every boot input is reached from its base one component at a
 time, each opened with O_NOFOLLOW, and a symlink anywhere below the base is an error
-naming it. (The base itself is the caller's path and is taken as given.)
+naming it. (The base itself is the caller's path and is taken as given.) The same goes
+for what onix writes under a root (repository caches, the Nix seams, the services'
+scan directory): a root whose etc/ is a symlink to the host's /etc must not have onix
+write there. `open_dirs()` is that one walk; everything here is built on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -45,7 +49,19 @@ def _shown(usr: Path, rel: str) -> str:
     return f"usr/{rel}" if Path(usr).name == "usr" else f"/{rel}"
 
 
-def _symlink_error(usr: Path, parts: list[str], i: int, dir_fd: int, want: str) -> OnixError:
+class SymlinkError(OnixError):
+    """A symlink where onix follows none: `where` is its path, `target` the link's text.
+
+    Callers that word the refusal their own way catch it and keep these two.
+    """
+
+    def __init__(self, message: str, *, where: Path, target: str, hint: str):
+        super().__init__(message, path=where, hint=hint)
+        self.where = where
+        self.target = target
+
+
+def _symlink_error(usr: Path, parts: list[str], i: int, dir_fd: int, want: str) -> SymlinkError:
     """The error for a symlink at parts[i]; `want` is what the last part should be."""
     here = "/".join(parts[: i + 1])
     try:
@@ -54,11 +70,11 @@ def _symlink_error(usr: Path, parts: list[str], i: int, dir_fd: int, want: str) 
         target = "?"
     last = i == len(parts) - 1
     where = "" if last else f" (on the way to {_shown(usr, '/'.join(parts))})"
-    return OnixError(f"{_shown(usr, here)} is a symlink to {target}{where}; onix follows no "
-                     "symlink there, so that it never reads or writes outside the root",
-                     path=usr / here,
-                     hint=f"ship {_shown(usr, here)} as {want if last else DIRECTORY}, "
-                     "not a symlink")
+    return SymlinkError(f"{_shown(usr, here)} is a symlink to {target}{where}; onix follows no "
+                        "symlink there, so that it never reads or writes outside the root",
+                        where=usr / here, target=target,
+                        hint=f"ship {_shown(usr, here)} as {want if last else DIRECTORY}, "
+                        "not a symlink")
 
 
 def _lstat_at(usr: Path, parts: list[str], i: int, dir_fd: int,
@@ -75,29 +91,84 @@ def _missing(usr: Path, parts: list[str], i: int) -> FileNotFoundError:
                              str(usr.joinpath(*parts[: i + 1])))
 
 
-def _open_parent(usr: Path, parts: list[str]) -> int:
-    """An fd of the directory that holds usr/<parts>, reached without following symlinks.
+def _step(base: Path, parts: list[str], i: int, fd: int, create: int | None,
+          created: list[Path] | None) -> int:
+    """Open parts[i] in fd as a directory with O_NOFOLLOW, making it if asked to.
 
-    FileNotFoundError if a directory on the way is missing or is not a directory.
+    The open itself refuses a symlink (ENOTDIR), also one swapped in a moment ago; only
+    then is the entry looked at, to say what it is.
     """
-    fd = os.open(usr, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for i, part in enumerate(parts[:-1]):
-            try:
-                st = _lstat_at(usr, parts, i, fd)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise _missing(usr, parts, i)
-                # O_NOFOLLOW again: a symlink swapped in after the lstat fails (ENOTDIR)
-                # instead of being followed
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except (FileNotFoundError, NotADirectoryError):
-                raise _missing(usr, parts, i) from None
+        return os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        if create is None:
+            raise _missing(base, parts, i) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        try:
+            _lstat_at(base, parts, i, fd)
+        except FileNotFoundError:
+            raise _missing(base, parts, i) from None
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                 str(base.joinpath(*parts[: i + 1]))) from None
+    os.mkdir(parts[i], create, dir_fd=fd)  # the mode goes through the umask, as mkdir's does
+    if created is not None:
+        created.append(base.joinpath(*parts[: i + 1]))
+    return _step(base, parts, i, fd, None, None)
+
+
+def _descend(base: Path, parts: list[str], upto: int, *, dir_fd: int | None = None,
+             create: int | None = None, created: list[Path] | None = None) -> int:
+    """An fd of base/<parts[:upto]> (see open_dirs); the errors name the whole path."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if dir_fd is None \
+        else os.dup(dir_fd)
+    try:
+        for i in range(upto):
+            nfd = _step(base, parts, i, fd, create, created)
             os.close(fd)
             fd = nfd
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def open_dirs(base: Path, rel: str, *, dir_fd: int | None = None, create: int | None = None,
+              created: list[Path] | None = None) -> int:
+    """An fd of the directory base/<rel> (the caller closes it), reached one component at
+    a time, each opened with O_NOFOLLOW: no symlink below base is ever followed.
+
+    base itself is the caller's and is taken as given; with dir_fd the walk starts from
+    that open directory instead, and base only names paths in errors. A component that
+    is a symlink is a SymlinkError naming it. One that is missing is FileNotFoundError,
+    one that is something else NotADirectoryError, each naming that component; with
+    `create`, missing directories are made with that mode (and listed in `created`).
+    """
+    base = Path(base)
+    parts = _parts(rel)
+    return _descend(base, parts, len(parts), dir_fd=dir_fd, create=create, created=created)
+
+
+def check_dirs(base: Path, *rels: str) -> None:
+    """Refuse a symlink anywhere on the way to, or at, each base/<rel> (SymlinkError).
+
+    What is missing or not a directory is left to the caller's next step.
+    """
+    for rel in rels:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.close(open_dirs(base, rel))
+
+
+def _open_parent(usr: Path, parts: list[str]) -> int:
+    """An fd of the directory that holds usr/<parts>, reached without following symlinks.
+
+    FileNotFoundError if a directory on the way is missing or is not a directory.
+    """
+    try:
+        return _descend(usr, parts, len(parts) - 1)
+    except NotADirectoryError as e:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), e.filename) from None
 
 
 def lstat_below(usr: Path, rel: str, *, want: str = ANY) -> os.stat_result | None:

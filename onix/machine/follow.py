@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onix.core import proc
 from onix.core.errors import OnixError, StateError
 from onix.machine.session import Session
 
@@ -20,10 +19,10 @@ def check_seams(usr: Path) -> None:
     """Before a state becomes live: its service definitions load (names, dependencies,
     no cycles, no symlinks) and its declared nix.conf is one Nix would accept."""
     from onix.nix import plane as nixplane
-    from onix.services import reconcile as services
+    from onix.services import definitions
 
-    if (usr / services.DEFINITIONS).is_dir():
-        services.load_definitions(usr)
+    if (usr / definitions.DEFINITIONS).is_dir():
+        definitions.load_definitions(usr)
     declared = nixplane.declared(usr).get("nix.conf")
     if declared is not None:
         _, errors = nixplane.parse_conf(declared.decode(errors="replace"),
@@ -67,29 +66,28 @@ def seams_if_needed(s: Session) -> list[str]:
 
 
 def restart_service(s: Session, name: str, warnings: list[str]) -> None:
-    from onix.services import reconcile as services
+    from onix.services import s6
+    from onix.services.live import default_scandir
 
-    svc = services.default_scandir(s.paths.root) / name
-    if not (svc / "supervise").is_dir() or not services.svscan_running(svc.parent):
+    svc = default_scandir(s.paths.root) / name
+    if not (svc / "supervise").is_dir() or not s6.svscan_running(svc.parent):
         return
     try:
-        r = proc.run(["s6-svc", "-r", str(svc)], check=False, timeout=10)
-        why = r.stderr.decode(errors="replace").strip() or str(r.returncode) \
-            if r.returncode != 0 else None
+        s6.restart(svc)
     except OnixError as e:
-        why = e.message
-    if why is not None:
         warnings.append(f"service {name}: could not restart it for the new /etc/nix/nix.conf "
-                        f"({why}); s6-svc -r {svc}")
+                        f"({e.message}); s6-svc -r {svc}")
 
 
 def _services_follow(s: Session, warnings: list[str]) -> dict | None:
     """Reconcile the live s6 scan directory with the live state's service definitions."""
     from onix.services import reconcile as services
+    from onix.services.definitions import DEFINITIONS
+    from onix.services.live import default_scandir
 
     live = s.live_state()
-    has_defs = (s.paths.usr / services.DEFINITIONS).is_dir()
-    if live is None or (not has_defs and not services.default_scandir(s.paths.root).is_dir()):
+    has_defs = (s.paths.usr / DEFINITIONS).is_dir()
+    if live is None or (not has_defs and not default_scandir(s.paths.root).is_dir()):
         return None
     try:
         report = services.reconcile(root=s.paths.root, usr=s.paths.usr, state_id=live)

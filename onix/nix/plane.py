@@ -49,9 +49,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix.core import fsutil, proc
+from onix.core import fsutil, safepath
 from onix.core.errors import OnixError, StateError
 from onix.machine.session import Session
+from onix.services import s6
 
 NIXBLD_GROUP = "nixbld"
 NIXBLD_GID = 30000
@@ -86,31 +87,6 @@ def header(name: str) -> str:
 # -- /etc/passwd, /etc/group, /etc/shadow ------------------------------------------------
 
 
-def _real_dirs(root: Path, *rels: str) -> None:
-    """Refuse a symlink anywhere on the way to these directories of the root.
-
-    The root may be a scratch directory on a host: a root whose etc is a symlink to
-    /etc would have onix edit the host's accounts. (Missing directories are fine.)
-    """
-    from onix.core import safepath
-
-    for rel in rels:
-        safepath.lstat_below(root, rel, want=safepath.DIRECTORY)
-
-
-def mkdirs(path: Path, mode: int = 0o755) -> None:
-    """mkdir -p with the mode set explicitly: a root seeded under umask 027 must still
-    let users reach /etc/nix, /run/opengl-driver and the store."""
-    missing = []
-    p = path
-    while not p.exists() and not p.is_symlink():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir()
-        os.chmod(d, mode)
-
-
 def _read_lines(path: Path) -> list[str]:
     """Lines of an account file; bytes that are not UTF-8 (an old Latin-1 GECOS field)
     survive the round trip through surrogateescape."""
@@ -129,7 +105,7 @@ def _write_lines(path: Path, lines: list[str], *, mode: int) -> None:
         mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
     except FileNotFoundError:
         uid = gid = 0
-    mkdirs(path.parent)
+    fsutil.mkdirs(path.parent)
     fsutil.atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
                         mode=mode, owner=(uid, gid))
 
@@ -192,7 +168,7 @@ def seed_accounts(root: Path) -> list[str]:
     before writing anything."""
     want = _accounts(root)
     etc = root / "etc"
-    _real_dirs(root, "etc")
+    safepath.check_dirs(root, "etc")
     group_lines = _read_lines(etc / "group")
     passwd_lines = _read_lines(etc / "passwd")
     shadow_lines = _read_lines(etc / "shadow")
@@ -263,8 +239,6 @@ def seed_accounts(root: Path) -> list[str]:
 
 def declared(usr: Path) -> dict[str, bytes]:
     """The state's declared defaults by name (nix.conf, nix.sh), read without symlinks."""
-    from onix.core import safepath
-
     out: dict[str, bytes] = {}
     for name in MATERIALISED:
         rel = f"{DECLARED_DIR}/{name}"
@@ -284,7 +258,7 @@ def materialise(root: Path, usr: Path, seeded: dict, *,
     """Write the declared defaults to /etc where nobody edited them. Returns (changed, seeded)."""
     changed: list[str] = []
     seeded = dict(seeded)
-    _real_dirs(root, *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()})
+    safepath.check_dirs(root, *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()})
     for name, data in declared(usr).items():
         rel = MATERIALISED[name]
         dest = root / rel
@@ -306,7 +280,7 @@ def materialise(root: Path, usr: Path, seeded: dict, *,
         seeded[rel] = [*known[-1:], _b3(content)]
         if remember is not None:
             remember(seeded)
-        mkdirs(dest.parent)
+        fsutil.mkdirs(dest.parent)
         fsutil.atomic_write(dest, content, mode=0o644)
         seeded[rel] = [_b3(content)]
         changed.append(f"/{rel}")
@@ -329,13 +303,13 @@ def seed_runtime(root: Path) -> list[str]:
     if nix.is_symlink():
         raise StateError("is a symlink", path=nix, hint="/nix must be a real directory")
     if not nix.exists():
-        mkdirs(nix)
+        fsutil.mkdirs(nix)
         made.append("/nix")
-    _real_dirs(root, *RUNTIME_DIRS, "nix/store")
+    safepath.check_dirs(root, *RUNTIME_DIRS, "nix/store")
     for rel in RUNTIME_DIRS:
         p = root / rel
         if not p.exists() and not p.is_symlink():
-            mkdirs(p)
+            fsutil.mkdirs(p)
             made.append(f"/{rel}")
     store = root / "nix/store"
     if not store.exists() and not store.is_symlink():
@@ -359,7 +333,7 @@ def seed(root: Path | str, *, usr: Path | None = None, runtime: bool = True,
     root = Path(root).absolute()
     usr = usr or root / "usr"
     # Every directory this may write through is checked before the first write.
-    _real_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
+    safepath.check_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
                *(RUNTIME_DIRS if runtime else ()))
     changed = seed_accounts(root)
     files, seeded_now = materialise(root, usr, seeded or {}, remember=remember)
@@ -533,16 +507,16 @@ def _svstat(root: Path) -> str | None:
     if not (svc / "supervise").is_dir():
         return None
     try:
-        r = proc.run(["s6-svstat", "-o", "up,ready,pid,exitcode,signal,updownfor", str(svc)],
-                     check=False, timeout=2)
+        st = s6.fields(svc, timeout=2)
     except OnixError:  # not installed, or hung: the handshake's reason stands alone
         return None
-    if r.returncode != 0:
+    if st is None:
         return None
-    up, ready, pid, code, sig, secs = (r.stdout.decode(errors="replace").split() + [""] * 6)[:6]
-    if up == "true":
-        return f"up {secs} s, pid {pid}" + ("" if ready == "true" else ", not ready")
-    why = f"killed by {sig}" if sig not in ("", "NA", "-1") else f"exit {code}"
+    secs = st["updownfor"]
+    if st["up"] == "true":
+        return f"up {secs} s, pid {st['pid']}" + ("" if st["ready"] == "true" else ", not ready")
+    sig = st["signal"]
+    why = f"killed by {sig}" if sig not in ("NA", "-1") else f"exit {st['exitcode']}"
     return f"down {secs} s ({why})"
 
 
@@ -571,7 +545,7 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
     """Point /run/opengl-driver at the active state's Mesa (see the module docstring)."""
     root = Path(root)
     usr = usr or root / "usr"
-    _real_dirs(root, BRIDGE_DIRS)
+    safepath.check_dirs(root, BRIDGE_DIRS)
     libdir = _mesa_libdir(usr)
     if libdir is None:
         with suppress(FileNotFoundError):
@@ -588,11 +562,11 @@ def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
     for link, rel in MESA_LINKS.items():
         src = rel.format(libdir=libdir)
         if (usr / src).exists():
-            mkdirs((tmp / link).parent)
+            fsutil.mkdirs((tmp / link).parent)
             os.symlink(f"/usr/{src}", tmp / link)
     for lib in MESA_LIBS:
         if (usr / libdir / lib).exists():
-            mkdirs(tmp / "lib")
+            fsutil.mkdirs(tmp / "lib")
             os.symlink(f"/usr/{libdir}/{lib}", tmp / "lib" / lib)
     if target.exists() or target.is_symlink():
         fsutil.remove_tree(target)
@@ -697,7 +671,7 @@ def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
     base = root / GCROOTS / "states"
     want = {f"{sid}-{n}": target for sid, targets in sorted(links.items())
             for n, target in enumerate(targets)}
-    _real_dirs(root, GCROOTS + "/states")
+    safepath.check_dirs(root, GCROOTS + "/states")
     have: dict[str, str] = {}
     if base.is_dir():
         have = {p.name: os.readlink(p) for p in base.iterdir() if p.is_symlink()}
@@ -709,7 +683,7 @@ def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
         (base / name).unlink()
         removed.append(name)
     if want:
-        mkdirs(base)
+        fsutil.mkdirs(base)
     for name, target in sorted(want.items()):
         if have.get(name) != target:
             fsutil.atomic_symlink(target, base / name)

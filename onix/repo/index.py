@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from onix.core import safepath
 from onix.core.errors import OnixError
 from onix.core.fsutil import atomic_write, exchange, fsync_dir, read_nofollow, remove_tree
 from onix.core.paths import RootPaths
@@ -142,33 +143,32 @@ def check_name(name: str) -> str:
 
 def _real_dir(root: Path, rel: str) -> Path | None:
     """root/rel if it is a directory reached through no symlink, None if it is missing."""
-    return _walk_dirs(root, rel, created=None)
+    return _root_dir(root, rel, created=None)
 
 
 def _make_dirs(root: Path, rel: str, created: list[Path]) -> Path:
     """mkdir root/rel one part at a time (no symlinks); new dirs go on `created`."""
-    p = _walk_dirs(root, rel, created=created)
+    p = _root_dir(root, rel, created=created)
     assert p is not None
     return p
 
 
-def _walk_dirs(root: Path, rel: str, *, created: list[Path] | None) -> Path | None:
-    """Walk root/rel refusing symlinks and non-directories; with `created`, make what is
-    missing (and record it), else stop at the first missing part (None)."""
-    p = root
-    for part in rel.split("/"):
-        p = p / part
-        if p.is_symlink():
-            raise OnixError("is a symlink; onix keeps what it writes inside the root", path=p,
-                            hint="replace it with a real directory")
-        if not p.exists():
-            if created is None:
-                return None
-            p.mkdir(mode=0o755)
-            created.append(p)
-        elif not p.is_dir():
-            raise OnixError("is not a directory", path=p, hint="move it away")
-    return p
+def _root_dir(root: Path, rel: str, *, created: list[Path] | None) -> Path | None:
+    """root/rel through safepath's walk, refusals worded for repositories; with
+    `created`, what is missing is made (and recorded), else a missing part is None."""
+    try:
+        os.close(safepath.open_dirs(root, rel, create=None if created is None else 0o755,
+                                    created=created))
+    except FileNotFoundError:
+        if created is not None:
+            raise
+        return None
+    except safepath.SymlinkError as e:
+        raise OnixError("is a symlink; onix keeps what it writes inside the root",
+                        path=e.where, hint="replace it with a real directory") from None
+    except NotADirectoryError as e:
+        raise OnixError("is not a directory", path=e.filename, hint="move it away") from None
+    return root / rel
 
 
 def _undo_dirs(created: list[Path]) -> None:
