@@ -46,6 +46,7 @@ Output, in the `-o` directory (each written under a temporary name, then renamed
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import hashlib
@@ -53,14 +54,14 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix.build import sources
-from onix.build.recipe import TARGET, Recipe, Upstream, expand, load
+from onix.build import closure, sources
+from onix.build.elf import analyse, split_debug
+from onix.build.recipe import TARGET, Recipe, expand, load
 from onix.core import proc
 from onix.core.errors import LockedError, OnixError
 from onix.core.fsutil import atomic_write, remove_tree
@@ -76,6 +77,7 @@ LEVEL = 19
 BIG_LEVEL = 10
 LEVEL_BIG_AT = 64 << 20
 TAIL_LINES = 5
+WORK_DIRS = ("src", "build", "install", "debug", "stage", "home", "log")
 
 Progress = Callable[[str], None]
 
@@ -132,174 +134,260 @@ def default_cache_root() -> Path:
 def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int | None = None,
           keep: bool = False, progress: Progress | None = None) -> BuildResult:
     """Build a recipe into stones in `out` (see the module docstring for every step)."""
-    say = progress or (lambda _step: None)
-    seconds: dict[str, float] = {}
-    clock: dict[str, float] = {}
-
-    def begin(step: str) -> None:
-        clock[step] = time.monotonic()
-        say(step)
-
-    def end(step: str) -> None:
-        seconds[step] = time.monotonic() - clock[step]
-
-    begin("load")
-    recipe = load(Path(recipe_path))
-    end("load")
+    clock = _Clock(progress)
+    with clock.step("load"):
+        recipe = load(Path(recipe_path))
     root = Path(cache) if cache is not None else default_cache_root()
-    source_cache = (Path(os.environ["ONIX_SOURCE_CACHE"]) if os.environ.get("ONIX_SOURCE_CACHE")
-                    else root / "sources")
-    jobs = jobs or os.cpu_count() or 1
-    out = Path(out)
+    source_cache = _source_cache(root)
+    with clock.step("builddeps"):
+        check_builddeps(recipe)
+    with clock.step("fetch"):
+        fetched = _fetch(recipe=recipe, cache=source_cache, say=clock.say)
+    with _work_dir(root=root, name=recipe.name) as work:
+        with clock.step("place"):
+            cwd = _place(recipe=recipe, fetched=fetched, work=work)
+        shell = _Shell.of(recipe=recipe, work=work, cwd=cwd, jobs=jobs or os.cpu_count() or 1)
+        for step in ("setup", "build", "install"):
+            if step in recipe.steps:
+                with clock.step(step):
+                    _run_step(recipe=recipe, step=step, shell=shell)
+        dropped = _keep_only_usr(recipe=recipe, work=work)
+        entries = _installed(work=work, step="install")
+        debug: dict[str, list[str]] = {"written": [], "no_build_id": []}
+        if recipe.strip:
+            with clock.step("strip"):
+                debug = _strip(work=work, entries=entries)
+        if "check" in recipe.steps:
+            with clock.step("check"):
+                _run_step(recipe=recipe, step="check", shell=shell)
+            entries = _installed(work=work, step="check")  # what check adds goes in a stone
+        with clock.step("analyse"):
+            stones = _plan(recipe=recipe, work=work, entries=entries, debug=debug)
+        closure_records: list[dict] = []
+        if recipe.closure:
+            with clock.step("closure"):
+                more, closure_records = _closure_stones(recipe, work.install, cache=source_cache,
+                                                        work=work.root / "closure", say=clock.say)
+            stones += more
+        with clock.step("pack"):
+            results, manifest = _pack(
+                recipe=recipe, stones=stones, out=Path(out), work=work, say=clock.say,
+                upstreams=[*_upstream_records(recipe=recipe, fetched=fetched), *closure_records],
+                dropped=dropped, debug=debug)
+        if not keep:
+            remove_tree(work.root)
+    return BuildResult(name=recipe.name, version=recipe.version, release=recipe.release,
+                       stones=results, manifest=manifest, dropped=dropped,
+                       work=work.root if keep else None, seconds=clock.seconds)
 
-    begin("builddeps")
-    check_builddeps(recipe)
-    end("builddeps")
 
-    begin("fetch")
+# -- the steps, in the order build() takes them ---------------------------------------
+
+
+class _Clock:
+    """Says each step as it starts and keeps its wall time (BuildResult.seconds)."""
+
+    def __init__(self, progress: Progress | None):
+        self.say: Progress = progress or (lambda _step: None)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        self.say(name)
+        yield
+        self.seconds[name] = time.monotonic() - start
+
+
+def _source_cache(root: Path) -> Path:
+    """Where fetched upstreams are kept: ONIX_SOURCE_CACHE lets builds share one."""
+    if os.environ.get("ONIX_SOURCE_CACHE"):
+        return Path(os.environ["ONIX_SOURCE_CACHE"])
+    return root / "sources"
+
+
+def _fetch(*, recipe: Recipe, cache: Path, say: Progress) -> list[Path]:
+    """Every upstream fetched and verified, in the recipe's order."""
     fetched = []
     for u in recipe.upstreams:
         say(f"fetch {u.describe()}")
-        fetched.append(sources.fetch(u, cache=source_cache, recipe=recipe))
-    end("fetch")
+        fetched.append(sources.fetch(u, cache=cache, recipe=recipe))
+    return fetched
 
-    work_parent = root / "work"
-    work_parent.mkdir(parents=True, exist_ok=True)
-    work = work_parent / recipe.name
-    with _locked(work_parent / f"{recipe.name}.lock", recipe.name):
-        remove_tree(work)
-        dirs = {d: work / d for d in ("src", "build", "install", "debug", "stage", "home", "log")}
-        for d in dirs.values():
-            d.mkdir(parents=True)
-        begin("place")
-        workdir = dirs["src"]
-        first_tarball = None
-        for u, f in zip(recipe.upstreams, fetched, strict=True):
-            placed = sources.place(u, f, sourcedir=dirs["src"])
-            if first_tarball is None and f.is_file() and u.wants_unpack(f.name):
-                first_tarball = placed
-        if first_tarball is not None:
-            workdir = first_tarball
-        end("place")
+
+@dataclass(frozen=True)
+class _Work:
+    """The recipe's work dir and its subdirectories (the layout is in the module docstring)."""
+
+    root: Path
+    src: Path
+    build: Path
+    install: Path
+    debug: Path
+    stage: Path
+    home: Path
+    log: Path
+
+    @classmethod
+    def at(cls, root: Path) -> _Work:
+        return cls(root=root, **{d: root / d for d in WORK_DIRS})
+
+
+@contextlib.contextmanager
+def _work_dir(*, root: Path, name: str) -> Iterator[_Work]:
+    """The recipe's work dir, locked and wiped; left behind on error for a look inside."""
+    parent = root / "work"
+    parent.mkdir(parents=True, exist_ok=True)
+    work = _Work.at(parent / name)
+    with _locked(parent / f"{name}.lock", name):
+        remove_tree(work.root)
+        for d in WORK_DIRS:
+            (work.root / d).mkdir(parents=True)
+        yield work
+
+
+def _place(*, recipe: Recipe, fetched: list[Path], work: _Work) -> Path:
+    """Put the upstreams into src/; returns %(workdir), the first tarball's directory."""
+    first_tarball = None
+    for u, f in zip(recipe.upstreams, fetched, strict=True):
+        placed = sources.place(u, f, sourcedir=work.src)
+        if first_tarball is None and f.is_file() and u.wants_unpack(f.name):
+            first_tarball = placed
+    return first_tarball if first_tarball is not None else work.src
+
+
+@dataclass(frozen=True)
+class _Shell:
+    """What every step script runs with: its macros, environment and directories."""
+
+    macros: dict[str, str]
+    env: dict[str, str]
+    cwd: Path
+    work: _Work
+
+    @classmethod
+    def of(cls, *, recipe: Recipe, work: _Work, jobs: int, cwd: Path) -> _Shell:
         macros = {
             "name": recipe.name, "version": recipe.version, "release": str(recipe.release),
-            "installroot": str(dirs["install"]), "sourcedir": str(dirs["src"]),
-            "workdir": str(workdir), "builddir": str(dirs["build"]), "jobs": str(jobs),
+            "installroot": str(work.install), "sourcedir": str(work.src),
+            "workdir": str(cwd), "builddir": str(work.build), "jobs": str(jobs),
             "target": TARGET, "prefix": "/usr", "bindir": "/usr/bin", "sbindir": "/usr/sbin",
             "libdir": "/usr/lib", "datadir": "/usr/share", "recipedir": str(recipe.recipedir),
         }
-        env = {"PATH": PATH, "HOME": str(dirs["home"]), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        env = {"PATH": PATH, "HOME": str(work.home), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "TZ": "UTC", "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch),
                "TERM": "dumb", "MAKEFLAGS": f"-j{jobs}"}
         for key, value in recipe.environment.items():
             env[key] = expand(value, macros, where=str(recipe.path))
+        return cls(macros=macros, env=env, cwd=cwd, work=work)
 
-        for step in ("setup", "build", "install"):
-            if step in recipe.steps:
-                begin(step)
-                _run_step(recipe, step, macros, env=env, cwd=workdir, log_dir=dirs["log"],
-                          work=work)
-                end(step)
 
-        install = dirs["install"]
-        dropped = _keep_usr(install)
-        if not (install / "usr").is_dir():
-            raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
-                            path=install, hint="install into %(installroot)/usr/…")
-        entries = _walk(install)
-        _check_names(install, entries, step="install")
-        files = [rel for rel, kind in entries if kind != "dir"]
+def _run_step(*, recipe: Recipe, step: str, shell: _Shell) -> None:
+    """The step's script, expanded, run by bash with its output in log/<step>.log."""
+    first = recipe.step_lines.get(step, 1)
+    script = expand(recipe.steps[step], shell.macros, where=recipe.where(first))
+    script_path = shell.work.log / f"{step}.sh"
+    script_path.write_text(script)
+    log_path = shell.work.log / f"{step}.log"
+    with open(log_path, "wb") as log:
+        log.write(f"# step {step} of {recipe.name} ({recipe.where(first)})\n".encode())
+        log.flush()
+        r = proc.run(["bash", "--noprofile", "--norc", "-euo", "pipefail", script_path],
+                     output=log, env=shell.env, cwd=shell.cwd, umask=0o022, check=False)
+    if r.returncode != 0:
+        lines = [ln.rstrip() for ln in log_path.read_text(errors="replace").splitlines()[1:]]
+        tail = [ln for ln in lines if ln.strip()][-TAIL_LINES:]
+        raise BuildError(f"step {step} of {recipe.name} failed (exit {r.returncode}): "
+                         + (" | ".join(tail) if tail else "no output"),
+                         path=log_path, tail=tail,
+                         hint=f"read the whole log {log_path}; the work dir {shell.work.root} "
+                         f"is kept (the script is {script_path})")
 
-        debug_written: list[str] = []
-        no_build_id: list[str] = []
-        if recipe.strip:
-            begin("strip")
-            from onix.build.elf import split_debug
 
-            split = split_debug(tree=install, debug_tree=dirs["debug"], paths=files)
-            debug_written = sorted(split.written)
-            no_build_id = sorted(getattr(split, "no_build_id", []))
-            end("strip")
+def _keep_only_usr(*, recipe: Recipe, work: _Work) -> list[str]:
+    """Drop what install wrote outside usr/ (the manifest's `dropped`); usr/ must be there."""
+    dropped = _keep_usr(work.install)
+    if not (work.install / "usr").is_dir():
+        raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
+                        path=work.install, hint="install into %(installroot)/usr/…")
+    return dropped
 
-        if "check" in recipe.steps:
-            begin("check")
-            _run_step(recipe, "check", macros, env=env, cwd=workdir, log_dir=dirs["log"],
-                      work=work)
-            end("check")
-            entries = _walk(install)  # a check that adds files adds them to the stone
-            _check_names(install, entries, step="check")
-            files = [rel for rel, kind in entries if kind != "dir"]
 
-        begin("analyse")
-        owners = assign(recipe, entries)
-        stones = _analyse(recipe, install, owners)
-        if debug_written:
-            stones.append(_Planned(
-                meta=StoneMeta(name=f"{recipe.name}-dbginfo", version=recipe.version,
-                               release=recipe.release, arch=ARCH,
-                               summary=f"{recipe.summary} (debug info)",
-                               license=recipe.license),
-                tree=dirs["debug"], entries=_walk(dirs["debug"]), reasons={}))
-        end("analyse")
-        closure_records: list[dict] = []
-        if recipe.closure:
-            begin("closure")
-            more, closure_records = _closure_stones(recipe, install, cache=source_cache,
-                                                    work=work / "closure", say=say)
-            stones += more
-            end("closure")
+def _installed(*, work: _Work, step: str) -> list[tuple[str, str]]:
+    """What install/usr holds after `step`, every name checked (a stone's layout is JSON)."""
+    entries = _walk(work.install)
+    _check_names(work.install, entries, step=step)
+    return entries
 
-        begin("pack")
-        out.mkdir(parents=True, exist_ok=True)
-        staging = out / f".onix-build-{recipe.name}.tmp"
+
+def _strip(*, work: _Work, entries: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Strip the installed binaries, their debug info into debug/; the manifest's `debug`."""
+    split = split_debug(tree=work.install, debug_tree=work.debug,
+                        paths=[rel for rel, kind in entries if kind != "dir"])
+    return {"written": sorted(split.written), "no_build_id": sorted(split.no_build_id)}
+
+
+def _plan(*, recipe: Recipe, work: _Work, entries: list[tuple[str, str]],
+          debug: dict[str, list[str]]) -> list[_Planned]:
+    """The recipe's own stones: one per split, analysed, and -dbginfo when debug info went."""
+    stones = _analyse(recipe, work.install, assign(recipe, entries))
+    if debug["written"]:
+        stones.append(_Planned(
+            meta=StoneMeta(name=f"{recipe.name}-dbginfo", version=recipe.version,
+                           release=recipe.release, arch=ARCH,
+                           summary=f"{recipe.summary} (debug info)", license=recipe.license),
+            tree=work.debug, entries=_walk(work.debug), reasons={}))
+    return stones
+
+
+def _pack(*, recipe: Recipe, stones: list[_Planned], out: Path, work: _Work, say: Progress,
+          upstreams: list[dict], dropped: list[str],
+          debug: dict[str, list[str]]) -> tuple[list[StoneResult], Path]:
+    """Pack every stone and write the manifest; nothing appears in `out` until all are packed."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".onix-build-{recipe.name}.tmp"
+    remove_tree(staging)
+    staging.mkdir()
+    try:
+        packed = [_pack_one(planned, out=out, staging=staging,
+                            stage=work.stage / planned.meta.name, say=say)
+                  for planned in stones]
+        manifest = {
+            "format": 1, "name": recipe.name, "version": recipe.version,
+            "release": recipe.release, "source_date_epoch": recipe.source_date_epoch,
+            "upstreams": upstreams, "dropped": dropped, "debug": debug,
+            "stones": [record for _result, record in packed],
+        }
+        results = [result for result, _record in packed]
+        for r in results:
+            os.replace(staging / r.file.name, r.file)
+        manifest_path = out / f"{recipe.name}-{recipe.version}-{recipe.release}.manifest.json"
+        atomic_write(manifest_path, json.dumps(manifest, sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False).encode() + b"\n")
+    finally:
         remove_tree(staging)
-        staging.mkdir()
-        try:
-            results, manifest_stones = [], []
-            for planned in stones:
-                meta = planned.meta
-                fname = f"{meta.name}-{meta.version}-{meta.release}-{ARCH}.stone"
-                say(f"pack {fname}")
-                stage = dirs["stage"] / planned.meta.name
-                _stage(planned.tree, stage, planned.entries)
-                content = sum((stage / rel).lstat().st_size for rel, kind in planned.entries
-                              if kind == "file")
-                pack(stage, staging / fname, planned.meta,
-                     level=LEVEL if content < LEVEL_BIG_AT else BIG_LEVEL)
-                digest = sources.sha256_file(staging / fname)
-                size = (staging / fname).stat().st_size
-                results.append(StoneResult(name=planned.meta.name, file=out / fname,
-                                           sha256=digest, size=size,
-                                           provides=planned.meta.provides,
-                                           depends=planned.meta.depends))
-                manifest_stones.append({
-                    "name": planned.meta.name, "file": fname, "sha256": digest, "size": size,
-                    "summary": planned.meta.summary, "provides": planned.meta.provides,
-                    "depends": {d: planned.reasons.get(d, []) for d in planned.meta.depends},
-                    "files": _file_list(stage, planned.entries)})
-            manifest = {
-                "format": 1, "name": recipe.name, "version": recipe.version,
-                "release": recipe.release, "source_date_epoch": recipe.source_date_epoch,
-                "upstreams": [_upstream_record(recipe, u, f)
-                              for u, f in zip(recipe.upstreams, fetched, strict=True)]
-                + closure_records,
-                "dropped": dropped,
-                "debug": {"written": debug_written, "no_build_id": no_build_id},
-                "stones": manifest_stones,
-            }
-            for r in results:
-                os.replace(staging / r.file.name, r.file)
-            manifest_path = out / f"{recipe.name}-{recipe.version}-{recipe.release}.manifest.json"
-            atomic_write(manifest_path, json.dumps(manifest, sort_keys=True, separators=(",", ":"),
-                                                   ensure_ascii=False).encode() + b"\n")
-        finally:
-            remove_tree(staging)
-        end("pack")
-        if not keep:
-            remove_tree(work)
-    return BuildResult(name=recipe.name, version=recipe.version, release=recipe.release,
-                       stones=results, manifest=manifest_path, dropped=dropped,
-                       work=work if keep else None, seconds=seconds)
+    return results, manifest_path
+
+
+def _pack_one(planned: _Planned, *, out: Path, staging: Path, stage: Path,
+              say: Progress) -> tuple[StoneResult, dict]:
+    """One stone packed into staging/ (it is to go to `out`), and its manifest record."""
+    meta = planned.meta
+    fname = f"{meta.name}-{meta.version}-{meta.release}-{ARCH}.stone"
+    say(f"pack {fname}")
+    _stage(planned.tree, stage, planned.entries)
+    content = sum((stage / rel).lstat().st_size for rel, kind in planned.entries
+                  if kind == "file")
+    pack(stage, staging / fname, meta, level=LEVEL if content < LEVEL_BIG_AT else BIG_LEVEL)
+    digest = sources.sha256_file(staging / fname)
+    size = (staging / fname).stat().st_size
+    result = StoneResult(name=meta.name, file=out / fname, sha256=digest, size=size,
+                         provides=meta.provides, depends=meta.depends)
+    return result, {
+        "name": meta.name, "file": fname, "sha256": digest, "size": size,
+        "summary": meta.summary, "provides": meta.provides,
+        "depends": {d: planned.reasons.get(d, []) for d in meta.depends},
+        "files": _file_list(stage, planned.entries)}
 
 
 # -- pieces -----------------------------------------------------------------------
@@ -339,32 +427,6 @@ class _locked:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
-
-
-def _run_step(recipe: Recipe, step: str, macros: dict[str, str], *, env: dict[str, str],
-              cwd: Path, log_dir: Path, work: Path) -> None:
-    first = recipe.step_lines.get(step, 1)
-    script = expand(recipe.steps[step], macros, where=recipe.where(first))
-    script_path = log_dir / f"{step}.sh"
-    script_path.write_text(script)
-    log_path = log_dir / f"{step}.log"
-    with open(log_path, "wb") as log:
-        log.write(f"# step {step} of {recipe.name} ({recipe.where(first)})\n".encode())
-        log.flush()
-        # subprocess directly, not proc.run: the output streams into the log file as the
-        # step runs (a compiler's output is large, and the log must survive a crash).
-        r = subprocess.run(["bash", "--noprofile", "--norc", "-euo", "pipefail",
-                            str(script_path)], stdin=subprocess.DEVNULL, stdout=log,
-                           stderr=subprocess.STDOUT, env=env, cwd=cwd, umask=0o022,
-                           check=False)
-    if r.returncode != 0:
-        lines = [ln.rstrip() for ln in log_path.read_text(errors="replace").splitlines()[1:]]
-        tail = [ln for ln in lines if ln.strip()][-TAIL_LINES:]
-        raise BuildError(f"step {step} of {recipe.name} failed (exit {r.returncode}): "
-                         + (" | ".join(tail) if tail else "no output"),
-                         path=log_path, tail=tail,
-                         hint=f"read the whole log {log_path}; the work dir {work} is kept "
-                         f"(the script is {script_path})")
 
 
 def _keep_usr(install: Path) -> list[str]:
@@ -481,8 +543,6 @@ def _analyse(recipe: Recipe, install: Path,
     Each split is analysed on its own files; a need another split of this recipe
     provides becomes a dependency on that split by name.
     """
-    from onix.build.elf import analyse
-
     splits: list[tuple[str, str, tuple[str, ...]]] = [(recipe.name, recipe.summary,
                                                        tuple(recipe.rundeps))]
     splits += [(p.name, p.summary, p.rundeps) for p in recipe.packages]
@@ -519,9 +579,6 @@ def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
                     say: Progress) -> tuple[list[_Planned], list[dict]]:
     """`closure: debian`: one stone per Debian package that provides a library the
     recipe's files need (onix.closure decides, by ELF analysis), and manifest records."""
-    from onix.build import closure
-    from onix.build.elf import analyse
-
     seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
     suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
     apt = sources.closure_apt(cache, suite) if suite else ()
@@ -575,13 +632,15 @@ def _file_list(stage: Path, entries: list[tuple[str, str]]) -> list[dict]:
     return out
 
 
-def _upstream_record(recipe: Recipe, u: Upstream, fetched: Path) -> dict:
-    if fetched.is_file():
-        digest = u.sha256 or sources.sha256_file(fetched)
-    else:
-        digest = _tree_sha256(fetched)
-    return {"kind": u.kind, "ref": u.ref, "version": u.version,
-            "file": u.file or (fetched.name if u.kind != "path" else None), "sha256": digest}
+def _upstream_records(*, recipe: Recipe, fetched: list[Path]) -> list[dict]:
+    """The manifest's record of each upstream, with the sha256 of what was built from."""
+    records = []
+    for u, f in zip(recipe.upstreams, fetched, strict=True):
+        digest = (u.sha256 or sources.sha256_file(f)) if f.is_file() else _tree_sha256(f)
+        records.append({"kind": u.kind, "ref": u.ref, "version": u.version,
+                        "file": u.file or (f.name if u.kind != "path" else None),
+                        "sha256": digest})
+    return records
 
 
 def _tree_sha256(top: Path) -> str:
