@@ -5,7 +5,7 @@ upstreams → wipe and fill the work dir → run setup, build, install in a clea
 environment → keep only installroot/usr → strip, debug info into a -dbginfo stone →
 check → split into packages by glob → ELF analysis per stone → with `closure: debian`,
 one more stone per Debian package providing a library those stones need
-(onix/closure.py) → pack → manifest.
+(onix/build/closure.py) → pack → manifest.
 
 Work dir, one per recipe name, at a fixed path so that paths compiled into binaries
 are the same every build (``<cache>/work/<name>``, flock ``<cache>/work/<name>.lock``,
@@ -60,8 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.build import closure, sources
-from onix.build.elf import analyse, split_debug
+from onix.build.elf import analyse
 from onix.build.recipe import TARGET, Recipe, expand, load
+from onix.build.strip import split_debug
 from onix.core import proc
 from onix.core.errors import LockedError, OnixError
 from onix.core.fsutil import atomic_write, remove_tree
@@ -578,7 +579,7 @@ def _analyse(recipe: Recipe, install: Path,
 def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
                     say: Progress) -> tuple[list[_Planned], list[dict]]:
     """`closure: debian`: one stone per Debian package that provides a library the
-    recipe's files need (onix.closure decides, by ELF analysis), and manifest records."""
+    recipe's files need (onix.build.closure decides, by ELF analysis), and manifest records."""
     seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
     suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
     apt = sources.closure_apt(cache, suite) if suite else ()
