@@ -4,7 +4,7 @@ A recipe that repacks Debian binaries (nix-daemon, s6, Python: too big to compil
 CI) says `closure: debian`. Its stones then need libraries nothing of ours provides
 yet: glibc, libstdc++, libsqlite3, … Rather than a hand-kept list, the builder asks:
 
-1. what do the recipe's own files need?  `onix.elf.analyse` → `soname(…)` and
+1. what do the recipe's own files need?  `onix.build.elf.analyse` → `soname(…)` and
    `interpreter(…)` dependencies the tree does not meet;
 2. who might provide it?  Debian's `Depends`/`Pre-Depends` of the packages seen so
    far *propose* candidates (first alternative of each); for a need none of them
@@ -16,7 +16,7 @@ yet: glibc, libstdc++, libsqlite3, … Rather than a hand-kept list, the builder
    provides something still needed**; what it needs in turn joins the search.
 
 A recipe whose upstreams come from another suite (`suite: bookworm-backports`) resolves
-against that suite's private list (onix.sources.closure_apt, passed as `apt`), with the
+against that suite's private list (onix.build.sources.closure_apt, passed as `apt`), with the
 suite as the default release: a library only the suite has (libdrm2 >= 2.4.121 for mesa
 25) is found, and where both have it the suite's version wins, as `apt-get -t` would.
 
@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onix.build.elf import analyse
 from onix.core import proc
 from onix.core.errors import OnixError
 
@@ -84,7 +85,7 @@ def package_info(name: str, *, version: str | None = None,
                  apt: Sequence[str] = ()) -> dict[str, str]:
     """The package list's stanza for name (=version): Version, Depends, SHA256, …
 
-    `apt` are extra apt options: a private list (onix.sources.closure_apt) instead of
+    `apt` are extra apt options: a private list (onix.build.sources.closure_apt) instead of
     the machine's own; without a version, the stanza is the candidate's.
     """
     spec = f"{name}={version}" if version else name
@@ -215,10 +216,8 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
     `seeds` are the recipe's Debian binary packages (their Depends propose the first
     candidates); `exclude` names packages never to take (the seeds themselves); `apt`
     are extra apt options for every look-up and download (a recipe fetched from
-    bookworm-backports resolves against that private list: onix.sources.closure_apt).
+    bookworm-backports resolves against that private list: onix.build.sources.closure_apt).
     """
-    from onix.build.elf import analyse
-
     mine = analyse(tree)
     needs: dict[str, list[str]] = {d: mine.reasons.get(d, [])
                                    for d in mine.depends if d.startswith(NEEDS)}
