@@ -1,11 +1,12 @@
 """The builder: a recipe in, stones and a manifest out (`onix build RECIPE`).
 
-Steps: load the recipe → check its builddeps are installed → fetch and verify the
-upstreams → wipe and fill the work dir → run setup, build, install in a clean
-environment → keep only installroot/usr → strip, debug info into a -dbginfo stone →
-check → split into packages by glob → ELF analysis per stone → with `closure: debian`,
-one more stone per Debian package providing a library those stones need
-(onix/build/closure.py) → pack → manifest.
+Steps (build() calls them in this order): load the recipe (recipe.py) → check its
+builddeps are installed → fetch and verify the upstreams (sources.py) → wipe and fill
+the work dir → run setup, build, install in a clean environment → keep only
+installroot/usr → strip, debug info into a -dbginfo stone (strip.py) → check → split
+into packages by glob, ELF analysis per stone (splits.py, elf.py) → with `closure:
+debian`, one more stone per Debian package providing a library those stones need
+(closure.py) → pack → manifest.
 
 Work dir, one per recipe name, at a fixed path so that paths compiled into binaries
 are the same every build (``<cache>/work/<name>``, flock ``<cache>/work/<name>.lock``,
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import fnmatch
 import hashlib
 import json
 import os
@@ -59,16 +59,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onix.build import closure, sources
-from onix.build.elf import analyse
-from onix.build.recipe import TARGET, Recipe, expand, load
+from onix.build import sources
+from onix.build.recipe import ARCH, TARGET, Recipe, expand, load
+from onix.build.splits import Planned, closure_stones, plan, walk
 from onix.build.strip import split_debug
 from onix.core import proc
 from onix.core.errors import LockedError, OnixError
 from onix.core.fsutil import atomic_write, remove_tree
-from onix.machine.stone import StoneMeta, pack
+from onix.machine.stone import pack
 
-ARCH = "x86_64"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # zstd level for stones. 19 packs busybox (1 MiB) in well under a second; above
 # LEVEL_BIG_AT bytes of content (a kernel's modules) level 19 would cost minutes for a
@@ -163,12 +162,14 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
                 _run_step(recipe=recipe, step="check", shell=shell)
             entries = _installed(work=work, step="check")  # what check adds goes in a stone
         with clock.step("analyse"):
-            stones = _plan(recipe=recipe, work=work, entries=entries, debug=debug)
+            stones = plan(recipe=recipe, install=work.install, entries=entries,
+                          debug_tree=work.debug if debug["written"] else None)
         closure_records: list[dict] = []
         if recipe.closure:
             with clock.step("closure"):
-                more, closure_records = _closure_stones(recipe, work.install, cache=source_cache,
-                                                        work=work.root / "closure", say=clock.say)
+                more, closure_records = closure_stones(
+                    recipe=recipe, install=work.install, cache=source_cache,
+                    work=work.root / "closure", say=clock.say)
             stones += more
         with clock.step("pack"):
             results, manifest = _pack(
@@ -316,7 +317,7 @@ def _keep_only_usr(*, recipe: Recipe, work: _Work) -> list[str]:
 
 def _installed(*, work: _Work, step: str) -> list[tuple[str, str]]:
     """What install/usr holds after `step`, every name checked (a stone's layout is JSON)."""
-    entries = _walk(work.install)
+    entries = walk(work.install)
     _check_names(work.install, entries, step=step)
     return entries
 
@@ -328,20 +329,7 @@ def _strip(*, work: _Work, entries: list[tuple[str, str]]) -> dict[str, list[str
     return {"written": sorted(split.written), "no_build_id": sorted(split.no_build_id)}
 
 
-def _plan(*, recipe: Recipe, work: _Work, entries: list[tuple[str, str]],
-          debug: dict[str, list[str]]) -> list[_Planned]:
-    """The recipe's own stones: one per split, analysed, and -dbginfo when debug info went."""
-    stones = _analyse(recipe, work.install, assign(recipe, entries))
-    if debug["written"]:
-        stones.append(_Planned(
-            meta=StoneMeta(name=f"{recipe.name}-dbginfo", version=recipe.version,
-                           release=recipe.release, arch=ARCH,
-                           summary=f"{recipe.summary} (debug info)", license=recipe.license),
-            tree=work.debug, entries=_walk(work.debug), reasons={}))
-    return stones
-
-
-def _pack(*, recipe: Recipe, stones: list[_Planned], out: Path, work: _Work, say: Progress,
+def _pack(*, recipe: Recipe, stones: list[Planned], out: Path, work: _Work, say: Progress,
           upstreams: list[dict], dropped: list[str],
           debug: dict[str, list[str]]) -> tuple[list[StoneResult], Path]:
     """Pack every stone and write the manifest; nothing appears in `out` until all are packed."""
@@ -370,7 +358,7 @@ def _pack(*, recipe: Recipe, stones: list[_Planned], out: Path, work: _Work, say
     return results, manifest_path
 
 
-def _pack_one(planned: _Planned, *, out: Path, staging: Path, stage: Path,
+def _pack_one(planned: Planned, *, out: Path, staging: Path, stage: Path,
               say: Progress) -> tuple[StoneResult, dict]:
     """One stone packed into staging/ (it is to go to `out`), and its manifest record."""
     meta = planned.meta
@@ -438,7 +426,7 @@ def _keep_usr(install: Path) -> list[str]:
             continue
         if top.is_dir() and not top.is_symlink():
             dropped.append(top.name + "/")
-            dropped += [rel for rel, _ in _walk(install, top=top.name)]
+            dropped += [rel for rel, _ in walk(install, top=top.name)]
         else:
             dropped.append(top.name)
         remove_tree(top)
@@ -466,139 +454,6 @@ def _utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _walk(tree: Path, *, top: str = "usr") -> list[tuple[str, str]]:
-    """(rel path, "dir"|"file"|"symlink") of everything below tree/top, sorted."""
-    out: list[tuple[str, str]] = []
-    base = tree / top
-    if not base.is_dir():
-        return out
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        d = Path(dirpath)
-        for name in [*dirnames, *filenames]:
-            p = d / name
-            rel = p.relative_to(tree).as_posix()
-            mode = p.lstat().st_mode
-            kind = ("symlink" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
-                    else "file")
-            out.append((rel, kind))
-    return sorted(out)
-
-
-def _matches(rel: str, globs: tuple[str, ...]) -> bool:
-    """A glob matches a path, or one of the directories above it."""
-    parts = rel.split("/")
-    candidates = ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
-
-
-def assign(recipe: Recipe, entries: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
-    """Stone name → its entries. Splits in order, first match wins, main takes the rest.
-
-    Files and symlinks go by glob; each stone also gets the directories above its files;
-    a directory nothing lands in goes by glob too (so empty dirs are kept somewhere).
-    """
-    owners: dict[str, list[tuple[str, str]]] = {recipe.name: []}
-    for pkg in recipe.packages:
-        owners[pkg.name] = []
-    kinds = dict(entries)
-    placed: dict[str, set[str]] = {n: set() for n in owners}
-
-    def owner(rel: str) -> str:
-        for pkg in recipe.packages:
-            if _matches(rel, pkg.paths):
-                return pkg.name
-        return recipe.name
-
-    has_child: set[str] = set()
-    for rel, _kind in entries:
-        parent = rel.rsplit("/", 1)[0]
-        has_child.add(parent)
-    for rel, kind in entries:
-        if kind == "dir" and rel in has_child:
-            continue  # placed with whatever is inside it
-        name = owner(rel)
-        placed[name].add(rel)
-        parts = rel.split("/")
-        for i in range(2, len(parts)):
-            placed[name].add("/".join(parts[:i]))
-    for name in owners:
-        owners[name] = sorted((rel, kinds[rel]) for rel in placed[name])
-    return owners
-
-
-@dataclass
-class _Planned:
-    meta: StoneMeta
-    tree: Path
-    entries: list[tuple[str, str]]
-    reasons: dict[str, list[str]]
-
-
-def _analyse(recipe: Recipe, install: Path,
-             owners: dict[str, list[tuple[str, str]]]) -> list[_Planned]:
-    """One planned stone per non-empty split (main always), with provides and depends.
-
-    Each split is analysed on its own files; a need another split of this recipe
-    provides becomes a dependency on that split by name.
-    """
-    splits: list[tuple[str, str, tuple[str, ...]]] = [(recipe.name, recipe.summary,
-                                                       tuple(recipe.rundeps))]
-    splits += [(p.name, p.summary, p.rundeps) for p in recipe.packages]
-    analyses = {}
-    for name, _summary, _rundeps in splits:
-        paths = [rel for rel, kind in owners[name] if kind != "dir"]
-        if name != recipe.name and not paths:
-            continue
-        analyses[name] = analyse(install, paths=paths, arch=ARCH)
-    planned = []
-    for name, summary, rundeps in splits:
-        if name not in analyses:
-            continue
-        a = analyses[name]
-        reasons: dict[str, set[str]] = {}
-        for dep in a.depends:
-            by = next((other for other, oa in analyses.items()
-                       if other != name and dep in oa.provides), None)
-            target = by or dep
-            if target != name:
-                reasons.setdefault(target, set()).update(a.reasons.get(dep, []))
-        for dep in rundeps:
-            if dep != name:
-                reasons.setdefault(dep, set()).add("rundeps")
-        meta = StoneMeta(name=name, version=recipe.version, release=recipe.release, arch=ARCH,
-                         summary=summary, license=recipe.license,
-                         provides=sorted(set(a.provides)), depends=sorted(reasons))
-        planned.append(_Planned(meta=meta, tree=install, entries=owners[name],
-                                reasons={d: sorted(v) for d, v in reasons.items()}))
-    return planned
-
-
-def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
-                    say: Progress) -> tuple[list[_Planned], list[dict]]:
-    """`closure: debian`: one stone per Debian package that provides a library the
-    recipe's files need (onix.build.closure decides, by ELF analysis), and manifest records."""
-    seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
-    suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
-    apt = sources.closure_apt(cache, suite) if suite else ()
-    found = closure.resolve(tree=install, seeds=seeds, cache=cache, work=work, apt=apt,
-                            progress=say)
-    planned, records = [], []
-    for p in found.packages:
-        a = analyse(p.tree, arch=ARCH)
-        meta = StoneMeta(name=p.name, version=p.stone_version, release=1, arch=ARCH,
-                         summary=f"Debian's {p.name} {p.version}, repacked: a library "
-                         f"{recipe.name} needs (scaffolding)",
-                         license=f"see /usr/share/doc/{p.name}/copyright",
-                         provides=sorted(a.provides),
-                         depends=sorted(d for d in a.depends if d not in a.provides))
-        planned.append(_Planned(meta=meta, tree=p.tree, entries=_walk(p.tree),
-                                reasons={d: sorted(a.reasons.get(d, [])) for d in meta.depends}))
-        records.append({"kind": "debian-closure", "ref": p.name, "version": p.version,
-                        "file": None, "sha256": p.sha256})
-    return planned, records
 
 
 def _stage(tree: Path, stage: Path, entries: list[tuple[str, str]]) -> None:
@@ -647,7 +502,7 @@ def _upstream_records(*, recipe: Recipe, fetched: list[Path]) -> list[dict]:
 def _tree_sha256(top: Path) -> str:
     """sha256 over a directory's sorted (path, type, mode, content or target) records."""
     h = hashlib.sha256()
-    for rel, kind in _walk(top.parent, top=top.name):
+    for rel, kind in walk(top.parent, top=top.name):
         if any(part in sources.SKIP for part in rel.split("/")):
             continue  # not copied by sources.place either
         p = top.parent / rel

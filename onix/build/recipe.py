@@ -63,6 +63,7 @@ TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", "
                     ".tar.zst", ".tar.lz", ".tar.lzma")
 DEFAULT_SOURCE_DATE_EPOCH = 1700000000
 TARGET = "x86_64-linux-musl"
+ARCH = "x86_64"  # of every stone a recipe makes
 
 # Macro name → what it is. Values come from build.py once the work dir exists.
 MACROS = {
