@@ -36,7 +36,6 @@ Documentation is dropped except each package's usr/share/doc/<pkg>/copyright.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -47,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.build.elf import analyse
+from onix.build.sources import sha256_file
 from onix.core import proc
 from onix.core.errors import OnixError
 
@@ -126,7 +126,7 @@ def download(name: str, *, version: str | None, cache: Path,
     debs.mkdir(parents=True, exist_ok=True)
     fname = f"{name}_{version.replace(':', '%3a')}_{info.get('Architecture', 'amd64')}.deb"
     dest = debs / fname
-    if dest.exists() and _sha256(dest) == want:
+    if dest.exists() and sha256_file(dest) == want:
         return dest, info
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl-") as tmp:
         proc.run(["apt-get", *apt, "download", "-q", f"{name}={version}"], cwd=Path(tmp))
@@ -134,20 +134,12 @@ def download(name: str, *, version: str | None, cache: Path,
         if len(got) != 1:
             raise OnixError(f"apt-get download {name}={version} gave {len(got)} files",
                             path=name, hint="run apt-get update and retry")
-        actual = _sha256(got[0])
+        actual = sha256_file(got[0])
         if actual != want:
             raise OnixError(f"sha256 {actual} of the download is not the list's {want}",
                             path=f"{name}={version}", hint="run apt-get update and retry")
         os.replace(got[0], dest)
     return dest, info
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unpack_usr(deb: Path, *, dest: Path) -> list[str]:
