@@ -151,7 +151,7 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
             if step in recipe.steps:
                 with clock.step(step):
                     _run_step(recipe=recipe, step=step, shell=shell)
-        dropped = _keep_only_usr(recipe=recipe, work=work)
+        dropped = _keep_usr(recipe=recipe, work=work)
         entries = _installed(work=work, step="install")
         debug: dict[str, list[str]] = {"written": [], "no_build_id": []}
         if recipe.strip:
@@ -306,13 +306,24 @@ def _run_step(*, recipe: Recipe, step: str, shell: _Shell) -> None:
                          f"is kept (the script is {script_path})")
 
 
-def _keep_only_usr(*, recipe: Recipe, work: _Work) -> list[str]:
-    """Drop what install wrote outside usr/ (the manifest's `dropped`); usr/ must be there."""
-    dropped = _keep_usr(work.install)
-    if not (work.install / "usr").is_dir():
+def _keep_usr(*, recipe: Recipe, work: _Work) -> list[str]:
+    """Remove what install wrote outside usr/; returns it, sorted (the manifest's `dropped`)."""
+    install = work.install
+    dropped: list[str] = []
+    for top in sorted(install.iterdir()):
+        if top.name == "usr" and top.is_dir() and not top.is_symlink():
+            continue
+        if top.is_dir() and not top.is_symlink():
+            dropped.append(top.name + "/")
+            dropped += [rel for rel, _ in walk(install, top=top.name)]
+        else:
+            dropped.append(top.name)
+        remove_tree(top)
+    if not (install / "usr").is_dir():
         raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
-                        path=work.install, hint="install into %(installroot)/usr/…")
-    return dropped
+                        path=install, hint="install into %(installroot)/usr/…")
+    # the manifest is UTF-8 JSON: a name that is not UTF-8 is listed with \xNN escapes
+    return [os.fsencode(rel).decode("utf-8", "backslashreplace") for rel in dropped]
 
 
 def _installed(*, work: _Work, step: str) -> list[tuple[str, str]]:
@@ -416,22 +427,6 @@ class _locked:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
-
-
-def _keep_usr(install: Path) -> list[str]:
-    """Remove everything in install/ outside usr/; returns what went (sorted rel paths)."""
-    dropped: list[str] = []
-    for top in sorted(install.iterdir()):
-        if top.name == "usr" and top.is_dir() and not top.is_symlink():
-            continue
-        if top.is_dir() and not top.is_symlink():
-            dropped.append(top.name + "/")
-            dropped += [rel for rel, _ in walk(install, top=top.name)]
-        else:
-            dropped.append(top.name)
-        remove_tree(top)
-    # the manifest is UTF-8 JSON: a name that is not UTF-8 is listed with \xNN escapes
-    return [os.fsencode(rel).decode("utf-8", "backslashreplace") for rel in dropped]
 
 
 def _check_names(install: Path, entries: list[tuple[str, str]], *, step: str) -> None:
