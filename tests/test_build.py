@@ -351,7 +351,8 @@ def test_steps_see_a_clean_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ONIX_TEST_LEAK", "leaked")
     r = small(tmp_path, "install: |\n  mkdir -p %(installroot)/usr/share/demo\n"
               "  env > %(installroot)/usr/share/demo/env\n"
-              "  umask > %(installroot)/usr/share/demo/umask\n  pwd > %(installroot)/pwd\n",
+              "  umask > %(installroot)/usr/share/demo/umask\n  pwd > %(installroot)/pwd\n"
+              "  readlink /proc/self/fd/0 > %(installroot)/usr/share/demo/stdin\n",
               extra="environment:\n  DEMO_ROOT: '%(installroot)'\nsource-date-epoch: 1234\n")
     result = build(r, out=tmp_path / "out", cache=tmp_path / "cache", jobs=3, keep=True)
     work = tmp_path / "cache" / "work" / "demo"
@@ -365,6 +366,7 @@ def test_steps_see_a_clean_environment(tmp_path, monkeypatch):
     assert env["TZ"] == "UTC" and env["LC_ALL"] == "C.UTF-8"
     assert env["DEMO_ROOT"] == str(work / "install")
     assert (work / "install/usr/share/demo/umask").read_text().strip() == "0022"
+    assert (work / "install/usr/share/demo/stdin").read_text().strip() == "/dev/null"
     # pwd landed outside usr/, so it was dropped (and the manifest says so)
     assert not (work / "install" / "pwd").exists()
     assert result.dropped == ["pwd"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from onix.build.elf import Analysis, analyse, read_elf, split_debug
+from onix.build.elf import Analysis, analyse, read_elf
+from onix.build.strip import split_debug
 from onix.core import tools
 from onix.core.proc import run
 

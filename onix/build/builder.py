@@ -1,11 +1,12 @@
 """The builder: a recipe in, stones and a manifest out (`onix build RECIPE`).
 
-Steps: load the recipe → check its builddeps are installed → fetch and verify the
-upstreams → wipe and fill the work dir → run setup, build, install in a clean
-environment → keep only installroot/usr → strip, debug info into a -dbginfo stone →
-check → split into packages by glob → ELF analysis per stone → with `closure: debian`,
-one more stone per Debian package providing a library those stones need
-(onix/closure.py) → pack → manifest.
+Steps (build() calls them in this order): load the recipe (recipe.py) → check its
+builddeps are installed → fetch and verify the upstreams (sources.py) → wipe and fill
+the work dir → run setup, build, install in a clean environment → keep only
+installroot/usr → strip, debug info into a -dbginfo stone (strip.py) → check → split
+into packages by glob, ELF analysis per stone (splits.py, elf.py) → with `closure:
+debian`, one more stone per Debian package providing a library those stones need
+(closure.py) → pack → manifest.
 
 Work dir, one per recipe name, at a fixed path so that paths compiled into binaries
 are the same every build (``<cache>/work/<name>``, flock ``<cache>/work/<name>.lock``,
@@ -46,27 +47,27 @@ Output, in the `-o` directory (each written under a temporary name, then renamed
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import fnmatch
 import hashlib
 import json
 import os
 import shutil
 import stat
-import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.build import sources
-from onix.build.recipe import TARGET, Recipe, Upstream, expand, load
+from onix.build.recipe import ARCH, TARGET, Recipe, expand, load
+from onix.build.splits import Planned, closure_stones, plan, walk
+from onix.build.strip import split_debug
 from onix.core import proc
 from onix.core.errors import LockedError, OnixError
 from onix.core.fsutil import atomic_write, remove_tree
-from onix.machine.stone import StoneMeta, pack
+from onix.machine.stone import pack
 
-ARCH = "x86_64"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # zstd level for stones. 19 packs busybox (1 MiB) in well under a second; above
 # LEVEL_BIG_AT bytes of content (a kernel's modules) level 19 would cost minutes for a
@@ -76,6 +77,7 @@ LEVEL = 19
 BIG_LEVEL = 10
 LEVEL_BIG_AT = 64 << 20
 TAIL_LINES = 5
+WORK_DIRS = ("src", "build", "install", "debug", "stage", "home", "log")
 
 Progress = Callable[[str], None]
 
@@ -132,174 +134,260 @@ def default_cache_root() -> Path:
 def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int | None = None,
           keep: bool = False, progress: Progress | None = None) -> BuildResult:
     """Build a recipe into stones in `out` (see the module docstring for every step)."""
-    say = progress or (lambda _step: None)
-    seconds: dict[str, float] = {}
-    clock: dict[str, float] = {}
-
-    def begin(step: str) -> None:
-        clock[step] = time.monotonic()
-        say(step)
-
-    def end(step: str) -> None:
-        seconds[step] = time.monotonic() - clock[step]
-
-    begin("load")
-    recipe = load(Path(recipe_path))
-    end("load")
+    clock = _Clock(progress)
+    with clock.step("load"):
+        recipe = load(Path(recipe_path))
     root = Path(cache) if cache is not None else default_cache_root()
-    source_cache = (Path(os.environ["ONIX_SOURCE_CACHE"]) if os.environ.get("ONIX_SOURCE_CACHE")
-                    else root / "sources")
-    jobs = jobs or os.cpu_count() or 1
-    out = Path(out)
+    source_cache = _source_cache(root)
+    with clock.step("builddeps"):
+        check_builddeps(recipe)
+    with clock.step("fetch"):
+        fetched = _fetch(recipe=recipe, cache=source_cache, say=clock.say)
+    with _work_dir(root=root, name=recipe.name) as work:
+        with clock.step("place"):
+            cwd = _place(recipe=recipe, fetched=fetched, work=work)
+        shell = _Shell.of(recipe=recipe, work=work, cwd=cwd, jobs=jobs or os.cpu_count() or 1)
+        for step in ("setup", "build", "install"):
+            if step in recipe.steps:
+                with clock.step(step):
+                    _run_step(recipe=recipe, step=step, shell=shell)
+        dropped = _keep_usr(recipe=recipe, work=work)
+        entries = _installed(work=work, step="install")
+        debug: dict[str, list[str]] = {"written": [], "no_build_id": []}
+        if recipe.strip:
+            with clock.step("strip"):
+                debug = _strip(work=work, entries=entries)
+        if "check" in recipe.steps:
+            with clock.step("check"):
+                _run_step(recipe=recipe, step="check", shell=shell)
+            entries = _installed(work=work, step="check")  # what check adds goes in a stone
+        with clock.step("analyse"):
+            stones = plan(recipe=recipe, install=work.install, entries=entries,
+                          debug_tree=work.debug if debug["written"] else None)
+        closure_records: list[dict] = []
+        if recipe.closure:
+            with clock.step("closure"):
+                more, closure_records = closure_stones(
+                    recipe=recipe, install=work.install, cache=source_cache,
+                    work=work.root / "closure", say=clock.say)
+            stones += more
+        with clock.step("pack"):
+            results, manifest = _pack(
+                recipe=recipe, stones=stones, out=Path(out), work=work, say=clock.say,
+                upstreams=[*_upstream_records(recipe=recipe, fetched=fetched), *closure_records],
+                dropped=dropped, debug=debug)
+        if not keep:
+            remove_tree(work.root)
+    return BuildResult(name=recipe.name, version=recipe.version, release=recipe.release,
+                       stones=results, manifest=manifest, dropped=dropped,
+                       work=work.root if keep else None, seconds=clock.seconds)
 
-    begin("builddeps")
-    check_builddeps(recipe)
-    end("builddeps")
 
-    begin("fetch")
+# -- the steps, in the order build() takes them ---------------------------------------
+
+
+class _Clock:
+    """Says each step as it starts and keeps its wall time (BuildResult.seconds)."""
+
+    def __init__(self, progress: Progress | None):
+        self.say: Progress = progress or (lambda _step: None)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        self.say(name)
+        yield
+        self.seconds[name] = time.monotonic() - start
+
+
+def _source_cache(root: Path) -> Path:
+    """Where fetched upstreams are kept: ONIX_SOURCE_CACHE lets builds share one."""
+    if os.environ.get("ONIX_SOURCE_CACHE"):
+        return Path(os.environ["ONIX_SOURCE_CACHE"])
+    return root / "sources"
+
+
+def _fetch(*, recipe: Recipe, cache: Path, say: Progress) -> list[Path]:
+    """Every upstream fetched and verified, in the recipe's order."""
     fetched = []
     for u in recipe.upstreams:
         say(f"fetch {u.describe()}")
-        fetched.append(sources.fetch(u, cache=source_cache, recipe=recipe))
-    end("fetch")
+        fetched.append(sources.fetch(u, cache=cache, recipe=recipe))
+    return fetched
 
-    work_parent = root / "work"
-    work_parent.mkdir(parents=True, exist_ok=True)
-    work = work_parent / recipe.name
-    with _locked(work_parent / f"{recipe.name}.lock", recipe.name):
-        remove_tree(work)
-        dirs = {d: work / d for d in ("src", "build", "install", "debug", "stage", "home", "log")}
-        for d in dirs.values():
-            d.mkdir(parents=True)
-        begin("place")
-        workdir = dirs["src"]
-        first_tarball = None
-        for u, f in zip(recipe.upstreams, fetched, strict=True):
-            placed = sources.place(u, f, sourcedir=dirs["src"])
-            if first_tarball is None and f.is_file() and u.wants_unpack(f.name):
-                first_tarball = placed
-        if first_tarball is not None:
-            workdir = first_tarball
-        end("place")
+
+@dataclass(frozen=True)
+class _Work:
+    """The recipe's work dir and its subdirectories (the layout is in the module docstring)."""
+
+    root: Path
+    src: Path
+    build: Path
+    install: Path
+    debug: Path
+    stage: Path
+    home: Path
+    log: Path
+
+    @classmethod
+    def at(cls, root: Path) -> _Work:
+        return cls(root=root, **{d: root / d for d in WORK_DIRS})
+
+
+@contextlib.contextmanager
+def _work_dir(*, root: Path, name: str) -> Iterator[_Work]:
+    """The recipe's work dir, locked and wiped; left behind on error for a look inside."""
+    parent = root / "work"
+    parent.mkdir(parents=True, exist_ok=True)
+    work = _Work.at(parent / name)
+    with _locked(parent / f"{name}.lock", name):
+        remove_tree(work.root)
+        for d in WORK_DIRS:
+            (work.root / d).mkdir(parents=True)
+        yield work
+
+
+def _place(*, recipe: Recipe, fetched: list[Path], work: _Work) -> Path:
+    """Put the upstreams into src/; returns %(workdir), the first tarball's directory."""
+    first_tarball = None
+    for u, f in zip(recipe.upstreams, fetched, strict=True):
+        placed = sources.place(u, f, sourcedir=work.src)
+        if first_tarball is None and f.is_file() and u.wants_unpack(f.name):
+            first_tarball = placed
+    return first_tarball if first_tarball is not None else work.src
+
+
+@dataclass(frozen=True)
+class _Shell:
+    """What every step script runs with: its macros, environment and directories."""
+
+    macros: dict[str, str]
+    env: dict[str, str]
+    cwd: Path
+    work: _Work
+
+    @classmethod
+    def of(cls, *, recipe: Recipe, work: _Work, jobs: int, cwd: Path) -> _Shell:
         macros = {
             "name": recipe.name, "version": recipe.version, "release": str(recipe.release),
-            "installroot": str(dirs["install"]), "sourcedir": str(dirs["src"]),
-            "workdir": str(workdir), "builddir": str(dirs["build"]), "jobs": str(jobs),
+            "installroot": str(work.install), "sourcedir": str(work.src),
+            "workdir": str(cwd), "builddir": str(work.build), "jobs": str(jobs),
             "target": TARGET, "prefix": "/usr", "bindir": "/usr/bin", "sbindir": "/usr/sbin",
             "libdir": "/usr/lib", "datadir": "/usr/share", "recipedir": str(recipe.recipedir),
         }
-        env = {"PATH": PATH, "HOME": str(dirs["home"]), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        env = {"PATH": PATH, "HOME": str(work.home), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "TZ": "UTC", "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch),
                "TERM": "dumb", "MAKEFLAGS": f"-j{jobs}"}
         for key, value in recipe.environment.items():
             env[key] = expand(value, macros, where=str(recipe.path))
+        return cls(macros=macros, env=env, cwd=cwd, work=work)
 
-        for step in ("setup", "build", "install"):
-            if step in recipe.steps:
-                begin(step)
-                _run_step(recipe, step, macros, env=env, cwd=workdir, log_dir=dirs["log"],
-                          work=work)
-                end(step)
 
-        install = dirs["install"]
-        dropped = _keep_usr(install)
-        if not (install / "usr").is_dir():
-            raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
-                            path=install, hint="install into %(installroot)/usr/…")
-        entries = _walk(install)
-        _check_names(install, entries, step="install")
-        files = [rel for rel, kind in entries if kind != "dir"]
+def _run_step(*, recipe: Recipe, step: str, shell: _Shell) -> None:
+    """The step's script, expanded, run by bash with its output in log/<step>.log."""
+    first = recipe.step_lines.get(step, 1)
+    script = expand(recipe.steps[step], shell.macros, where=recipe.where(first))
+    script_path = shell.work.log / f"{step}.sh"
+    script_path.write_text(script)
+    log_path = shell.work.log / f"{step}.log"
+    with open(log_path, "wb") as log:
+        log.write(f"# step {step} of {recipe.name} ({recipe.where(first)})\n".encode())
+        log.flush()
+        r = proc.run(["bash", "--noprofile", "--norc", "-euo", "pipefail", script_path],
+                     output=log, env=shell.env, cwd=shell.cwd, umask=0o022, check=False)
+    if r.returncode != 0:
+        lines = [ln.rstrip() for ln in log_path.read_text(errors="replace").splitlines()[1:]]
+        tail = [ln for ln in lines if ln.strip()][-TAIL_LINES:]
+        raise BuildError(f"step {step} of {recipe.name} failed (exit {r.returncode}): "
+                         + (" | ".join(tail) if tail else "no output"),
+                         path=log_path, tail=tail,
+                         hint=f"read the whole log {log_path}; the work dir {shell.work.root} "
+                         f"is kept (the script is {script_path})")
 
-        debug_written: list[str] = []
-        no_build_id: list[str] = []
-        if recipe.strip:
-            begin("strip")
-            from onix.build.elf import split_debug
 
-            split = split_debug(tree=install, debug_tree=dirs["debug"], paths=files)
-            debug_written = sorted(split.written)
-            no_build_id = sorted(getattr(split, "no_build_id", []))
-            end("strip")
+def _keep_usr(*, recipe: Recipe, work: _Work) -> list[str]:
+    """Remove what install wrote outside usr/; returns it, sorted (the manifest's `dropped`)."""
+    install = work.install
+    dropped: list[str] = []
+    for top in sorted(install.iterdir()):
+        if top.name == "usr" and top.is_dir() and not top.is_symlink():
+            continue
+        if top.is_dir() and not top.is_symlink():
+            dropped.append(top.name + "/")
+            dropped += [rel for rel, _ in walk(install, top=top.name)]
+        else:
+            dropped.append(top.name)
+        remove_tree(top)
+    if not (install / "usr").is_dir():
+        raise OnixError(f"the install step of {recipe.name} put nothing under usr/",
+                        path=install, hint="install into %(installroot)/usr/…")
+    # the manifest is UTF-8 JSON: a name that is not UTF-8 is listed with \xNN escapes
+    return [os.fsencode(rel).decode("utf-8", "backslashreplace") for rel in dropped]
 
-        if "check" in recipe.steps:
-            begin("check")
-            _run_step(recipe, "check", macros, env=env, cwd=workdir, log_dir=dirs["log"],
-                      work=work)
-            end("check")
-            entries = _walk(install)  # a check that adds files adds them to the stone
-            _check_names(install, entries, step="check")
-            files = [rel for rel, kind in entries if kind != "dir"]
 
-        begin("analyse")
-        owners = assign(recipe, entries)
-        stones = _analyse(recipe, install, owners)
-        if debug_written:
-            stones.append(_Planned(
-                meta=StoneMeta(name=f"{recipe.name}-dbginfo", version=recipe.version,
-                               release=recipe.release, arch=ARCH,
-                               summary=f"{recipe.summary} (debug info)",
-                               license=recipe.license),
-                tree=dirs["debug"], entries=_walk(dirs["debug"]), reasons={}))
-        end("analyse")
-        closure_records: list[dict] = []
-        if recipe.closure:
-            begin("closure")
-            more, closure_records = _closure_stones(recipe, install, cache=source_cache,
-                                                    work=work / "closure", say=say)
-            stones += more
-            end("closure")
+def _installed(*, work: _Work, step: str) -> list[tuple[str, str]]:
+    """What install/usr holds after `step`, every name checked (a stone's layout is JSON)."""
+    entries = walk(work.install)
+    _check_names(work.install, entries, step=step)
+    return entries
 
-        begin("pack")
-        out.mkdir(parents=True, exist_ok=True)
-        staging = out / f".onix-build-{recipe.name}.tmp"
+
+def _strip(*, work: _Work, entries: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Strip the installed binaries, their debug info into debug/; the manifest's `debug`."""
+    split = split_debug(tree=work.install, debug_tree=work.debug,
+                        paths=[rel for rel, kind in entries if kind != "dir"])
+    return {"written": sorted(split.written), "no_build_id": sorted(split.no_build_id)}
+
+
+def _pack(*, recipe: Recipe, stones: list[Planned], out: Path, work: _Work, say: Progress,
+          upstreams: list[dict], dropped: list[str],
+          debug: dict[str, list[str]]) -> tuple[list[StoneResult], Path]:
+    """Pack every stone and write the manifest; nothing appears in `out` until all are packed."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".onix-build-{recipe.name}.tmp"
+    remove_tree(staging)
+    staging.mkdir()
+    try:
+        packed = [_pack_one(planned, out=out, staging=staging,
+                            stage=work.stage / planned.meta.name, say=say)
+                  for planned in stones]
+        manifest = {
+            "format": 1, "name": recipe.name, "version": recipe.version,
+            "release": recipe.release, "source_date_epoch": recipe.source_date_epoch,
+            "upstreams": upstreams, "dropped": dropped, "debug": debug,
+            "stones": [record for _result, record in packed],
+        }
+        results = [result for result, _record in packed]
+        for r in results:
+            os.replace(staging / r.file.name, r.file)
+        manifest_path = out / f"{recipe.name}-{recipe.version}-{recipe.release}.manifest.json"
+        atomic_write(manifest_path, json.dumps(manifest, sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False).encode() + b"\n")
+    finally:
         remove_tree(staging)
-        staging.mkdir()
-        try:
-            results, manifest_stones = [], []
-            for planned in stones:
-                meta = planned.meta
-                fname = f"{meta.name}-{meta.version}-{meta.release}-{ARCH}.stone"
-                say(f"pack {fname}")
-                stage = dirs["stage"] / planned.meta.name
-                _stage(planned.tree, stage, planned.entries)
-                content = sum((stage / rel).lstat().st_size for rel, kind in planned.entries
-                              if kind == "file")
-                pack(stage, staging / fname, planned.meta,
-                     level=LEVEL if content < LEVEL_BIG_AT else BIG_LEVEL)
-                digest = sources.sha256_file(staging / fname)
-                size = (staging / fname).stat().st_size
-                results.append(StoneResult(name=planned.meta.name, file=out / fname,
-                                           sha256=digest, size=size,
-                                           provides=planned.meta.provides,
-                                           depends=planned.meta.depends))
-                manifest_stones.append({
-                    "name": planned.meta.name, "file": fname, "sha256": digest, "size": size,
-                    "summary": planned.meta.summary, "provides": planned.meta.provides,
-                    "depends": {d: planned.reasons.get(d, []) for d in planned.meta.depends},
-                    "files": _file_list(stage, planned.entries)})
-            manifest = {
-                "format": 1, "name": recipe.name, "version": recipe.version,
-                "release": recipe.release, "source_date_epoch": recipe.source_date_epoch,
-                "upstreams": [_upstream_record(recipe, u, f)
-                              for u, f in zip(recipe.upstreams, fetched, strict=True)]
-                + closure_records,
-                "dropped": dropped,
-                "debug": {"written": debug_written, "no_build_id": no_build_id},
-                "stones": manifest_stones,
-            }
-            for r in results:
-                os.replace(staging / r.file.name, r.file)
-            manifest_path = out / f"{recipe.name}-{recipe.version}-{recipe.release}.manifest.json"
-            atomic_write(manifest_path, json.dumps(manifest, sort_keys=True, separators=(",", ":"),
-                                                   ensure_ascii=False).encode() + b"\n")
-        finally:
-            remove_tree(staging)
-        end("pack")
-        if not keep:
-            remove_tree(work)
-    return BuildResult(name=recipe.name, version=recipe.version, release=recipe.release,
-                       stones=results, manifest=manifest_path, dropped=dropped,
-                       work=work if keep else None, seconds=seconds)
+    return results, manifest_path
+
+
+def _pack_one(planned: Planned, *, out: Path, staging: Path, stage: Path,
+              say: Progress) -> tuple[StoneResult, dict]:
+    """One stone packed into staging/ (it is to go to `out`), and its manifest record."""
+    meta = planned.meta
+    fname = f"{meta.name}-{meta.version}-{meta.release}-{ARCH}.stone"
+    say(f"pack {fname}")
+    _stage(planned.tree, stage, planned.entries)
+    content = sum((stage / rel).lstat().st_size for rel, kind in planned.entries
+                  if kind == "file")
+    pack(stage, staging / fname, meta, level=LEVEL if content < LEVEL_BIG_AT else BIG_LEVEL)
+    digest = sources.sha256_file(staging / fname)
+    size = (staging / fname).stat().st_size
+    result = StoneResult(name=meta.name, file=out / fname, sha256=digest, size=size,
+                         provides=meta.provides, depends=meta.depends)
+    return result, {
+        "name": meta.name, "file": fname, "sha256": digest, "size": size,
+        "summary": meta.summary, "provides": meta.provides,
+        "depends": {d: planned.reasons.get(d, []) for d in meta.depends},
+        "files": _file_list(stage, planned.entries)}
 
 
 # -- pieces -----------------------------------------------------------------------
@@ -341,48 +429,6 @@ class _locked:
         os.close(self.fd)
 
 
-def _run_step(recipe: Recipe, step: str, macros: dict[str, str], *, env: dict[str, str],
-              cwd: Path, log_dir: Path, work: Path) -> None:
-    first = recipe.step_lines.get(step, 1)
-    script = expand(recipe.steps[step], macros, where=recipe.where(first))
-    script_path = log_dir / f"{step}.sh"
-    script_path.write_text(script)
-    log_path = log_dir / f"{step}.log"
-    with open(log_path, "wb") as log:
-        log.write(f"# step {step} of {recipe.name} ({recipe.where(first)})\n".encode())
-        log.flush()
-        # subprocess directly, not proc.run: the output streams into the log file as the
-        # step runs (a compiler's output is large, and the log must survive a crash).
-        r = subprocess.run(["bash", "--noprofile", "--norc", "-euo", "pipefail",
-                            str(script_path)], stdin=subprocess.DEVNULL, stdout=log,
-                           stderr=subprocess.STDOUT, env=env, cwd=cwd, umask=0o022,
-                           check=False)
-    if r.returncode != 0:
-        lines = [ln.rstrip() for ln in log_path.read_text(errors="replace").splitlines()[1:]]
-        tail = [ln for ln in lines if ln.strip()][-TAIL_LINES:]
-        raise BuildError(f"step {step} of {recipe.name} failed (exit {r.returncode}): "
-                         + (" | ".join(tail) if tail else "no output"),
-                         path=log_path, tail=tail,
-                         hint=f"read the whole log {log_path}; the work dir {work} is kept "
-                         f"(the script is {script_path})")
-
-
-def _keep_usr(install: Path) -> list[str]:
-    """Remove everything in install/ outside usr/; returns what went (sorted rel paths)."""
-    dropped: list[str] = []
-    for top in sorted(install.iterdir()):
-        if top.name == "usr" and top.is_dir() and not top.is_symlink():
-            continue
-        if top.is_dir() and not top.is_symlink():
-            dropped.append(top.name + "/")
-            dropped += [rel for rel, _ in _walk(install, top=top.name)]
-        else:
-            dropped.append(top.name)
-        remove_tree(top)
-    # the manifest is UTF-8 JSON: a name that is not UTF-8 is listed with \xNN escapes
-    return [os.fsencode(rel).decode("utf-8", "backslashreplace") for rel in dropped]
-
-
 def _check_names(install: Path, entries: list[tuple[str, str]], *, step: str) -> None:
     """Every path (and symlink target) the stones get is UTF-8: a stone's layout is JSON."""
     for rel, kind in entries:
@@ -403,144 +449,6 @@ def _utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _walk(tree: Path, *, top: str = "usr") -> list[tuple[str, str]]:
-    """(rel path, "dir"|"file"|"symlink") of everything below tree/top, sorted."""
-    out: list[tuple[str, str]] = []
-    base = tree / top
-    if not base.is_dir():
-        return out
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        d = Path(dirpath)
-        for name in [*dirnames, *filenames]:
-            p = d / name
-            rel = p.relative_to(tree).as_posix()
-            mode = p.lstat().st_mode
-            kind = ("symlink" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
-                    else "file")
-            out.append((rel, kind))
-    return sorted(out)
-
-
-def _matches(rel: str, globs: tuple[str, ...]) -> bool:
-    """A glob matches a path, or one of the directories above it."""
-    parts = rel.split("/")
-    candidates = ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
-
-
-def assign(recipe: Recipe, entries: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
-    """Stone name → its entries. Splits in order, first match wins, main takes the rest.
-
-    Files and symlinks go by glob; each stone also gets the directories above its files;
-    a directory nothing lands in goes by glob too (so empty dirs are kept somewhere).
-    """
-    owners: dict[str, list[tuple[str, str]]] = {recipe.name: []}
-    for pkg in recipe.packages:
-        owners[pkg.name] = []
-    kinds = dict(entries)
-    placed: dict[str, set[str]] = {n: set() for n in owners}
-
-    def owner(rel: str) -> str:
-        for pkg in recipe.packages:
-            if _matches(rel, pkg.paths):
-                return pkg.name
-        return recipe.name
-
-    has_child: set[str] = set()
-    for rel, _kind in entries:
-        parent = rel.rsplit("/", 1)[0]
-        has_child.add(parent)
-    for rel, kind in entries:
-        if kind == "dir" and rel in has_child:
-            continue  # placed with whatever is inside it
-        name = owner(rel)
-        placed[name].add(rel)
-        parts = rel.split("/")
-        for i in range(2, len(parts)):
-            placed[name].add("/".join(parts[:i]))
-    for name in owners:
-        owners[name] = sorted((rel, kinds[rel]) for rel in placed[name])
-    return owners
-
-
-@dataclass
-class _Planned:
-    meta: StoneMeta
-    tree: Path
-    entries: list[tuple[str, str]]
-    reasons: dict[str, list[str]]
-
-
-def _analyse(recipe: Recipe, install: Path,
-             owners: dict[str, list[tuple[str, str]]]) -> list[_Planned]:
-    """One planned stone per non-empty split (main always), with provides and depends.
-
-    Each split is analysed on its own files; a need another split of this recipe
-    provides becomes a dependency on that split by name.
-    """
-    from onix.build.elf import analyse
-
-    splits: list[tuple[str, str, tuple[str, ...]]] = [(recipe.name, recipe.summary,
-                                                       tuple(recipe.rundeps))]
-    splits += [(p.name, p.summary, p.rundeps) for p in recipe.packages]
-    analyses = {}
-    for name, _summary, _rundeps in splits:
-        paths = [rel for rel, kind in owners[name] if kind != "dir"]
-        if name != recipe.name and not paths:
-            continue
-        analyses[name] = analyse(install, paths=paths, arch=ARCH)
-    planned = []
-    for name, summary, rundeps in splits:
-        if name not in analyses:
-            continue
-        a = analyses[name]
-        reasons: dict[str, set[str]] = {}
-        for dep in a.depends:
-            by = next((other for other, oa in analyses.items()
-                       if other != name and dep in oa.provides), None)
-            target = by or dep
-            if target != name:
-                reasons.setdefault(target, set()).update(a.reasons.get(dep, []))
-        for dep in rundeps:
-            if dep != name:
-                reasons.setdefault(dep, set()).add("rundeps")
-        meta = StoneMeta(name=name, version=recipe.version, release=recipe.release, arch=ARCH,
-                         summary=summary, license=recipe.license,
-                         provides=sorted(set(a.provides)), depends=sorted(reasons))
-        planned.append(_Planned(meta=meta, tree=install, entries=owners[name],
-                                reasons={d: sorted(v) for d, v in reasons.items()}))
-    return planned
-
-
-def _closure_stones(recipe: Recipe, install: Path, *, cache: Path, work: Path,
-                    say: Progress) -> tuple[list[_Planned], list[dict]]:
-    """`closure: debian`: one stone per Debian package that provides a library the
-    recipe's files need (onix.closure decides, by ELF analysis), and manifest records."""
-    from onix.build import closure
-    from onix.build.elf import analyse
-
-    seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
-    suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
-    apt = sources.closure_apt(cache, suite) if suite else ()
-    found = closure.resolve(tree=install, seeds=seeds, cache=cache, work=work, apt=apt,
-                            progress=say)
-    planned, records = [], []
-    for p in found.packages:
-        a = analyse(p.tree, arch=ARCH)
-        meta = StoneMeta(name=p.name, version=p.stone_version, release=1, arch=ARCH,
-                         summary=f"Debian's {p.name} {p.version}, repacked: a library "
-                         f"{recipe.name} needs (scaffolding)",
-                         license=f"see /usr/share/doc/{p.name}/copyright",
-                         provides=sorted(a.provides),
-                         depends=sorted(d for d in a.depends if d not in a.provides))
-        planned.append(_Planned(meta=meta, tree=p.tree, entries=_walk(p.tree),
-                                reasons={d: sorted(a.reasons.get(d, [])) for d in meta.depends}))
-        records.append({"kind": "debian-closure", "ref": p.name, "version": p.version,
-                        "file": None, "sha256": p.sha256})
-    return planned, records
 
 
 def _stage(tree: Path, stage: Path, entries: list[tuple[str, str]]) -> None:
@@ -575,19 +483,21 @@ def _file_list(stage: Path, entries: list[tuple[str, str]]) -> list[dict]:
     return out
 
 
-def _upstream_record(recipe: Recipe, u: Upstream, fetched: Path) -> dict:
-    if fetched.is_file():
-        digest = u.sha256 or sources.sha256_file(fetched)
-    else:
-        digest = _tree_sha256(fetched)
-    return {"kind": u.kind, "ref": u.ref, "version": u.version,
-            "file": u.file or (fetched.name if u.kind != "path" else None), "sha256": digest}
+def _upstream_records(*, recipe: Recipe, fetched: list[Path]) -> list[dict]:
+    """The manifest's record of each upstream, with the sha256 of what was built from."""
+    records = []
+    for u, f in zip(recipe.upstreams, fetched, strict=True):
+        digest = (u.sha256 or sources.sha256_file(f)) if f.is_file() else _tree_sha256(f)
+        records.append({"kind": u.kind, "ref": u.ref, "version": u.version,
+                        "file": u.file or (f.name if u.kind != "path" else None),
+                        "sha256": digest})
+    return records
 
 
 def _tree_sha256(top: Path) -> str:
     """sha256 over a directory's sorted (path, type, mode, content or target) records."""
     h = hashlib.sha256()
-    for rel, kind in _walk(top.parent, top=top.name):
+    for rel, kind in walk(top.parent, top=top.name):
         if any(part in sources.SKIP for part in rel.split("/")):
             continue  # not copied by sources.place either
         p = top.parent / rel

@@ -4,7 +4,7 @@ A recipe that repacks Debian binaries (nix-daemon, s6, Python: too big to compil
 CI) says `closure: debian`. Its stones then need libraries nothing of ours provides
 yet: glibc, libstdc++, libsqlite3, … Rather than a hand-kept list, the builder asks:
 
-1. what do the recipe's own files need?  `onix.elf.analyse` → `soname(…)` and
+1. what do the recipe's own files need?  `onix.build.elf.analyse` → `soname(…)` and
    `interpreter(…)` dependencies the tree does not meet;
 2. who might provide it?  Debian's `Depends`/`Pre-Depends` of the packages seen so
    far *propose* candidates (first alternative of each); for a need none of them
@@ -16,7 +16,7 @@ yet: glibc, libstdc++, libsqlite3, … Rather than a hand-kept list, the builder
    provides something still needed**; what it needs in turn joins the search.
 
 A recipe whose upstreams come from another suite (`suite: bookworm-backports`) resolves
-against that suite's private list (onix.sources.closure_apt, passed as `apt`), with the
+against that suite's private list (onix.build.sources.closure_apt, passed as `apt`), with the
 suite as the default release: a library only the suite has (libdrm2 >= 2.4.121 for mesa
 25) is found, and where both have it the suite's version wins, as `apt-get -t` would.
 
@@ -36,7 +36,6 @@ Documentation is dropped except each package's usr/share/doc/<pkg>/copyright.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -46,6 +45,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onix.build.elf import analyse
+from onix.build.sources import sha256_file
 from onix.core import proc
 from onix.core.errors import OnixError
 
@@ -84,7 +85,7 @@ def package_info(name: str, *, version: str | None = None,
                  apt: Sequence[str] = ()) -> dict[str, str]:
     """The package list's stanza for name (=version): Version, Depends, SHA256, …
 
-    `apt` are extra apt options: a private list (onix.sources.closure_apt) instead of
+    `apt` are extra apt options: a private list (onix.build.sources.closure_apt) instead of
     the machine's own; without a version, the stanza is the candidate's.
     """
     spec = f"{name}={version}" if version else name
@@ -125,7 +126,7 @@ def download(name: str, *, version: str | None, cache: Path,
     debs.mkdir(parents=True, exist_ok=True)
     fname = f"{name}_{version.replace(':', '%3a')}_{info.get('Architecture', 'amd64')}.deb"
     dest = debs / fname
-    if dest.exists() and _sha256(dest) == want:
+    if dest.exists() and sha256_file(dest) == want:
         return dest, info
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl-") as tmp:
         proc.run(["apt-get", *apt, "download", "-q", f"{name}={version}"], cwd=Path(tmp))
@@ -133,20 +134,12 @@ def download(name: str, *, version: str | None, cache: Path,
         if len(got) != 1:
             raise OnixError(f"apt-get download {name}={version} gave {len(got)} files",
                             path=name, hint="run apt-get update and retry")
-        actual = _sha256(got[0])
+        actual = sha256_file(got[0])
         if actual != want:
             raise OnixError(f"sha256 {actual} of the download is not the list's {want}",
                             path=f"{name}={version}", hint="run apt-get update and retry")
         os.replace(got[0], dest)
     return dest, info
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unpack_usr(deb: Path, *, dest: Path) -> list[str]:
@@ -215,10 +208,8 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
     `seeds` are the recipe's Debian binary packages (their Depends propose the first
     candidates); `exclude` names packages never to take (the seeds themselves); `apt`
     are extra apt options for every look-up and download (a recipe fetched from
-    bookworm-backports resolves against that private list: onix.sources.closure_apt).
+    bookworm-backports resolves against that private list: onix.build.sources.closure_apt).
     """
-    from onix.build.elf import analyse
-
     mine = analyse(tree)
     needs: dict[str, list[str]] = {d: mine.reasons.get(d, [])
                                    for d in mine.depends if d.startswith(NEEDS)}

@@ -1,4 +1,4 @@
-"""ELF analysis for the builder: what a built tree provides and needs, and debug splitting.
+"""ELF analysis for the builder: what a built tree provides and needs.
 
 analyse() reads a DESTDIR (a tree holding usr/) and answers in moss-style provider strings:
 
@@ -36,26 +36,11 @@ Reading is cheap by design: the ELF header, the section and program headers, the
 entries and the build-id note are read from the file; no section's contents are loaded, so a
 100 MB library costs what a small one does.
 
-split_debug() strips binaries and keeps their debug info, by build-id, in a separate tree:
-
-    <debug_tree>/usr/lib/debug/.build-id/<first 2 hex>/<rest of the hex>.debug   mode 0644
-
-(the layout gdb and debuginfod look up), and adds a .gnu_debuglink naming that file to the
-stripped binary. Executables (PIE ones are ET_DYN) and shared libraries get --strip-unneeded
-(they need only .dynsym at run time); relocatable objects (.ko, .o) and the dynamic loader get
---strip-debug (modules need .symtab to load; valgrind and debuggers want the loader's). A file
-with nothing to strip is not touched, nor is a signed kernel module (stripping would drop its
-signature), nor an ELF file for a machine other than x86_64/i386. A file with debug info but
-no build-id is stripped and its debug info dropped (reported in `no_build_id`). Each file is
-rewritten in place (same inode, mode and times), so every hard link to it sees the stripped
-bytes, and each inode is stripped once — unless the inode also has a link outside `paths` (a
-build step hard-linked it from elsewhere on the disk): then the tree's paths get a new inode
-with the stripped bytes and the file outside is never written.
+Stripping, which reads files with read_elf(), is onix/build/strip.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
 import logging
@@ -64,7 +49,6 @@ import posixpath
 import re
 import stat
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +59,6 @@ from elftools.elf.sections import NoteSection
 from elftools.elf.segments import NoteSegment
 
 from onix.core.errors import OnixError
-from onix.core.proc import run, which
 from onix.core.safepath import clean_rel
 
 log = logging.getLogger("onix.elf")
@@ -95,13 +78,6 @@ _PC_GLOBS = ("usr/lib/pkgconfig/*.pc", "usr/lib/*/pkgconfig/*.pc", "usr/lib64/pk
              "usr/share/pkgconfig/*.pc")
 
 _MAX_LINKS = 40  # what the kernel allows on one path (ELOOP)
-
-# Machines whose objects this host's binutils strips; others (firmware for some other
-# processor) are left byte for byte.
-_STRIPPABLE = frozenset({"x86_64", "i386"})
-
-# Appended by the kernel's sign-file; stripping a signed module would drop the signature.
-_MODULE_SIG_MAGIC = b"~Module signature appended~\n"
 
 
 @dataclass(frozen=True)
@@ -234,6 +210,26 @@ def _parse(elf: ELFFile, rel: str) -> ElfFile:
         elif ph[0] == _PT_NOTE and not sections:
             build_id_notes.append(elf.get_segment(i))
 
+    soname, needed, runpath, rpath = _dynamic_entries(dynamic)
+    etype = h["e_type"]
+    return ElfFile(
+        path=rel,
+        elf_type=etype.removeprefix("ET_") if isinstance(etype, str) else str(etype),
+        machine=_machine(h["e_machine"]),
+        soname=soname,
+        needed=tuple(needed),
+        runpath=tuple(runpath),
+        rpath=tuple(rpath),
+        interp=interp,
+        build_id=_build_id(build_id_notes),
+        has_debug=has_debug,
+        static=interp is None and (not has_dynamic or not needed),
+        has_symtab=has_symtab,
+    )
+
+
+def _dynamic_entries(dynamic: object) -> tuple[str | None, list[str], list[str], list[str]]:
+    """DT_SONAME, DT_NEEDED, DT_RUNPATH and DT_RPATH of a dynamic section or segment."""
     soname: str | None = None
     needed: list[str] = []
     runpath: list[str] = []
@@ -249,9 +245,13 @@ def _parse(elf: ELFFile, rel: str) -> ElfFile:
                 runpath.extend(_split_paths(tag.runpath))
             elif t == "DT_RPATH":
                 rpath.extend(_split_paths(tag.rpath))
+    return soname, needed, runpath, rpath
 
+
+def _build_id(holders: list) -> str | None:
+    """Hex of the first NT_GNU_BUILD_ID note among the note sections or segments."""
     build_id: str | None = None
-    for holder in build_id_notes:
+    for holder in holders:
         if not isinstance(holder, NoteSection | NoteSegment):
             continue
         for note in holder.iter_notes():
@@ -260,22 +260,12 @@ def _parse(elf: ELFFile, rel: str) -> ElfFile:
                 break
         if build_id:
             break
+    return build_id
 
-    etype = h["e_type"]
-    return ElfFile(
-        path=rel,
-        elf_type=etype.removeprefix("ET_") if isinstance(etype, str) else str(etype),
-        machine=_machine(h["e_machine"]),
-        soname=soname,
-        needed=tuple(needed),
-        runpath=tuple(runpath),
-        rpath=tuple(rpath),
-        interp=interp,
-        build_id=build_id,
-        has_debug=has_debug,
-        static=interp is None and (not has_dynamic or not needed),
-        has_symtab=has_symtab,
-    )
+
+def is_loader(info: ElfFile) -> bool:
+    """A dynamic loader by its soname (ld-linux-*, ld-musl-*)."""
+    return bool(info.soname and info.soname.startswith(_LOADER_PREFIXES))
 
 
 def _merged_usr(path: str) -> str:
@@ -359,7 +349,8 @@ def _walk(tree: Path) -> list[str]:
     return out
 
 
-def _scope(tree: Path, paths: Iterable[str]) -> list[str]:
+def listed_files(tree: Path, paths: Iterable[str]) -> list[str]:
+    """The paths that are not directories, each checked to be plain and present."""
     out: set[str] = set()
     for rel in paths:
         rel = rel.strip("/")
@@ -405,20 +396,83 @@ def analyse(tree: Path, *, paths: Iterable[str] | None = None,
             arch: str = "x86_64") -> Analysis:
     """Provides and depends of the files `paths` of `tree` (all of it when None)."""
     tree = Path(tree)
-    entries = _walk(tree) if paths is None else _scope(tree, paths)
-    in_scope = set(entries)
-    fs = _Tree(tree)
+    entries = _walk(tree) if paths is None else listed_files(tree, paths)
     result = Analysis()
-    provides: set[str] = set()
-    reasons: dict[str, set[str]] = {}
-
-    def need(dep: str, rel: str) -> None:
-        reasons.setdefault(dep, set()).add(rel)
-
     for rel in entries:
         info = read_elf(tree / rel, rel=rel)
         if info is not None:
             result.files[rel] = info
+    ours = _Ours(tree, files=result.files, in_scope=set(entries), arch=arch)
+    needs = _Needs()
+    provides = _path_provides(entries)
+    for rel in entries:
+        if any(fnmatch.fnmatchcase(rel, g) for g in _PC_GLOBS):
+            needs.add_all((f"pkgconfig({req})" for req in _pc_requires_of(rel, ours)), rel)
+    provides |= {f"soname({f.soname}({arch}))" for f in ours.files.values() if f.soname}
+    for rel, f in sorted(ours.files.items()):
+        if f.interp and ours.interpreter(f) is None:
+            needs.add(f"interpreter({_merged_usr(f.interp)}({arch}))", rel)
+        needs.add_all((f"soname({lib}({arch}))" for lib in _unmet_libraries(rel, f, ours)), rel)
+    # A loader is provided under every path of ours that resolves to it.
+    loaders = _loaders(entries, ours)
+    if loaders:  # most trees have none: no need to resolve every path then
+        provides |= {f"interpreter({_merged_usr(rel)}({arch}))" for rel in entries
+                     if ours.inside(rel) in loaders}
+    result.provides = sorted(provides)
+    result.depends = sorted(d for d in needs.reasons if d not in provides)
+    result.reasons = {d: sorted(needs.reasons[d]) for d in result.depends}
+    return result
+
+
+class _Needs:
+    """What the analysed files need, each with the paths that need it (Analysis.reasons)."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, set[str]] = {}
+
+    def add(self, dep: str, rel: str) -> None:
+        self.reasons.setdefault(dep, set()).add(rel)
+
+    def add_all(self, deps: Iterable[str], rel: str) -> None:
+        for dep in deps:
+            self.add(dep, rel)
+
+
+class _Ours:
+    """The analysed ELF files of the stone's machine, and lookups that count only paths
+    within the analysed scope (a need met by another split's file stays a need)."""
+
+    def __init__(self, tree: Path, *, files: dict[str, ElfFile], in_scope: set[str],
+                 arch: str):
+        self.tree = tree
+        self.fs = _Tree(tree)
+        self.in_scope = in_scope
+        self.files = {rel: f for rel, f in files.items() if f.machine == arch}
+        self._inside: dict[str, str | None] = {}
+
+    def inside(self, rel: str) -> str | None:
+        """The ELF of ours that rel resolves to through paths that are all ours."""
+        if rel not in self._inside:
+            found = self.fs.resolve(rel)
+            final = None
+            if found is not None and found[0] in self.files and all(
+                    lk in self.in_scope for lk in found[1]):
+                final = found[0]
+            self._inside[rel] = final
+        return self._inside[rel]
+
+    def interpreter(self, f: ElfFile) -> str | None:
+        """The file of ours f's PT_INTERP names, or None."""
+        return self.inside(_merged_usr(f.interp).lstrip("/")) if f.interp else None
+
+    def is_dyn(self, rel: str) -> bool:
+        return self.files[rel].elf_type == "DYN"
+
+
+def _path_provides(entries: list[str]) -> set[str]:
+    """What a file provides by where it is: a command, or a pkg-config module."""
+    provides: set[str] = set()
+    for rel in entries:
         parent, name = posixpath.split(rel)
         if parent == "usr/bin":
             provides.add(f"binary({name})")
@@ -426,233 +480,55 @@ def analyse(tree: Path, *, paths: Iterable[str] | None = None,
             provides.add(f"sysbinary({name})")
         if any(fnmatch.fnmatchcase(rel, g) for g in _PC_GLOBS):
             provides.add(f"pkgconfig({name.removesuffix('.pc')})")
-            found = fs.resolve(rel)
-            if found and found[0] in in_scope and all(lk in in_scope for lk in found[1]):
-                real = tree / found[0]
-                if stat.S_ISREG(os.lstat(real).st_mode):
-                    text = real.read_bytes().decode("utf-8", errors="replace")
-                    for req in _pc_requires(text):
-                        need(f"pkgconfig({req})", rel)
-
-    ours = {rel: f for rel, f in result.files.items() if f.machine == arch}
-
-    def inside(rel: str) -> str | None:
-        """The ELF of ours that rel resolves to through paths that are all ours."""
-        found = fs.resolve(rel)
-        if found is None:
-            return None
-        final, links = found
-        if final not in ours or any(lk not in in_scope for lk in links):
-            return None
-        return final
-
-    loaders: set[str] = set()
-    for rel, f in ours.items():
-        if f.soname:
-            provides.add(f"soname({f.soname}({arch}))")
-            if f.elf_type == "DYN" and f.soname.startswith(_LOADER_PREFIXES):
-                loaders.add(rel)
-
-    lookup: dict[tuple[str, str], str | None] = {}
-    for rel, f in sorted(ours.items()):
-        if f.interp:
-            where = _merged_usr(f.interp)
-            target = inside(where.lstrip("/"))
-            if target is None:
-                need(f"interpreter({where}({arch}))", rel)
-            elif result.files[target].elf_type == "DYN":
-                loaders.add(target)  # it is some binary's PT_INTERP: it is a loader
-        if not f.needed:
-            continue
-        origin = posixpath.dirname(rel)
-        dirs: list[str] = []
-        for entry in f.runpath or f.rpath:
-            entry = entry.replace("${ORIGIN}", "$ORIGIN")
-            if entry.startswith("$ORIGIN"):
-                entry = origin + entry.removeprefix("$ORIGIN")
-            elif entry.startswith("/"):
-                entry = entry.lstrip("/")
-            else:
-                continue  # relative to the working directory, or $LIB/$PLATFORM: unknowable
-            if "$" not in entry:
-                dirs.append(entry)
-        dirs.extend(DEFAULT_LIB_DIRS)
-        for lib in f.needed:
-            if "/" in lib:
-                candidates = [lib.lstrip("/")] if lib.startswith("/") else []
-            else:
-                candidates = [f"{d}/{lib}" for d in dirs]
-            met = False
-            for cand in candidates:
-                key = (cand, lib)
-                if key not in lookup:
-                    lookup[key] = inside(cand)
-                if lookup[key] is not None:
-                    met = True
-                    break
-            if not met:
-                need(f"soname({lib}({arch}))", rel)
-
-    # A loader is provided under its own name and every path of ours that resolves to it
-    # (Debian's /lib64/ld-linux-x86-64.so.2 is a symlink; musl's loader is a symlink to libc.so).
-    for rel in entries:
-        if posixpath.basename(rel).startswith(_LOADER_PREFIXES):
-            target = inside(rel)
-            if target is not None and result.files[target].elf_type == "DYN":
-                loaders.add(target)
-    if loaders:
-        for rel in entries:
-            if inside(rel) in loaders:
-                provides.add(f"interpreter({_merged_usr(rel)}({arch}))")
-
-    result.provides = sorted(provides)
-    result.depends = sorted(d for d in reasons if d not in provides)
-    result.reasons = {d: sorted(reasons[d]) for d in result.depends}
-    return result
+    return provides
 
 
-class DebugSplit(list):
-    """What split_debug() did. As a list it is `written` (the spec's list[str] result)."""
-
-    def __init__(self, *, written: list[str], no_build_id: list[str], stripped: list[str],
-                 skipped: list[str]):
-        super().__init__(written)
-        self.written = written          # rel paths written into debug_tree, sorted
-        self.no_build_id = no_build_id  # stripped, but their debug info had nowhere to go
-        self.stripped = stripped        # every rel path rewritten in the tree (one per inode)
-        self.skipped = skipped          # left alone on purpose (signed kernel modules)
-
-
-def _is_loader(info: ElfFile) -> bool:
-    return bool(info.soname and info.soname.startswith(_LOADER_PREFIXES))
+def _pc_requires_of(rel: str, ours: _Ours) -> list[str]:
+    """The Requires of the .pc file rel, when it and the links to it are in scope."""
+    found = ours.fs.resolve(rel)
+    if not found or found[0] not in ours.in_scope or any(
+            lk not in ours.in_scope for lk in found[1]):
+        return []
+    real = ours.tree / found[0]
+    if not stat.S_ISREG(os.lstat(real).st_mode):
+        return []
+    return _pc_requires(real.read_bytes().decode("utf-8", errors="replace"))
 
 
-def _signed_module(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size < len(_MODULE_SIG_MAGIC):
-            return False
-        f.seek(size - len(_MODULE_SIG_MAGIC))
-        return f.read() == _MODULE_SIG_MAGIC
+def _unmet_libraries(rel: str, f: ElfFile, ours: _Ours) -> list[str]:
+    """The DT_NEEDED of f that no file of ours meets, looked up the way ld.so would."""
+    if not f.needed:
+        return []
+    origin = posixpath.dirname(rel)
+    dirs: list[str] = []
+    for entry in f.runpath or f.rpath:
+        entry = entry.replace("${ORIGIN}", "$ORIGIN")
+        if entry.startswith("$ORIGIN"):
+            entry = origin + entry.removeprefix("$ORIGIN")
+        elif entry.startswith("/"):
+            entry = entry.lstrip("/")
+        else:
+            continue  # relative to the working directory, or $LIB/$PLATFORM: unknowable
+        if "$" not in entry:
+            dirs.append(entry)
+    dirs.extend(DEFAULT_LIB_DIRS)
+    unmet = []
+    for lib in f.needed:
+        if "/" in lib:
+            candidates = [lib.lstrip("/")] if lib.startswith("/") else []
+        else:
+            candidates = [f"{d}/{lib}" for d in dirs]
+        if not any(ours.inside(cand) is not None for cand in candidates):
+            unmet.append(lib)
+    return unmet
 
 
-def _strip_mode(info: ElfFile) -> str | None:
-    """The strip option that keeps this file working, or None when there is nothing to do."""
-    if info.elf_type in ("EXEC", "DYN") and not _is_loader(info):
-        # Executables (PIE ones are DYN) and shared libraries need only .dynsym at run time.
-        return "--strip-unneeded" if (info.has_debug or info.has_symtab) else None
-    # Relocatable objects (.ko, .o) need their .symtab to be linked or loaded, and the
-    # dynamic loader keeps it for valgrind and debuggers: only debug info goes.
-    return "--strip-debug" if info.has_debug else None
-
-
-def _rewrite_in_place(path: Path, data: bytes) -> None:
-    """Replace a file's bytes keeping its inode (so hard links follow), mode and times."""
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise OnixError("changed into something other than a file while being stripped",
-                        path=path, hint="retry the build")
-    mode = stat.S_IMODE(st.st_mode)
-    if not mode & stat.S_IWUSR:
-        os.chmod(path, mode | stat.S_IWUSR)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    finally:
-        os.chmod(path, mode)  # also restores setuid bits, which a write clears
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _rewrite_detached(tree: Path, rels: list[str], data: bytes) -> None:
-    """Give the paths `rels` of one inode new bytes in a new inode (mode and times kept,
-    still hard links of each other); the old inode, linked from elsewhere, is untouched."""
-    first = tree / rels[0]
-    st = os.lstat(first)
-    fd, tmp = tempfile.mkstemp(dir=first.parent, prefix=".onix-strip-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        for rel in rels[1:]:
-            other = tree / rel
-            link = other.with_name(f".onix-strip-{other.name}")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(link)
-            os.link(tmp, link)
-            os.replace(link, other)
-        os.replace(tmp, first)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def split_debug(*, tree: Path, debug_tree: Path, paths: Iterable[str]) -> DebugSplit:
-    """Strip the ELF files among `paths` and keep their debug info in debug_tree by build-id.
-
-    Deterministic: the same input files give the same stripped files and debug files.
-    """
-    tree, debug_tree = Path(tree), Path(debug_tree)
-    objcopy = which("objcopy")
-    strip = which("strip")
-    written: set[str] = set()
-    no_build_id: list[str] = []
-    stripped: list[str] = []
-    skipped: list[str] = []
-    # inode -> its paths among `paths`: a file is stripped once, for all its hard links
-    inodes: dict[tuple[int, int], list[str]] = {}
-    nlink: dict[tuple[int, int], int] = {}
-    for rel in _scope(tree, paths):
-        st = os.lstat(tree / rel)
-        if stat.S_ISREG(st.st_mode):
-            inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
-            nlink[(st.st_dev, st.st_ino)] = st.st_nlink
-    for ino, rels in inodes.items():
-        rel = rels[0]
-        src = tree / rel
-        info = read_elf(src, rel=rel)
-        if info is None or info.machine not in _STRIPPABLE:
-            continue
-        mode = _strip_mode(info)
-        if mode is None:
-            continue
-        if info.elf_type == "REL" and _signed_module(src):
-            log.info("%s: signed kernel module, not stripped (the signature would go)", rel)
-            skipped.append(rel)
-            continue
-        with tempfile.TemporaryDirectory(prefix="onix-strip-") as tmp:
-            out = Path(tmp) / "stripped"
-            debug: Path | None = None
-            debug_rel = None
-            if info.has_debug and info.build_id:
-                bid = info.build_id
-                debug_rel = f"usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug"
-                debug = Path(tmp) / posixpath.basename(debug_rel)
-                run([objcopy, "--only-keep-debug", src, debug])
-            elif info.has_debug:
-                log.info("%s: no build-id, its debug info is dropped", rel)
-                no_build_id.append(rel)
-            run([strip, mode, "-o", out, src])
-            if debug is not None and debug_rel is not None:
-                run([objcopy, f"--add-gnu-debuglink={debug}", out])
-                dest = debug_tree / debug_rel
-                for d in reversed(dest.relative_to(debug_tree).parents):
-                    with contextlib.suppress(FileExistsError):
-                        (debug_tree / d).mkdir()
-                        os.chmod(debug_tree / d, 0o755)  # not whatever the umask says
-                dest.write_bytes(debug.read_bytes())
-                os.chmod(dest, 0o644)
-                written.add(debug_rel)
-            if nlink[ino] > len(rels):
-                # a hard link outside the tree shares this inode (an install step's `ln`
-                # or `cp -al` from elsewhere): that file must not change, so the tree's
-                # paths get a new inode instead
-                _rewrite_detached(tree, rels, out.read_bytes())
-            else:
-                _rewrite_in_place(src, out.read_bytes())
-        stripped.append(rel)
-    return DebugSplit(written=sorted(written), no_build_id=no_build_id, stripped=stripped,
-                      skipped=skipped)
+def _loaders(entries: list[str], ours: _Ours) -> set[str]:
+    """Our dynamic loaders: by soname, as some binary's PT_INTERP, or by name (Debian's
+    /lib64/ld-linux-x86-64.so.2 is a symlink; musl's loader is a symlink to libc.so)."""
+    loaders = {rel for rel, f in ours.files.items() if is_loader(f) and f.elf_type == "DYN"}
+    targets = [ours.interpreter(f) for f in ours.files.values()]
+    targets += [ours.inside(rel) for rel in entries
+                if posixpath.basename(rel).startswith(_LOADER_PREFIXES)]
+    loaders.update(t for t in targets if t is not None and ours.is_dyn(t))
+    return loaders

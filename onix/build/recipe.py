@@ -63,6 +63,7 @@ TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", "
                     ".tar.zst", ".tar.lz", ".tar.lzma")
 DEFAULT_SOURCE_DATE_EPOCH = 1700000000
 TARGET = "x86_64-linux-musl"
+ARCH = "x86_64"  # of every stone a recipe makes
 
 # Macro name → what it is. Values come from build.py once the work dir exists.
 MACROS = {
@@ -301,6 +302,23 @@ def _check_macros(text: str, node: yaml.ScalarNode, r: _Reader, allowed: tuple[s
 def load(path: Path) -> Recipe:
     """Read and check a recipe file; every error names file:line."""
     path = Path(path)
+    root = _compose(path)
+    r = _Reader(path)
+    if root is None:
+        raise RecipeError("the recipe is empty", path=f"{path}:1",
+                          hint="see docs/recipes.md for the format")
+    top = {key: value for key, (_k, value) in
+           r.mapping(root, "the recipe", TOP_KEYS, REQUIRED).items()}
+    recipe = _identity(top, r=r)
+    _read_fields(recipe, top=top, r=r)
+    _read_scripts(recipe, top=top, r=r)
+    _read_upstreams(recipe, top=top, r=r, root=root)
+    _read_packages(recipe, top=top, r=r)
+    return recipe
+
+
+def _compose(path: Path) -> yaml.Node | None:
+    """The recipe file as YAML nodes (they carry the line numbers errors name)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -310,7 +328,7 @@ def load(path: Path) -> Recipe:
         raise RecipeError(f"cannot read the recipe ({e})", path=path,
                           hint="check the file") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -325,46 +343,49 @@ def load(path: Path) -> Recipe:
     except yaml.YAMLError as e:
         raise RecipeError(f"not valid YAML: {' '.join(str(e).split())}", path=path,
                           hint="fix the YAML syntax") from None
-    r = _Reader(path)
-    if root is None:
-        raise RecipeError("the recipe is empty", path=f"{path}:1",
-                          hint="see docs/recipes.md for the format")
-    top = r.mapping(root, "the recipe", TOP_KEYS, REQUIRED)
 
-    def val(key: str) -> yaml.Node:
-        return top[key][1]
 
-    name = r.string(val("name"), "name")
+def _identity(top: dict[str, yaml.Node], *, r: _Reader) -> Recipe:
+    """A Recipe of the required fields: name, version, release, summary, license."""
+    name = r.string(top["name"], "name")
     if not NAME_RE.match(name):
-        raise r.fail(val("name"), f"name {name!r} is not [a-z0-9][a-z0-9+._-]*",
+        raise r.fail(top["name"], f"name {name!r} is not [a-z0-9][a-z0-9+._-]*",
                      "use lower-case letters, digits and + . _ -")
-    version = r.string(val("version"), "version")
+    version = r.string(top["version"], "version")
     if any(c.isspace() or c == "/" for c in version):
-        raise r.fail(val("version"), f"version {version!r} has a space or slash",
+        raise r.fail(top["version"], f"version {version!r} has a space or slash",
                      "use a plain version like 1.35.0")
-    recipe = Recipe(path=path, name=name, version=version,
-                    release=r.integer(val("release"), "release", minimum=1),
-                    summary=r.string(val("summary"), "summary"),
-                    license=r.string(val("license"), "license"))
+    return Recipe(path=r.path, name=name, version=version,
+                  release=r.integer(top["release"], "release", minimum=1),
+                  summary=r.string(top["summary"], "summary"),
+                  license=r.string(top["license"], "license"))
+
+
+def _read_fields(recipe: Recipe, *, top: dict[str, yaml.Node], r: _Reader) -> None:
+    """The optional plain fields, homepage to closure."""
     if "homepage" in top:
-        recipe.homepage = r.string(val("homepage"), "homepage")
+        recipe.homepage = r.string(top["homepage"], "homepage")
     if "scaffolding" in top:
-        recipe.scaffolding = r.string(val("scaffolding"), "scaffolding")
+        recipe.scaffolding = r.string(top["scaffolding"], "scaffolding")
     if "source-date-epoch" in top:
-        recipe.source_date_epoch = r.integer(val("source-date-epoch"), "source-date-epoch",
+        recipe.source_date_epoch = r.integer(top["source-date-epoch"], "source-date-epoch",
                                              minimum=0)
     if "builddeps" in top:
-        recipe.builddeps = r.strings(val("builddeps"), "builddeps")
+        recipe.builddeps = r.strings(top["builddeps"], "builddeps")
     if "rundeps" in top:
-        recipe.rundeps = _rundeps(val("rundeps"), r, recipe)
+        recipe.rundeps = _rundeps(top["rundeps"], r, recipe)
     if "closure" in top:
-        node = val("closure")
+        node = top["closure"]
         if r.string(node, "closure") != "debian":
             raise r.fail(node, f"closure {node.value!r} is not known",
                          "the only closure is `debian`")
         recipe.closure = True
+
+
+def _read_scripts(recipe: Recipe, *, top: dict[str, yaml.Node], r: _Reader) -> None:
+    """The environment, the step scripts and the options: what the build runs with."""
     if "environment" in top:
-        env = r.mapping(val("environment"), "environment",
+        env = r.mapping(top["environment"], "environment",
                         _AnyKey(lambda k: re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", k)))
         for key, (_k, v) in env.items():
             value = r.string(v, f"environment value {key}", allow_empty=True)
@@ -372,17 +393,22 @@ def load(path: Path) -> Recipe:
             recipe.environment[key] = value
     for step in STEPS:
         if step in top:
-            node = val(step)
+            node = top[step]
             script = r.string(node, step, allow_empty=True)
             recipe.steps[step] = script
             recipe.step_lines[step] = _script_first_line(node)
             _check_macros(script, node, r, MACROS, recipe.step_lines[step])
     if "options" in top:
-        opts = r.mapping(val("options"), "options", OPTION_KEYS)
+        opts = r.mapping(top["options"], "options", OPTION_KEYS)
         if "strip" in opts:
             recipe.strip = r.boolean(opts["strip"][1], "options.strip")
+
+
+def _read_upstreams(recipe: Recipe, *, top: dict[str, yaml.Node], r: _Reader,
+                    root: yaml.Node) -> None:
+    """The upstreams, checked together: one suite at most, a repack says why, paths inside."""
     if "upstreams" in top:
-        node = val("upstreams")
+        node = top["upstreams"]
         if not isinstance(node, yaml.SequenceNode):
             raise r.fail(node, f"upstreams must be a list, not {_kind(node)}",
                          "write one `- path: …` or `- debian-source: …` entry per upstream")
@@ -396,24 +422,28 @@ def load(path: Path) -> Recipe:
     if any(u.kind == "debian-binary" for u in recipe.upstreams) and not recipe.scaffolding:
         raise r.fail(root, "a recipe that repacks a Debian binary package must say why",
                      "add `scaffolding: |` saying why this is a repack and what replaces it")
-    recipe.repo_root = _repo_root(path)
+    recipe.repo_root = _repo_root(recipe.path)
     for u in recipe.upstreams:
         if u.kind == "path":
             _check_inside(recipe, u)
-    if "packages" in top:
-        node = val("packages")
-        if not isinstance(node, yaml.SequenceNode):
-            raise r.fail(node, f"packages must be a list, not {_kind(node)}",
-                         "write one `- name: …` entry per split")
-        seen = {name, f"{name}-dbginfo"}
-        for item in node.value:
-            pkg = _package(item, r, recipe)
-            if pkg.name in seen:
-                raise r.fail(item, f"package name {pkg.name!r} is taken (the main stone, "
-                             "its -dbginfo stone, or another split)", "rename the split")
-            seen.add(pkg.name)
-            recipe.packages.append(pkg)
-    return recipe
+
+
+def _read_packages(recipe: Recipe, *, top: dict[str, yaml.Node], r: _Reader) -> None:
+    """The splits, in order; no two stones of the recipe may share a name."""
+    if "packages" not in top:
+        return
+    node = top["packages"]
+    if not isinstance(node, yaml.SequenceNode):
+        raise r.fail(node, f"packages must be a list, not {_kind(node)}",
+                     "write one `- name: …` entry per split")
+    seen = {recipe.name, f"{recipe.name}-dbginfo"}
+    for item in node.value:
+        pkg = _package(item, r, recipe)
+        if pkg.name in seen:
+            raise r.fail(item, f"package name {pkg.name!r} is taken (the main stone, "
+                         "its -dbginfo stone, or another split)", "rename the split")
+        seen.add(pkg.name)
+        recipe.packages.append(pkg)
 
 
 class _AnyKey(set):

@@ -1,6 +1,6 @@
 """Upstream sources: fetched into a cache, verified by sha256, placed for a build.
 
-Cache layout (onix.build passes ``<cache root>/sources``, default
+Cache layout (onix.build.builder passes ``<cache root>/sources``, default
 ``~/.cache/onix/sources``; ``ONIX_SOURCE_CACHE`` overrides it)::
 
     <cache>/<sha256>/<file name>     a verified download; re-hashed before every use
