@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from nixkit import NixPlane, available, base_accounts, integration_stone
 
 from onix import api
-from onix.core.paths import read_state_id
+from onix.core.paths import RootPaths, read_state_id
 from onix.machine.stone import StoneMeta, pack
 from onix.nix import plane as nixplane
 
@@ -57,7 +57,7 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
     root.mkdir()
     base_accounts(root)
     api.install(root, [integration_stone(work)])
-    nixplane.seed(root)
+    nixplane.seed(RootPaths.of(root))
     version = 0
     installed = False  # the model: is ripgrep in alice's profile?
     with NixPlane(root) as plane:
@@ -94,4 +94,4 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
             r = plane.run(["nix", "store", "verify", "--all"], check=False, timeout=60)
             assert r.returncode == 0, r.stderr
             assert api.verify(root).clean
-            assert nixplane.daemon_health(root)[0] == "healthy"
+            assert nixplane.daemon_health(RootPaths.of(root))[0] == "healthy"

@@ -174,9 +174,9 @@ def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
                               "fix it by hand: onix keeps the build ids fixed") + ")"
              for p in nixplane.check_accounts(paths.root)]
     if paths.nix.exists():
-        daemon, reason = nixplane.daemon_health(paths.root)
+        daemon, reason = nixplane.daemon_health(paths)
     else:
         daemon, reason = "not set up", "no /nix yet (onix nix seed, then start nix-daemon)"
-    d = nixplane.drift(paths.root, usr=paths.usr)
+    d = nixplane.drift(paths, usr=paths.usr)
     return {"daemon": daemon, "daemon_reason": reason, "drift": d.as_dict(),
-            "opengl": nixplane.opengl_status(paths.root, fstx=fstx, usr=paths.usr)}, notes
+            "opengl": nixplane.opengl_status(paths, fstx=fstx, usr=paths.usr)}, notes

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from onix.core import fsutil, safepath
 from onix.core.errors import OnixError, StateError
+from onix.core.paths import RootPaths
 from onix.machine.session import Session
 from onix.services import s6
 
@@ -323,15 +324,15 @@ def seed_runtime(root: Path) -> list[str]:
 # -- seed: the library call behind `onix nix seed` and transactions ---------------------------
 
 
-def seed(root: Path | str, *, usr: Path | None = None, runtime: bool = True,
+def seed(paths: RootPaths, *, usr: Path | None = None, runtime: bool = True,
          seeded: dict | None = None, remember=None) -> dict:
     """Lay down the Nix plane's machine-side seams (see the module docstring).
 
     Without a database (a test or an image build), `seeded` carries what onix last
     wrote to /etc; the session-level callers keep it in the meta table.
     """
-    root = Path(root).absolute()
-    usr = usr or root / "usr"
+    root = paths.root
+    usr = usr or paths.usr
     # Every directory this may write through is checked before the first write.
     safepath.check_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
                *(RUNTIME_DIRS if runtime else ()))
@@ -351,7 +352,7 @@ def seed_session(s: Session, *, runtime: bool) -> dict:
         with s.db.write() as c:
             s.db.set_meta(c, META_SEEDED, json.dumps(seeded, sort_keys=True))
 
-    report = seed(s.paths.root, usr=s.paths.usr, runtime=runtime,
+    report = seed(s.paths, usr=s.paths.usr, runtime=runtime,
                   seeded=json.loads(raw) if raw else {}, remember=remember)
     remember(report["seeded"])
     return report
@@ -397,10 +398,10 @@ def parse_conf(text: str, *, where: str) -> tuple[dict[str, str], list[str]]:
     return values, errors
 
 
-def drift(root: Path | str, *, usr: Path | None = None) -> Drift:
+def drift(paths: RootPaths, *, usr: Path | None = None) -> Drift:
     """How /etc/nix/nix.conf differs from the state's declared defaults, key by key."""
-    root = Path(root)
-    usr = usr or root / "usr"
+    root = paths.root
+    usr = usr or paths.usr
     out = Drift()
     try:
         want_raw = (usr / DECLARED_DIR / "nix.conf").read_bytes()
@@ -520,9 +521,9 @@ def _svstat(root: Path) -> str | None:
     return f"down {secs} s ({why})"
 
 
-def daemon_health(root: Path | str) -> tuple[str, str]:
+def daemon_health(paths: RootPaths) -> tuple[str, str]:
     """healthy / down / not ready, with the reason (the handshake, then what s6 says)."""
-    root = Path(root)
+    root = paths.root
     state, reason = handshake(root / SOCKET)
     if state != "healthy":
         supervised = _svstat(root)  # only then: s6-svstat is a process per status call
@@ -541,10 +542,10 @@ def _mesa_libdir(usr: Path) -> str | None:
     return None
 
 
-def bridge(root: Path | str, *, fstx: str, usr: Path | None = None) -> dict:
+def bridge(paths: RootPaths, *, fstx: str, usr: Path | None = None) -> dict:
     """Point /run/opengl-driver at the active state's Mesa (see the module docstring)."""
-    root = Path(root)
-    usr = usr or root / "usr"
+    root = paths.root
+    usr = usr or paths.usr
     safepath.check_dirs(root, BRIDGE_DIRS)
     libdir = _mesa_libdir(usr)
     if libdir is None:
@@ -602,10 +603,10 @@ def _inside(root: Path, path: str, base: Path) -> Path:
     raise OnixError("too many levels of symlinks", path=root / path)
 
 
-def opengl_status(root: Path | str, *, fstx: str | None, usr: Path | None = None) -> str:
+def opengl_status(paths: RootPaths, *, fstx: str | None, usr: Path | None = None) -> str:
     """`coherent`, or what is stale or missing (one line)."""
-    root = Path(root)
-    usr = usr or root / "usr"
+    root = paths.root
+    usr = usr or paths.usr
     if _mesa_libdir(usr) is None:
         return "no Mesa in the active state"
     link = root / BRIDGE
@@ -662,10 +663,10 @@ def _library_exists(root: Path, usr: Path, lib: str) -> bool:
 # -- GC roots for machine-plane links into /nix/store -----------------------------------------
 
 
-def sync_gcroots(root: Path | str, *, links: dict[int, list[str]]) -> dict:
+def sync_gcroots(paths: RootPaths, *, links: dict[int, list[str]]) -> dict:
     """Make gcroots/onix/states hold exactly one root per store path each state links to
     (`links`: state id → store paths, Database.store_links)."""
-    root = Path(root)
+    root = paths.root
     if not (root / "nix").is_dir():
         return {"added": [], "removed": []}  # no Nix plane here: nothing could collect them
     base = root / GCROOTS / "states"
@@ -713,13 +714,13 @@ def after_change(s: Session, warnings: list[str] | None = None) -> dict:
     def gcroots() -> dict:
         with s.db.read() as c:
             links = s.db.store_links(c)
-        return sync_gcroots(paths.root, links=links)
+        return sync_gcroots(paths, links=links)
 
     def etc() -> list[str]:
         return seed_session(s, runtime=False)["changed"]
 
     def opengl() -> dict:
-        return bridge(paths.root, fstx=fstx, usr=paths.usr)
+        return bridge(paths, fstx=fstx, usr=paths.usr)
 
     steps = [("gcroots", gcroots, "onix nix seed")]
     if declares_nix(paths.usr):
