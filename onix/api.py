@@ -262,38 +262,38 @@ def _repo_lock(paths: RootPaths, wait: bool) -> AbstractContextManager:
 
 def repo_add(root: Root, *, name: str, uri: str, public_key: str, priority: int = 0,
              wait: bool = True) -> Any:
-    from onix.repo import index
+    from onix.repo import config
 
     paths = RootPaths.of(root)  # the root lock is taken after the index is fetched
-    return index.add(paths, name=name, uri=uri, public_key=public_key, priority=priority,
+    return config.add(paths, name=name, uri=uri, public_key=public_key, priority=priority,
                      lock=lambda: _repo_lock(paths, wait))
 
 
 def repo_remove(root: Root, *, name: str, wait: bool = True) -> Any:
-    from onix.repo import index
+    from onix.repo import config
 
     paths = RootPaths.of(root)
     with _repo_lock(paths, wait):
-        return index.remove(paths, name=name)
+        return config.remove(paths, name=name)
 
 
 def repo_list(root: Root) -> list:
-    from onix.repo import index
+    from onix.repo import config
 
-    return index.list_repos(RootPaths.of(root))
+    return config.list_repos(RootPaths.of(root))
 
 
 def repo_update(root: Root, *, names: list[str] | None = None, wait: bool = True) -> list:
-    from onix.repo import index
+    from onix.repo import config
 
     paths = RootPaths.of(root)  # the root lock is taken after the indexes are fetched
-    return index.update(paths, names=names, lock=lambda: _repo_lock(paths, wait))
+    return config.update(paths, names=names, lock=lambda: _repo_lock(paths, wait))
 
 
 def search(root: Root, term: str) -> list:
-    from onix.repo import index
+    from onix.repo import config
 
-    return index.search(RootPaths.of(root), term)
+    return config.search(RootPaths.of(root), term)
 
 
 def info(root: Root, name: str) -> Any:

@@ -34,7 +34,9 @@ from conftest import onix
 from onix import api
 from onix.core import tools
 from onix.core.paths import RootPaths
-from onix.repo import index as repo
+from onix.repo import config as repo_config
+from onix.repo import fetch as repo_fetch
+from onix.repo import index as repo_index
 from onix.repo import keys
 
 pytestmark = pytest.mark.slow
@@ -100,15 +102,15 @@ def mesa_repo(tmp_path_factory):
             version = s["file"][len(s["name"]) + 1:].rsplit("-", 2)[0]
             sets[v].append((s["name"], version))
     key, pub = keys.generate(out=work / "key", comment="mesa test repository")
-    repo.write_index(directory=repodir, key=key, name="mesa")
+    repo_index.write_index(directory=repodir, key=key, name="mesa")
     return repodir, pub, sets
 
 
 def _install_set(root: Path, wanted: list[tuple[str, str]]):
-    by = {(a.name, a.version): a for a in repo.available(RootPaths.of(root))}
+    by = {(a.name, a.version): a for a in repo_config.available(RootPaths.of(root))}
     missing = [w for w in wanted if w not in by]
     assert not missing, f"the repository lacks {missing}"
-    files = [repo.fetch(RootPaths.of(root), by[w]) for w in wanted]
+    files = [repo_fetch.fetch(RootPaths.of(root), by[w]) for w in wanted]
     return api.install(root, files, dependencies=[n for n, _ in wanted if n != "mesa"])
 
 

@@ -21,7 +21,9 @@ from onix import api
 from onix.core.errors import OnixError, StoneError
 from onix.core.paths import RootPaths
 from onix.machine.stone import Stone
-from onix.repo import index as repo
+from onix.repo import config as repo_config
+from onix.repo import fetch as repo_fetch
+from onix.repo import index as repo_index
 from onix.repo import keys
 from onix.repo.resolve import resolve
 
@@ -67,7 +69,7 @@ def stones(tmp_path: Path, make_stone, signer) -> Path:
     _place(make_stone("hello-dbginfo", {"lib/debug/.build-id/ab/cd.debug": "dbg"},
                       version="2.1"), d)
     (d / "README.txt").write_text("not a stone; ignored\n")
-    repo.write_index(directory=d, key=signer[0], name="test")
+    repo_index.write_index(directory=d, key=signer[0], name="test")
     return d
 
 
@@ -180,14 +182,14 @@ def test_index_is_canonical_sorted_and_deterministic(stones, signer):
     assert hello["sha256"] == hashlib.sha256(raw).hexdigest() and hello["size"] == len(raw)
     sig = (stones / "index.json.sig").read_bytes()
     keys.verify(data, sig, public=keys.load_public(signer[1]), where="index")
-    result = repo.write_index(directory=stones, key=signer[0], name="test")
+    result = repo_index.write_index(directory=stones, key=signer[0], name="test")
     assert (stones / "index.json").read_bytes() == data  # ed25519 is deterministic too
     assert (stones / "index.json.sig").read_bytes() == sig
     assert result.as_dict()["stones"] == 3 and result.key_id == keys.load_public(signer[1]).key_id
 
 
 def test_index_name_defaults_to_the_directory(stones, signer):
-    assert repo.write_index(directory=stones, key=signer[0]).name == "stones"
+    assert repo_index.write_index(directory=stones, key=signer[0]).name == "stones"
     assert json.loads((stones / "index.json").read_bytes())["name"] == "stones"
 
 
@@ -198,7 +200,7 @@ def test_index_refuses_a_corrupt_stone_and_writes_nothing(stones, signer, tmp_pa
     victim.write_bytes(bytes(data))
     before = snapshot(stones)
     with pytest.raises(StoneError) as e:
-        repo.write_index(directory=stones, key=signer[0], name="test")
+        repo_index.write_index(directory=stones, key=signer[0], name="test")
     assert e.value.path == str(victim)
     assert snapshot(stones) == before
 
@@ -207,17 +209,17 @@ def test_index_refuses_two_stones_of_one_version(stones, signer):
     shutil.copy(stones / "libgreet-1.0-1-x86_64.stone", stones / "copy.stone")
     before = snapshot(stones)
     with pytest.raises(OnixError, match=re.escape("are both libgreet 1.0-1")):
-        repo.write_index(directory=stones, key=signer[0], name="test")
+        repo_index.write_index(directory=stones, key=signer[0], name="test")
     assert snapshot(stones) == before
 
 
 def test_index_with_a_bad_key_writes_nothing(stones, signer):
     before = snapshot(stones)
     with pytest.raises(OnixError, match="not an onix private key") as e:
-        repo.write_index(directory=stones, key=signer[1], name="test")
+        repo_index.write_index(directory=stones, key=signer[1], name="test")
     assert e.value.path == str(signer[1])
     with pytest.raises(OnixError, match="not a valid repository name"):
-        repo.write_index(directory=stones, key=signer[0], name="Bad Name")
+        repo_index.write_index(directory=stones, key=signer[0], name="Bad Name")
     assert snapshot(stones) == before
 
 
@@ -235,21 +237,21 @@ def test_add_a_local_directory(root, stones, signer):
     assert (cache / "index.json.sig").read_bytes() == (stones / "index.json.sig").read_bytes()
     [listed] = api.repo_list(root)
     assert listed.as_dict()["name"] == "main" and listed.stones == 3
-    names = sorted(a.name for a in repo.available(RootPaths.of(root)))
+    names = sorted(a.name for a in repo_config.available(RootPaths.of(root)))
     assert names == ["hello", "hello-dbginfo", "libgreet"]
     assert [a.name for a in api.search(root, "libgreet.so")] == ["libgreet"]  # by provider
     assert [a.name for a in api.search(root, "HELLO")] == ["hello", "hello-dbginfo"]
-    [hello] = repo.info(RootPaths.of(root), "hello")
+    [hello] = repo_config.info(RootPaths.of(root), "hello")
     assert hello.evr == "2.1-1" and hello.repo == "main" and hello.priority == 5
     assert hello.location == str(stones / "hello-2.1-1-x86_64.stone")
     with pytest.raises(OnixError, match="no repository has a stone named nope"):
-        repo.info(RootPaths.of(root), "nope")
+        repo_config.info(RootPaths.of(root), "nope")
 
 
 def test_add_a_file_url_and_a_public_key_file(root, stones, signer):
     api.repo_add(root, name="f", uri=f"file://{stones}/", public_key=str(signer[1]))
     assert api.repo_list(root)[0].uri == f"file://{stones}"
-    path = repo.fetch(RootPaths.of(root), repo.info(RootPaths.of(root), "libgreet")[0])
+    path = repo_fetch.fetch(RootPaths.of(root), repo_config.info(RootPaths.of(root), "libgreet")[0])
     with Stone(path) as s:
         assert s.meta.name == "libgreet"
 
@@ -348,7 +350,7 @@ def test_remove(root, stones, signer):
     assert api.repo_remove(root, name="main").name == "main"
     assert not (root / "etc/onix/repos/main.conf").exists()
     assert not (root / ".onix/repos/main").exists()
-    assert api.repo_list(root) == [] and repo.available(RootPaths.of(root)) == []
+    assert api.repo_list(root) == [] and repo_config.available(RootPaths.of(root)) == []
     before = snapshot(root)
     with pytest.raises(OnixError, match="no repository named main"):
         api.repo_remove(root, name="main")
@@ -363,7 +365,7 @@ def test_tampered_update_keeps_the_previous_cache(root, stones, signer, serve, m
     api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
     assert api.repo_update(root)[0].changed is False
     _place(make_stone("extra", {"share/extra": "x"}), stones)
-    repo.write_index(directory=stones, key=signer[0], name="test")
+    repo_index.write_index(directory=stones, key=signer[0], name="test")
     good_new = (stones / "index.json").read_bytes()
     _tamper(stones)
     before = snapshot(root)
@@ -371,11 +373,11 @@ def test_tampered_update_keeps_the_previous_cache(root, stones, signer, serve, m
         api.repo_update(root, names=["main"])
     assert e.value.path == f"{uri}/index.json"
     assert snapshot(root) == before
-    assert "extra" not in {a.name for a in repo.available(RootPaths.of(root))}
+    assert "extra" not in {a.name for a in repo_config.available(RootPaths.of(root))}
     (stones / "index.json").write_bytes(good_new)
     [result] = api.repo_update(root, names=["main"])
     assert result.changed and result.stones == 4
-    assert "extra" in {a.name for a in repo.available(RootPaths.of(root))}
+    assert "extra" in {a.name for a in repo_config.available(RootPaths.of(root))}
     assert not list((root / ".onix/repos").glob(".*"))  # no swap debris
 
 
@@ -384,10 +386,10 @@ def test_update_checks_every_repository_before_writing_any(root, stones, signer,
     second = tmp_path / "second"
     second.mkdir()
     _place(make_stone("other", {"share/o": "o"}), second)
-    repo.write_index(directory=second, key=signer[0], name="second")
+    repo_index.write_index(directory=second, key=signer[0], name="second")
     api.repo_add(root, name="a", uri=str(stones), public_key=_pub(signer))
     api.repo_add(root, name="b", uri=serve(second), public_key=_pub(signer))
-    repo.write_index(directory=stones, key=signer[0], name="changed")  # a would change
+    repo_index.write_index(directory=stones, key=signer[0], name="changed")  # a would change
     (second / "index.json.sig").unlink()  # b is broken
     before = snapshot(root)
     with pytest.raises(OnixError, match="is not signed"):
@@ -401,13 +403,13 @@ def test_a_tampered_cache_is_refused_on_load(root, stones, signer):
     api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
     _tamper(root / ".onix/repos/main")
     with pytest.raises(OnixError, match="signature does not match the key configured") as e:
-        repo.available(RootPaths.of(root))
+        repo_config.available(RootPaths.of(root))
     assert e.value.path == str(root / ".onix/repos/main/index.json")
     assert "onix repo update main" in e.value.hint
     [info] = api.repo_list(root)
     assert info.stones is None and "signature does not match" in info.status
     api.repo_update(root)  # a good fetch repairs it
-    assert len(repo.available(RootPaths.of(root))) == 3
+    assert len(repo_config.available(RootPaths.of(root))) == 3
 
 
 def test_a_broken_config_names_its_line(root, stones, signer):
@@ -425,12 +427,12 @@ def test_a_broken_config_names_its_line(root, stones, signer):
 def test_resolve_and_fetch_over_http(root, stones, signer, serve):
     uri = serve(stones)
     api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
-    plan = resolve(requested=["hello"], installed={}, available=repo.available(RootPaths.of(root)),
-                   explicit=set())
+    plan = resolve(requested=["hello"], installed={},
+                   available=repo_config.available(RootPaths.of(root)), explicit=set())
     assert sorted(a.name for a in plan.install) == ["hello", "libgreet"]
     assert plan.dependencies == {"libgreet"}
     seen = []
-    paths = [repo.fetch(RootPaths.of(root), a, progress=seen.append) for a in plan.install]
+    paths = [repo_fetch.fetch(RootPaths.of(root), a, progress=seen.append) for a in plan.install]
     for a, p in zip(plan.install, paths, strict=True):
         assert p == root / ".onix/cache/downloads" / f"{a.sha256}.stone"
         assert hashlib.sha256(p.read_bytes()).hexdigest() == a.sha256
@@ -440,20 +442,20 @@ def test_resolve_and_fetch_over_http(root, stones, signer, serve):
     # a second fetch is served from the download cache: the server is not needed
     for f in stones.glob("*.stone"):
         f.unlink()
-    assert repo.fetch(RootPaths.of(root), plan.install[0]) == paths[0]
+    assert repo_fetch.fetch(RootPaths.of(root), plan.install[0]) == paths[0]
 
 
 def test_checksum_mismatch_is_refused_and_not_cached(root, stones, signer, serve, make_stone):
     uri = serve(stones)
     api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
-    entry = repo.info(RootPaths.of(root), "libgreet")[0]
+    entry = repo_config.info(RootPaths.of(root), "libgreet")[0]
     # same file name, other bytes: the stone changed after the index was signed
     other = make_stone("libgreet", {"lib/libgreet.so.1": "evil"}, provides=[SONAME])
     shutil.move(other, stones / entry.file)
     before = snapshot(root)
     with pytest.raises(OnixError, match=re.escape(
             "checksum mismatch: the download of libgreet 1.0-1")) as e:
-        repo.fetch(RootPaths.of(root), entry)
+        repo_fetch.fetch(RootPaths.of(root), entry)
     assert e.value.path == f"{uri}/{entry.file}"
     assert "onix repo update main" in e.value.hint
     assert snapshot(root) == before  # not cached, no temp file, no new directories
@@ -461,22 +463,22 @@ def test_checksum_mismatch_is_refused_and_not_cached(root, stones, signer, serve
 
 def test_a_damaged_download_cache_entry_is_fetched_again(root, stones, signer):
     api.repo_add(root, name="main", uri=str(stones), public_key=_pub(signer))
-    entry = repo.info(RootPaths.of(root), "hello")[0]
-    path = repo.fetch(RootPaths.of(root), entry)
+    entry = repo_config.info(RootPaths.of(root), "hello")[0]
+    path = repo_fetch.fetch(RootPaths.of(root), entry)
     path.write_bytes(b"rot")
-    assert repo.fetch(RootPaths.of(root), entry) == path
+    assert repo_fetch.fetch(RootPaths.of(root), entry) == path
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
 
 
 def test_a_missing_stone_is_a_404_naming_its_url(root, stones, signer, serve):
     uri = serve(stones)
     api.repo_add(root, name="main", uri=uri, public_key=_pub(signer))
-    entry = repo.info(RootPaths.of(root), "hello")[0]
+    entry = repo_config.info(RootPaths.of(root), "hello")[0]
     (stones / entry.file).unlink()
     before = snapshot(root)
     with pytest.raises(OnixError,
                        match=re.escape("not found (repository main lists hello 2.1-1")) as e:
-        repo.fetch(RootPaths.of(root), entry)
+        repo_fetch.fetch(RootPaths.of(root), entry)
     assert e.value.path == f"{uri}/{entry.file}"
     assert snapshot(root) == before
 
@@ -486,11 +488,11 @@ def test_priority_picks_the_repository(root, stones, signer, tmp_path, make_ston
     newer.mkdir()
     _place(make_stone("libgreet", {"lib/libgreet.so.1": "v2"}, version="1.5",
                       provides=[SONAME]), newer)
-    repo.write_index(directory=newer, key=signer[0], name="newer")
+    repo_index.write_index(directory=newer, key=signer[0], name="newer")
     api.repo_add(root, name="base", uri=str(stones), public_key=_pub(signer), priority=10)
     api.repo_add(root, name="newer", uri=str(newer), public_key=_pub(signer))
-    assert [(a.repo, a.version) for a in repo.info(RootPaths.of(root), "libgreet")] == [
+    assert [(a.repo, a.version) for a in repo_config.info(RootPaths.of(root), "libgreet")] == [
         ("base", "1.0"), ("newer", "1.5")]
     plan = resolve(requested=["libgreet"], installed={},
-                   available=repo.available(RootPaths.of(root)), explicit=set())
+                   available=repo_config.available(RootPaths.of(root)), explicit=set())
     assert [(a.repo, a.version) for a in plan.install] == [("base", "1.0")]

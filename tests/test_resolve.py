@@ -8,8 +8,8 @@ import re
 import pytest
 
 from onix.core.errors import ConflictError, OnixError
-from onix.repo.index import Available
 from onix.repo.resolve import compare_versions, orphans, resolve
+from onix.repo.versions import Available
 
 LIBC = "soname(libc.so.6(x86_64))"
 LIBFOO1 = "soname(libfoo.so.1(x86_64))"

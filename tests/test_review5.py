@@ -13,8 +13,11 @@ from conftest import onix, snapshot
 
 from onix.core.paths import RootPaths
 from onix.machine.stone import Stone
-from onix.repo import index as repo
+from onix.repo import config as repo_config
+from onix.repo import fetch as repo_fetch
+from onix.repo import index as repo_index
 from onix.repo import keys
+from onix.repo import versions as repo_versions
 
 
 @pytest.fixture
@@ -28,7 +31,7 @@ def _resign(directory: Path, key: Path, edit) -> None:
     repository owner (or a stolen key) can publish."""
     index = json.loads((directory / "index.json").read_bytes())
     edit(index)
-    data = repo._canonical(index)
+    data = repo_index._canonical(index)
     (directory / "index.json").write_bytes(data)
     (directory / "index.json.sig").write_bytes(keys.sign(data, key=key))
 
@@ -41,7 +44,7 @@ def hostile(tmp_path: Path, make_stone, signer):
     for name in ("evil", "loner"):
         s = make_stone(name, {f"bin/{name}": name})
         shutil.move(s, d / f"{name}.stone")
-    repo.write_index(directory=d, key=signer[0], name="test")
+    repo_index.write_index(directory=d, key=signer[0], name="test")
 
     def edit(fn) -> Path:
         _resign(d, signer[0], fn)
@@ -98,13 +101,13 @@ def test_an_index_file_name_with_a_nul_byte_is_a_bad_index_not_a_traceback(root,
 def test_fetch_checks_the_stone_against_its_entry_on_a_cache_hit_too(root, hostile, signer):
     d, _edit = hostile
     onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
-    entry = next(a for a in repo.available(RootPaths.of(root)) if a.name == "evil")
-    got = repo.fetch(RootPaths.of(root), entry)  # a truthful entry: fetched and kept
+    entry = next(a for a in repo_config.available(RootPaths.of(root)) if a.name == "evil")
+    got = repo_fetch.fetch(RootPaths.of(root), entry)  # a truthful entry: fetched and kept
     with Stone(got) as s:
         assert s.meta.name == "evil"
-    lying = repo.Available(**{**entry.__dict__, "name": "app"})
-    with pytest.raises(repo.OnixError, match="app"):
-        repo.fetch(RootPaths.of(root), lying)
+    lying = repo_versions.Available(**{**entry.__dict__, "name": "app"})
+    with pytest.raises(repo_index.OnixError, match="app"):
+        repo_fetch.fetch(RootPaths.of(root), lying)
 
 
 # -- recipes ---------------------------------------------------------------------------
@@ -202,7 +205,7 @@ def deps_repo(tmp_path: Path, make_stone, signer):
         with Stone(s) as st:
             name = st.meta.name
         shutil.move(s, d / f"{name}.stone")
-    repo.write_index(directory=d, key=signer[0], name="deps")
+    repo_index.write_index(directory=d, key=signer[0], name="deps")
     return d
 
 
@@ -330,7 +333,7 @@ def test_a_provider_string_with_a_slash_is_not_taken_for_a_file(root, tmp_path, 
     interp = "interpreter(/usr/lib/ld-musl-x86_64.so.1(x86_64))"
     shutil.move(make_stone("musl", {"lib/ld-musl-x86_64.so.1": "ld"}, provides=[interp]),
                 d / "musl.stone")
-    repo.write_index(directory=d, key=signer[0], name="musl")
+    repo_index.write_index(directory=d, key=signer[0], name="musl")
     onix("repo", "add", "musl", d, "--key", signer[1], "--root", root, check=True)
     r = onix("install", interp, "--root", root)
     assert r.returncode == 0, r.stderr

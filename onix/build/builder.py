@@ -63,7 +63,7 @@ from onix.build import sources
 from onix.build.recipe import ARCH, TARGET, Recipe, expand, load
 from onix.build.splits import Planned, closure_stones, plan, walk
 from onix.build.strip import split_debug
-from onix.core import proc
+from onix.core import fsutil, proc
 from onix.core.errors import LockedError, OnixError
 from onix.core.fsutil import atomic_write, remove_tree
 from onix.machine.stone import pack
@@ -379,7 +379,7 @@ def _pack_one(planned: Planned, *, out: Path, staging: Path, stage: Path,
     content = sum((stage / rel).lstat().st_size for rel, kind in planned.entries
                   if kind == "file")
     pack(stage, staging / fname, meta, level=LEVEL if content < LEVEL_BIG_AT else BIG_LEVEL)
-    digest = sources.sha256_file(staging / fname)
+    digest = fsutil.sha256_file(staging / fname)
     size = (staging / fname).stat().st_size
     result = StoneResult(name=meta.name, file=out / fname, sha256=digest, size=size,
                          provides=meta.provides, depends=meta.depends)
@@ -476,7 +476,7 @@ def _file_list(stage: Path, entries: list[tuple[str, str]]) -> list[dict]:
         mode = stat.S_IMODE(p.lstat().st_mode)
         rec: dict = {"path": rel, "type": kind, "mode": f"{mode:04o}"}
         if kind == "file":
-            rec["sha256"] = sources.sha256_file(p)
+            rec["sha256"] = fsutil.sha256_file(p)
         elif kind == "symlink":
             rec["target"] = os.readlink(p)
         out.append(rec)
@@ -487,7 +487,7 @@ def _upstream_records(*, recipe: Recipe, fetched: list[Path]) -> list[dict]:
     """The manifest's record of each upstream, with the sha256 of what was built from."""
     records = []
     for u, f in zip(recipe.upstreams, fetched, strict=True):
-        digest = (u.sha256 or sources.sha256_file(f)) if f.is_file() else _tree_sha256(f)
+        digest = (u.sha256 or fsutil.sha256_file(f)) if f.is_file() else _tree_sha256(f)
         records.append({"kind": u.kind, "ref": u.ref, "version": u.version,
                         "file": u.file or (f.name if u.kind != "path" else None),
                         "sha256": digest})
@@ -503,7 +503,7 @@ def _tree_sha256(top: Path) -> str:
         p = top.parent / rel
         mode = stat.S_IMODE(p.lstat().st_mode)
         what = (os.readlink(p) if kind == "symlink" else
-                sources.sha256_file(p) if kind == "file" else "")
+                fsutil.sha256_file(p) if kind == "file" else "")
         # surrogateescape: a name that is not UTF-8 hashes as its bytes (UTF-8 ones as before)
         h.update(f"{rel}\0{kind}\0{mode:o}\0{what}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()

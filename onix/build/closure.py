@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.build.elf import analyse
-from onix.build.sources import sha256_file
 from onix.core import proc
 from onix.core.errors import OnixError
+from onix.core.fsutil import sha256_file
 
 log = logging.getLogger("onix.closure")
 

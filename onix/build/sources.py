@@ -27,7 +27,6 @@ technique as the source list; `closure_apt()` gives the closure the same list).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
 import shutil
@@ -37,19 +36,12 @@ from pathlib import Path
 from onix.build.recipe import TARBALL_SUFFIXES, Recipe, Upstream, is_tarball, upstream_path
 from onix.core import proc, tools
 from onix.core.errors import OnixError
+from onix.core.fsutil import sha256_file
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SKIP = ("__pycache__",)  # never part of a `path` upstream (see place())
 DEFAULT_SUITE = "bookworm"
 KEYRING = tools.host_file("/usr/share/keyrings/debian-archive-keyring.gpg")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _mismatch(what: Path | str, *, expected: str, actual: str, recipe: Recipe,

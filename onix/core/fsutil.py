@@ -171,3 +171,14 @@ def set_owner_and_mode(target: int | str | Path, *, uid: int, gid: int, mode: in
         if os.geteuid() == 0:
             os.chown(target, uid, gid, follow_symlinks=False)
         os.chmod(target, mode)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

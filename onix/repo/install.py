@@ -73,7 +73,7 @@ def fetch(paths: RootPaths, names: list[str], *, files: Sequence[Path] = (),
           progress: Progress = SILENT) -> Fetched:
     """Resolve `names` (beside the stone `files` of the same command) and download what
     the plan installs. Nothing is fetched when a name has no provider."""
-    from onix.repo import index
+    from onix.repo import fetch as downloads
 
     if not names:
         return Fetched()
@@ -82,7 +82,7 @@ def fetch(paths: RootPaths, names: list[str], *, files: Sequence[Path] = (),
     for i, entry in enumerate(sorted(plan.install, key=lambda a: a.name)):
         progress.note(f"fetching {entry.name} {entry.evr} from {entry.repo} "
                       f"({i + 1}/{len(plan.install)})")
-        out.fetched.append(index.fetch(paths, entry))
+        out.fetched.append(downloads.fetch(paths, entry))
     return out
 
 
@@ -94,9 +94,9 @@ def plan_install(paths: RootPaths, names: list[str], *, files: Sequence[Path] = 
     chosen over the file the user gave.
     """
     from onix.machine.stone import Stone
-    from onix.repo import index, resolve
+    from onix.repo import config, resolve
 
-    if not index.configs(paths):
+    if not config.configs(paths):
         raise OnixError(f"{names[0]} is not a stone file and no repository is configured",
                         path=names[0], hint="give a path to a .stone file, or add a repository "
                         "with onix repo add NAME URI --key PUBKEY")
@@ -107,7 +107,7 @@ def plan_install(paths: RootPaths, names: list[str], *, files: Sequence[Path] = 
         with Stone(Path(f)) as s:
             installed[s.meta.name] = s.meta.as_dict()
             given.add(s.meta.name)
-    available = [a for a in index.available(paths) if a.name not in given]
+    available = [a for a in config.available(paths) if a.name not in given]
     return resolve.resolve(requested=names, installed=installed, available=available,
                            explicit=explicit)
 
@@ -126,7 +126,7 @@ def info(paths: RootPaths, name: str) -> StoneInfo:
     """What the live state has of `name` and what the repositories offer."""
     import json
 
-    from onix.repo import index
+    from onix.repo import config
 
     installed, explicit = live_selection(paths)
     row = installed.get(name)
@@ -136,9 +136,9 @@ def info(paths: RootPaths, name: str) -> StoneInfo:
         mine.update(provides=json.loads(row["provides"]), depends=json.loads(row["depends"]),
                     explicit=name in explicit)
     offered: list[dict] = []
-    if index.configs(paths):
+    if config.configs(paths):
         try:
-            offered = [a.as_dict() for a in index.info(paths, name)]
+            offered = [a.as_dict() for a in config.info(paths, name)]
         except OnixError:
             if mine is None:
                 raise
