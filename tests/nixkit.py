@@ -132,7 +132,7 @@ def available() -> str | None:
 def base_accounts(root: Path, users: dict[str, int] = TEST_USERS) -> None:
     """What a base system brings: root, nobody and the test users, with homes in R/home.
 
-    The nixbld group and users are not here: onix.nixplane.seed adds those.
+    The nixbld group and users are not here: onix.nix.seed adds those.
     """
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def base_accounts(root: Path, users: dict[str, int] = TEST_USERS) -> None:
 def integration_stone(dest: Path, *, name: str = "onix-nix-integration",
                       version: str = "1.0", extra: dict[str, str] | None = None) -> Path:
     """stones/onix-nix-integration as a stone, with the offline test settings appended to
-    its declared nix.conf, so that onix.nixplane.seed materialises them like any default.
+    its declared nix.conf, so that onix.nix.seed materialises them like any default.
 
     `extra` adds files (path under usr/ → text) to the stone.
     """

@@ -21,7 +21,8 @@ from nixkit import NixPlane, available, base_accounts, integration_stone
 from onix import api
 from onix.core.paths import RootPaths, read_state_id
 from onix.machine.stone import StoneMeta, pack
-from onix.nix import plane as nixplane
+from onix.nix import daemon as nix_daemon
+from onix.nix import seed as nix_seed
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
     root.mkdir()
     base_accounts(root)
     api.install(root, [integration_stone(work)])
-    nixplane.seed(RootPaths.of(root))
+    nix_seed.seed(RootPaths.of(root))
     version = 0
     installed = False  # the model: is ripgrep in alice's profile?
     with NixPlane(root) as plane:
@@ -94,4 +95,4 @@ def test_interleaved_onix_and_nix_operations(ready, tmp_path_factory, ops: list[
             r = plane.run(["nix", "store", "verify", "--all"], check=False, timeout=60)
             assert r.returncode == 0, r.stderr
             assert api.verify(root).clean
-            assert nixplane.daemon_health(RootPaths.of(root))[0] == "healthy"
+            assert nix_daemon.daemon_health(RootPaths.of(root))[0] == "healthy"

@@ -33,8 +33,10 @@ from nixkit import (
 from onix import api
 from onix.core.errors import OnixError
 from onix.core.paths import RootPaths
+from onix.nix import accounts as nix_accounts
 from onix.nix import check as nixcheck_mod
-from onix.nix import plane as nixplane
+from onix.nix import daemon as nix_daemon
+from onix.nix import seed as nix_seed
 
 SOCKET = "nix/var/nix/daemon-socket/socket"
 CHECK = f"{SCANDIR}/nix-daemon/data/check"
@@ -67,7 +69,7 @@ def machine(root: Path, tmp_path: Path) -> Path:
     """An ONIX root: base accounts, one state with onix-nix-integration, seeded."""
     base_accounts(root)
     api.install(root, [integration_stone(tmp_path)])
-    nixplane.seed(RootPaths.of(root))
+    nix_seed.seed(RootPaths.of(root))
     return root
 
 
@@ -106,12 +108,12 @@ def nixcheck(plane: NixPlane, user: str = "alice") -> dict:
 
 
 def test_seeded_plane_is_what_nix_reads(machine: Path) -> None:
-    """nixplane.seed's accounts and nix.conf are what nix-daemon and clients use; onix
+    """nix_seed.seed's accounts and nix.conf are what nix-daemon and clients use; onix
     outside the namespace sees the daemon through R/nix; the harness adds nothing to R/etc."""
-    assert nixplane.check_accounts(machine) == []
+    assert nix_accounts.check_accounts(machine) == []
     clean = {"overrides": [], "errors": [], "missing": []}
-    assert nixplane.drift(RootPaths.of(machine)).as_dict() == clean
-    assert nixplane.seed(RootPaths.of(machine))["changed"] == []  # idempotent
+    assert nix_seed.drift(RootPaths.of(machine)).as_dict() == clean
+    assert nix_seed.seed(RootPaths.of(machine))["changed"] == []  # idempotent
     etc_before = snapshot(machine / "etc")
     with NixPlane(machine) as p:
         report = p.start_supervision()  # onix.services.reconcile, from outside
@@ -164,7 +166,7 @@ def test_s6_brings_a_killed_daemon_back_and_the_check_sees_a_dead_one(plane: Nix
     plane.run(["s6-svwait", "-D", "-t", "5000", f"{SCANDIR}/nix-daemon"])
     assert (machine / SOCKET).is_socket()
     assert plane.run([CHECK], check=False).returncode != 0
-    state, reason = nixplane.daemon_health(RootPaths.of(machine))
+    state, reason = nix_daemon.daemon_health(RootPaths.of(machine))
     assert state == "down" and "stale socket" in reason
     r = onix_inside(plane, "nix", "check", "--user", "alice", check=False)
     assert r.returncode == 1, r
@@ -173,7 +175,7 @@ def test_s6_brings_a_killed_daemon_back_and_the_check_sees_a_dead_one(plane: Nix
     plane.run(["s6-svc", "-u", f"{SCANDIR}/nix-daemon"])
     plane.wait_ready(5, not_pid=pid2)
     assert plane.run([CHECK]).returncode == 0
-    assert nixplane.daemon_health(RootPaths.of(machine))[0] == "healthy"
+    assert nix_daemon.daemon_health(RootPaths.of(machine))[0] == "healthy"
 
 
 # -- onix nix check ---------------------------------------------------------------------------
@@ -330,4 +332,4 @@ def test_nix_seed_that_rewrites_nix_conf_restarts_the_daemon(plane: NixPlane,
     assert "/etc/nix/nix.conf" in r["changed"] and r["warnings"] == []
     assert plane.wait_ready(10, not_pid=pid) != pid
     clean = {"overrides": [], "errors": [], "missing": []}
-    assert nixplane.drift(RootPaths.of(machine)).as_dict() == clean
+    assert nix_seed.drift(RootPaths.of(machine)).as_dict() == clean

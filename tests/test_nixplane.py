@@ -20,7 +20,10 @@ from conftest import REPO, onix, onix_json, snapshot
 from onix import api
 from onix.core.errors import StateError
 from onix.core.paths import RootPaths
-from onix.nix import plane as nixplane
+from onix.nix import accounts as nix_accounts
+from onix.nix import bridge as nix_bridge
+from onix.nix import daemon as nix_daemon
+from onix.nix import seed as nix_seed
 
 DECLARED = REPO / "stones/onix-nix-integration/usr/share/onix/nix"
 
@@ -60,7 +63,7 @@ def test_seed_accounts_fixed_ids_and_other_lines_kept(root: Path) -> None:
     (etc / "group").write_text("root:x:0:\nalice:x:1000:\n")
     (etc / "shadow").write_text("root:*:1::::::\n")
     os.chmod(etc / "shadow", 0o640)
-    r = nixplane.seed(RootPaths.of(root), runtime=False)
+    r = nix_seed.seed(RootPaths.of(root), runtime=False)
     assert sorted(r["changed"]) == ["/etc/group", "/etc/passwd", "/etc/shadow"]
     passwd = (etc / "passwd").read_text().splitlines()
     assert passwd[:2] == ["root:x:0:0:root:/root:/bin/sh", "alice:x:1000:1000::/home/a:/bin/sh"]
@@ -73,9 +76,9 @@ def test_seed_accounts_fixed_ids_and_other_lines_kept(root: Path) -> None:
     assert all(ln.split(":")[1] == "!" for ln in (etc / "shadow").read_text().splitlines()
                if ln.startswith("nixbld"))
     assert stat.S_IMODE((etc / "shadow").stat().st_mode) == 0o640
-    assert nixplane.check_accounts(root) == []
+    assert nix_accounts.check_accounts(root) == []
     before = snapshot(root)
-    assert nixplane.seed(RootPaths.of(root), runtime=False)["changed"] == []  # idempotent
+    assert nix_seed.seed(RootPaths.of(root), runtime=False)["changed"] == []  # idempotent
     assert snapshot(root) == before
 
 
@@ -84,15 +87,15 @@ def test_seed_refuses_a_conflicting_nixbld_and_changes_nothing(root: Path) -> No
     (root / "etc/group").write_text("nixbld:x:1234:\n")
     before = snapshot(root)
     with pytest.raises(StateError, match="gid 1234, not 30000"):
-        nixplane.seed(RootPaths.of(root), runtime=False)
+        nix_seed.seed(RootPaths.of(root), runtime=False)
     assert snapshot(root) == before
-    assert nixplane.check_accounts(root) == [
+    assert nix_accounts.check_accounts(root) == [
         "group nixbld has gid 1234, not 30000",
         "32 of the 32 nixbld users are missing from /etc/passwd"]
 
 
 def test_runtime_dirs_have_the_installers_modes(root: Path) -> None:
-    made = nixplane.seed(RootPaths.of(root), runtime=True)["changed"]
+    made = nix_seed.seed(RootPaths.of(root), runtime=True)["changed"]
     assert "/nix/store" in made and "/nix/var/nix/profiles/per-user" in made
     st = (root / "nix/store").stat()
     assert stat.S_IMODE(st.st_mode) == 0o1775 and (st.st_uid, st.st_gid) == (0, 30000)
@@ -108,7 +111,7 @@ def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_
     text = conf.read_text()
     assert text.startswith("# Managed by onix") and "build-users-group = nixbld" in text
     assert (root / "etc/profile.d/nix.sh").read_text().endswith((DECLARED / "nix.sh").read_text())
-    assert nixplane.drift(RootPaths.of(root)).overrides == []
+    assert nix_seed.drift(RootPaths.of(root)).overrides == []
     assert not (root / "nix").exists()  # a transaction never writes inside /nix
     # New defaults replace an unedited file ...
     api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = false\n"
@@ -120,7 +123,7 @@ def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_
     api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = true\n",
                                          version="3.0")])
     assert conf.read_text() == edited
-    d = nixplane.drift(RootPaths.of(root))
+    d = nix_seed.drift(RootPaths.of(root))
     assert d.overrides == ["cores", "max-jobs", "sandbox"]
     st = onix_json("status", "--root", root)
     assert st["nix"]["drift"]["overrides"] == ["cores", "max-jobs", "sandbox"]
@@ -146,7 +149,7 @@ def test_syntax_error_in_nix_conf_is_reported_with_its_line(root: Path, nix_ston
 
 def test_status_lines_in_product_order(root: Path, nix_stone, mesa_stone) -> None:
     r = api.install(root, [nix_stone(), mesa_stone("22.3.6")])
-    nixplane.seed(RootPaths.of(root), runtime=True)
+    nix_seed.seed(RootPaths.of(root), runtime=True)
     lines = onix("status", "--root", root, check=True).stdout.splitlines()
     assert lines[0] == f"active fstx: {r.fstx}"
     assert lines[1].startswith("nix daemon: down (no socket at ")
@@ -164,14 +167,14 @@ def test_missing_nixbld_group_is_a_status_note(root: Path, nix_stone) -> None:
 
 
 def test_daemon_health_stale_socket_and_silent_daemon(root: Path) -> None:
-    nixplane.seed(RootPaths.of(root), runtime=True)
-    sock_path = root / nixplane.SOCKET
-    assert nixplane.daemon_health(RootPaths.of(root)) == ("down", f"no socket at {sock_path}")
+    nix_seed.seed(RootPaths.of(root), runtime=True)
+    sock_path = root / nix_daemon.SOCKET
+    assert nix_daemon.daemon_health(RootPaths.of(root)) == ("down", f"no socket at {sock_path}")
     # A daemon that died leaves its socket file: connecting is refused.
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(str(sock_path))
     srv.close()
-    state, reason = nixplane.daemon_health(RootPaths.of(root))
+    state, reason = nix_daemon.daemon_health(RootPaths.of(root))
     assert state == "down" and reason.startswith("stale socket")
     # Fault injection: a listener that accepts and never answers (a hung daemon).
     sock_path.unlink()
@@ -182,7 +185,7 @@ def test_daemon_health_stale_socket_and_silent_daemon(root: Path) -> None:
     t = threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True)
     t.start()
     try:
-        state, reason = nixplane.daemon_health(RootPaths.of(root))
+        state, reason = nix_daemon.daemon_health(RootPaths.of(root))
         assert state == "not ready" and "did not answer" in reason
         line = onix("status", "--root", root).stdout
         assert line == "" or "nix daemon" not in line or "not ready" in line
@@ -200,7 +203,7 @@ def test_opengl_bridge_follows_rollback_and_reports_stale(root: Path, nix_stone,
     driver = root / "run/onix" / f"opengl-driver-{one.fstx}"
     assert os.readlink(driver / "lib/dri") == "/usr/lib/x86_64-linux-gnu/dri"
     assert os.readlink(driver / "share/vulkan/icd.d") == "/usr/share/vulkan/icd.d"
-    assert nixplane.opengl_status(RootPaths.of(root), fstx=one.fstx) == "coherent"
+    assert nix_bridge.opengl_status(RootPaths.of(root), fstx=one.fstx) == "coherent"
     two = api.install(root, [mesa_stone("25.0.7")])
     assert os.readlink(bridge) == f"/run/onix/opengl-driver-{two.fstx}"
     dri = root / "usr/lib/x86_64-linux-gnu/dri/swrast_dri.so"
@@ -213,7 +216,7 @@ def test_opengl_bridge_follows_rollback_and_reports_stale(root: Path, nix_stone,
     # Stale: the bridge names another state (e.g. a /run restored from elsewhere).
     os.unlink(bridge)
     os.symlink(f"/run/onix/opengl-driver-{two.fstx}", bridge)
-    assert nixplane.opengl_status(RootPaths.of(root), fstx=one.fstx).startswith(
+    assert nix_bridge.opengl_status(RootPaths.of(root), fstx=one.fstx).startswith(
         "stale: /run/opengl-driver points at")
     onix("nix", "seed", "--root", root, check=True)
     assert onix_json("status", "--root", root)["nix"]["opengl"] == "coherent"
@@ -224,7 +227,7 @@ def test_opengl_bridge_follows_rollback_and_reports_stale(root: Path, nix_stone,
 
 
 def test_gc_roots_for_store_links_follow_the_states(root: Path, make_stone) -> None:
-    nixplane.seed(RootPaths.of(root), runtime=True)
+    nix_seed.seed(RootPaths.of(root), runtime=True)
     (root / "nix/store/aaaa-ripgrep-14.1/bin").mkdir(parents=True)
     link = make_stone("uses-nix", {"bin/rg": ("symlink", "/nix/store/aaaa-ripgrep-14.1/bin/rg")})
     r1 = api.install(root, [link])
@@ -255,8 +258,8 @@ def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
     if shutil.which("s6-svscan") is None:
         pytest.fail("s6 is not installed: run ./scripts/bootstrap")
     api.install(root, [nix_stone()])
-    nixplane.seed(RootPaths.of(root), runtime=True)
-    svc = root / nixplane.SERVICE
+    nix_seed.seed(RootPaths.of(root), runtime=True)
+    svc = root / nix_daemon.SERVICE
     svc.mkdir(parents=True)
     (svc / "run").write_text("#!/bin/sh\necho 'nix-daemon: cannot start' >&2\nexit 1\n")
     os.chmod(svc / "run", 0o755)
@@ -264,7 +267,7 @@ def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            state, reason = nixplane.daemon_health(RootPaths.of(root))
+            state, reason = nix_daemon.daemon_health(RootPaths.of(root))
             if "s6: down" in reason:
                 break
             time.sleep(0.1)
@@ -325,7 +328,7 @@ def test_services_sync_lays_the_services_down_again_after_a_reboot(root: Path,
 
 def test_a_broken_etc_never_leaves_store_links_unrooted(root: Path, nix_stone,
                                                         make_stone) -> None:
-    nixplane.seed(RootPaths.of(root), runtime=True)
+    nix_seed.seed(RootPaths.of(root), runtime=True)
     (root / "etc/group").write_text("nixbld:x:1234:\n")  # seed will refuse this
     (root / "nix/store/abcd-firefox/bin").mkdir(parents=True)
     r = api.install(root, [nix_stone(), make_stone(
@@ -340,7 +343,7 @@ def test_a_broken_etc_never_leaves_store_links_unrooted(root: Path, nix_stone,
 def test_a_crash_after_the_journal_closed_is_caught_up(root: Path, make_stone) -> None:
     from conftest import onix as cli
 
-    nixplane.seed(RootPaths.of(root), runtime=True)
+    nix_seed.seed(RootPaths.of(root), runtime=True)
     (root / "nix/store/bbbb-tool/bin").mkdir(parents=True)
     api.install(root, [make_stone("a", {"bin/a": "a"})])
     s = make_stone("tool", {"bin/tool": ("symlink", "/nix/store/bbbb-tool/bin/tool")})
@@ -360,7 +363,7 @@ def test_latin1_passwd_and_odd_lines_survive_seeding(root: Path) -> None:
     (etc / "passwd").write_bytes(passwd)
     (etc / "group").write_text("root:x:0:\nshort:x\nnixbld:x:30000:\n")
     (etc / "gshadow").write_text("root:*::\n")
-    r = nixplane.seed(RootPaths.of(root), runtime=False)
+    r = nix_seed.seed(RootPaths.of(root), runtime=False)
     assert "/etc/gshadow" in r["changed"]
     out = (etc / "passwd").read_bytes()
     assert b"Jos\xe9" in out and out.endswith(b"+::::::\n")  # NIS line stays last
@@ -368,26 +371,26 @@ def test_latin1_passwd_and_odd_lines_survive_seeding(root: Path) -> None:
     group = (etc / "group").read_text().splitlines()
     assert group[2] == "nixbld:x:30000:" + ",".join(f"nixbld{i}" for i in range(1, 33))
     assert "short:x" in group
-    assert nixplane.check_accounts(root) == []
+    assert nix_accounts.check_accounts(root) == []
     st = onix_json("status", "--root", root) if (root / ".onix").exists() else None
     assert st is None
 
 
 def test_group_without_members_is_reported_and_fixed(root: Path) -> None:
-    nixplane.seed(RootPaths.of(root), runtime=False)
+    nix_seed.seed(RootPaths.of(root), runtime=False)
     group = root / "etc/group"
     group.write_text("nixbld:x:30000:\n")
-    assert nixplane.check_accounts(root) == [
+    assert nix_accounts.check_accounts(root) == [
         "group nixbld is missing 32 of its 32 members (Nix builds need them)"]
-    assert nixplane.seed(RootPaths.of(root), runtime=False)["changed"] == ["/etc/group"]
-    assert nixplane.check_accounts(root) == []
+    assert nix_seed.seed(RootPaths.of(root), runtime=False)["changed"] == ["/etc/group"]
+    assert nix_accounts.check_accounts(root) == []
 
 
 def test_directories_are_0755_whatever_the_umask(root: Path, nix_stone, mesa_stone) -> None:
     old = os.umask(0o027)
     try:
         api.install(root, [nix_stone(), mesa_stone("22.3.6")])
-        nixplane.seed(RootPaths.of(root), runtime=True)
+        nix_seed.seed(RootPaths.of(root), runtime=True)
     finally:
         os.umask(old)
     for rel in ("etc/nix", "etc/profile.d", "run", "run/onix", "nix", "nix/var/nix/profiles"):

@@ -18,28 +18,28 @@ from onix.machine.session import Session
 def check_seams(usr: Path) -> None:
     """Before a state becomes live: its service definitions load (names, dependencies,
     no cycles, no symlinks) and its declared nix.conf is one Nix would accept."""
-    from onix.nix import plane as nixplane
+    from onix.nix import seed as nix_seed
     from onix.services import definitions
 
     if (usr / definitions.DEFINITIONS).is_dir():
         definitions.load_definitions(usr)
-    declared = nixplane.declared(usr).get("nix.conf")
+    declared = nix_seed.declared(usr).get("nix.conf")
     if declared is not None:
-        _, errors = nixplane.parse_conf(declared.decode(errors="replace"),
-                                        where=f"usr/{nixplane.DECLARED_DIR}/nix.conf")
+        _, errors = nix_seed.parse_conf(declared.decode(errors="replace"),
+                                        where=f"usr/{nix_seed.DECLARED_DIR}/nix.conf")
         if errors:
-            raise StateError(errors[0], path=usr / nixplane.DECLARED_DIR / "nix.conf",
+            raise StateError(errors[0], path=usr / nix_seed.DECLARED_DIR / "nix.conf",
                              hint="fix the stone's declared defaults")
 
 
 def follow_live(s: Session, warnings: list[str]) -> dict:
     """The Nix seams and the services, for whatever state is live now; failures become
     warnings. Also run after a recovery or a reconcile changed the live state."""
-    from onix.nix import plane as nixplane
+    from onix.nix import plane as nix_plane
 
     out: dict = {}
     before = len(warnings)
-    out["nix"] = nixplane.after_change(s, warnings)
+    out["nix"] = nix_plane.after_change(s, warnings)
     out["services"] = _services_follow(s, warnings)
     if "/etc/nix/nix.conf" in out["nix"].get("seed", []):
         # The daemon reads nix.conf once: new defaults mean nothing until it restarts.
@@ -103,11 +103,12 @@ def _services_follow(s: Session, warnings: list[str]) -> dict | None:
 def seed_now(s: Session) -> dict:
     """`onix nix seed`: the Nix seams laid down again for the live state, runtime
     directories included, and nix-daemon restarted when its nix.conf changed."""
-    from onix.nix import plane as nixplane
+    from onix.nix import plane as nix_plane
+    from onix.nix import seed as nix_seed
 
-    report = nixplane.seed_session(s, runtime=True)
+    report = nix_seed.seed_session(s, runtime=True)
     report.pop("seeded", None)
-    after = nixplane.after_change(s)
+    after = nix_plane.after_change(s)
     after.pop("seed", None)  # the same /etc step, already in "changed"
     report.update(after)
     if "/etc/nix/nix.conf" in report["changed"]:

@@ -83,7 +83,7 @@ def nix_fingerprint(root: Path) -> dict:
         "present": True,
         "store_paths": paths,
         "profiles": _links(nix / "var" / "nix" / "profiles"),
-        # gcroots/onix is onix's own seam (nixplane.sync_gcroots): roots for store paths a
+        # gcroots/onix is onix's own seam (nix/gcroots.py): roots for store paths a
         # machine state links to, added and removed with the states. Not Nix's to change.
         "gcroots": {k: v for k, v in _links(nix / "var" / "nix" / "gcroots").items()
                     if not k.startswith("onix/")},

@@ -166,17 +166,20 @@ def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[st
 
 def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
     """The Nix plane's seams, each computed: daemon handshake, /etc drift, graphics bridge."""
-    from onix.nix import plane as nixplane
+    from onix.nix import accounts as nix_accounts
+    from onix.nix import bridge as nix_bridge
+    from onix.nix import daemon as nix_daemon
+    from onix.nix import seed as nix_seed
 
-    if not nixplane.declares_nix(paths.usr) and not paths.nix.exists():
+    if not nix_seed.declares_nix(paths.usr) and not paths.nix.exists():
         return None, []
     notes = [f"nix: {p} (" + ("onix nix seed adds it" if "missing" in p else
                               "fix it by hand: onix keeps the build ids fixed") + ")"
-             for p in nixplane.check_accounts(paths.root)]
+             for p in nix_accounts.check_accounts(paths.root)]
     if paths.nix.exists():
-        daemon, reason = nixplane.daemon_health(paths)
+        daemon, reason = nix_daemon.daemon_health(paths)
     else:
         daemon, reason = "not set up", "no /nix yet (onix nix seed, then start nix-daemon)"
-    d = nixplane.drift(paths, usr=paths.usr)
+    d = nix_seed.drift(paths, usr=paths.usr)
     return {"daemon": daemon, "daemon_reason": reason, "drift": d.as_dict(),
-            "opengl": nixplane.opengl_status(paths, fstx=fstx, usr=paths.usr)}, notes
+            "opengl": nix_bridge.opengl_status(paths, fstx=fstx, usr=paths.usr)}, notes

@@ -10,7 +10,7 @@ mounting anything and without copying a single file of /usr by hand:
    `onix repo add` and `onix install` do (api.repo_add, api.install): one
    transaction makes state 1, and its boot sync writes the BLS entry, the kernel, the
    initrd and systemd-boot into boot/. Last, what `onix nix seed` does
-   (nixplane.seed_session, runtime dirs included), so the image's /nix is ready for
+   (nix_seed.seed_session, runtime dirs included), so the image's /nix is ready for
    nix-daemon even when the image has no onix of its own to run it at boot.
 2. The disk: an ESP (FAT32 labelled ONIXESP, made with mformat and filled with mcopy
    from boot/) and the root (ext4 labelled onixroot, made with mkfs.ext4 -d from the
@@ -339,7 +339,7 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
     """A fresh image root with state 1 installed from the repository; returns the
     transaction's Result."""
     from onix import api
-    from onix.nix import plane as nixplane
+    from onix.nix import seed as nix_seed
 
     root = Path(root)
     root.mkdir(parents=True)
@@ -350,7 +350,7 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
     api.repo_add(root, name="local", uri=str(Path(repo).absolute()), public_key=str(key))
     result = api.install(root, list(stones))
     with api.session(root, create=False) as s:
-        nixplane.seed_session(s, runtime=True)
+        nix_seed.seed_session(s, runtime=True)
     if fixtures:
         add_fixtures(root, keydir=Path(fixtures_keydir or root.parent))
         sets = mesa_sets(repo)
