@@ -102,110 +102,137 @@ def resolve(*, requested: list[str], installed: dict[str, dict], available: list
     version available. Raises OnixError for an unknown request and ConflictError for a
     dependency nothing can satisfy, before anything is fetched.
     """
-    pool = [a for a in available if a.arch == arch]
-    by_name: dict[str, list[Available]] = {}
-    for a in pool:
-        by_name.setdefault(a.name, []).append(a)
-    by_name = {n: _best_first(c) for n, c in by_name.items()}
-    inst_provided: dict[str, str] = {}
-    for name, meta in sorted(installed.items()):
-        inst_provided.setdefault(name, name)
-        for p in _strings(meta.get("provides")):
-            inst_provided.setdefault(p, name)
-
-    chosen: dict[str, Available] = {}
-    reasons: dict[str, str] = {}
-    upgrades: dict[str, str] = {}
-    already: list[str] = []
-    new_explicit = set(explicit)
+    r = _Resolver(pool=[a for a in available if a.arch == arch], installed=installed,
+                  explicit=set(explicit))
     for req in dict.fromkeys(requested):
-        if req in by_name or req in installed:
-            new_explicit.add(req)
-            if req in chosen:
-                continue
-            cands = by_name.get(req, [])
-            if req in installed:
-                meta = installed[req]
-                if not cands or _installed_newer_or_same(cands[0], meta):
-                    already.append(req)
-                    continue
-                upgrades[req] = f"{meta.get('version')}-{meta.get('release')}"
-                reasons[req] = f"requested (upgrade from {upgrades[req]})"
+        r.request(req)
+    r.pull_dependencies()
+    r.check_kept()
+    return Resolution(install=list(r.chosen.values()), explicit=r.explicit, reasons=r.reasons,
+                      already=r.already, upgrades=r.upgrades)
+
+
+def _provided_by(selection: dict[str, dict]) -> dict[str, str]:
+    """provider string (or name) → the stone of `selection` that provides it."""
+    out: dict[str, str] = {}
+    for name, meta in sorted(selection.items()):
+        out.setdefault(name, name)
+        for p in _strings(meta.get("provides")):
+            out.setdefault(p, name)
+    return out
+
+
+@dataclass
+class _Resolver:
+    """One resolution's working state; `resolve` runs its steps in order."""
+
+    pool: list[Available]
+    installed: dict[str, dict]
+    explicit: set[str]
+    chosen: dict[str, Available] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    upgrades: dict[str, str] = field(default_factory=dict)
+    already: list[str] = field(default_factory=list)
+    kept: dict[str, dict] = field(default_factory=dict)
+    provided: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, list[Available]] = {}
+        for a in self.pool:
+            by_name.setdefault(a.name, []).append(a)
+        self.by_name = {n: _best_first(c) for n, c in by_name.items()}
+        self.inst_provided = _provided_by(self.installed)
+
+    def _was(self, name: str) -> str:
+        meta = self.installed[name]
+        return f"{meta.get('version')}-{meta.get('release')}"
+
+    def request(self, req: str) -> None:
+        """One requested name or provider string: chosen, upgraded, or already there."""
+        if req in self.by_name or req in self.installed:
+            self.explicit.add(req)
+            if req in self.chosen:
+                return
+            cands = self.by_name.get(req, [])
+            if req in self.installed:
+                if not cands or _installed_newer_or_same(cands[0], self.installed[req]):
+                    self.already.append(req)
+                    return
+                self.upgrades[req] = self._was(req)
+                self.reasons[req] = f"requested (upgrade from {self.upgrades[req]})"
             else:
-                reasons[req] = "requested"
-            chosen[req] = cands[0]
-            continue
-        if req in inst_provided:  # a provider string an installed stone satisfies
-            new_explicit.add(inst_provided[req])
-            already.append(inst_provided[req])
-            continue
-        providers = _provider_order(req, (a for a in pool if _provides(a, req)))
+                self.reasons[req] = "requested"
+            self.chosen[req] = cands[0]
+            return
+        if req in self.inst_provided:  # a provider string an installed stone satisfies
+            self.explicit.add(self.inst_provided[req])
+            self.already.append(self.inst_provided[req])
+            return
+        providers = _provider_order(req, (a for a in self.pool if _provides(a, req)))
         if not providers:
             raise OnixError(f"no repository has a stone named or providing {req}", path=req,
                             hint="try onix search, or onix repo update to refresh the indexes")
-        pick = chosen.get(providers[0].name, providers[0])
-        new_explicit.add(pick.name)
-        if pick.name not in chosen:
-            chosen[pick.name] = pick
-            reasons[pick.name] = f"requested as {req}"
-            if pick.name in installed:  # the installed version does not provide it
-                meta = installed[pick.name]
-                upgrades[pick.name] = f"{meta.get('version')}-{meta.get('release')}"
+        pick = self.chosen.get(providers[0].name, providers[0])
+        self.explicit.add(pick.name)
+        if pick.name not in self.chosen:
+            self.chosen[pick.name] = pick
+            self.reasons[pick.name] = f"requested as {req}"
+            if pick.name in self.installed:  # the installed version does not provide it
+                self.upgrades[pick.name] = self._was(pick.name)
 
-    kept = {n: m for n, m in installed.items() if n not in chosen}
-    provided: dict[str, str] = {}
-    for name, meta in sorted(kept.items()):
-        provided.setdefault(name, name)
-        for p in _strings(meta.get("provides")):
-            provided.setdefault(p, name)
-
-    def add_provides(a: Available) -> None:
-        provided.setdefault(a.name, a.name)
+    def _add_provides(self, a: Available) -> None:
+        self.provided.setdefault(a.name, a.name)
         for p in a.provides:
-            provided.setdefault(p, a.name)
+            self.provided.setdefault(p, a.name)
 
-    for a in chosen.values():
-        add_provides(a)
-    queue = list(chosen.values())
-    while queue:
-        a = queue.pop(0)
-        for dep in a.depends:
-            if dep in provided:
-                continue
-            cands = [c for c in pool if _provides(c, dep)]
-            # kept and chosen stones are fixed: another version of one cannot come too
-            free = [c for c in cands if c.name not in kept and c.name not in chosen]
-            if not free:
-                if cands:
-                    fixed = sorted({c.name for c in cands})
-                    what = ", ".join(
-                        f"{n} {chosen[n].evr} (chosen)" if n in chosen else
-                        f"{n} {kept[n].get('version', '?')}-{kept[n].get('release', '?')} "
-                        "(installed)" for n in fixed)
-                    raise ConflictError(
-                        f"{dep} needed by {a.name} is provided only by other versions of "
-                        f"{', '.join(fixed)}, but {what} does not provide it", path=a.name,
-                        hint=f"install {' '.join(fixed)} explicitly to upgrade, or install "
-                        "another stone that provides it")
-                raise ConflictError(f"nothing provides {dep} needed by {a.name}", path=a.name,
-                                    hint=MISSING_HINT)
-            pick = _provider_order(dep, free)[0]
-            chosen[pick.name] = pick
-            reasons[pick.name] = (f"needed by {a.name}" if pick.name == dep else
-                                  f"needed by {a.name} ({dep})")
-            add_provides(pick)
-            queue.append(pick)
+    def pull_dependencies(self) -> None:
+        """Everything the chosen stones depend on that the kept ones do not provide."""
+        self.kept = {n: m for n, m in self.installed.items() if n not in self.chosen}
+        self.provided = _provided_by(self.kept)
+        for a in self.chosen.values():
+            self._add_provides(a)
+        queue = list(self.chosen.values())
+        while queue:
+            a = queue.pop(0)
+            for dep in a.depends:
+                if dep in self.provided:
+                    continue
+                pick = self._provider_for(dep, needed_by=a)
+                self.chosen[pick.name] = pick
+                self.reasons[pick.name] = (f"needed by {a.name}" if pick.name == dep else
+                                           f"needed by {a.name} ({dep})")
+                self._add_provides(pick)
+                queue.append(pick)
 
-    # An upgrade may drop something an installed stone relied on.
-    for name, meta in sorted(kept.items()):
-        for dep in _strings(meta.get("depends")):
-            if dep in inst_provided and dep not in provided:
-                was = inst_provided[dep]
-                raise ConflictError(f"upgrading {was} to {chosen[was].evr} would leave "
-                                    f"{name} without {dep}", path=name,
-                                    hint=f"upgrade {name} too, or keep {was} as it is")
-    return Resolution(install=list(chosen.values()), explicit=new_explicit, reasons=reasons,
-                already=already, upgrades=upgrades)
+    def _provider_for(self, dep: str, *, needed_by: Available) -> Available:
+        cands = [c for c in self.pool if _provides(c, dep)]
+        # kept and chosen stones are fixed: another version of one cannot come too
+        free = [c for c in cands if c.name not in self.kept and c.name not in self.chosen]
+        if free:
+            return _provider_order(dep, free)[0]
+        if not cands:
+            raise ConflictError(f"nothing provides {dep} needed by {needed_by.name}",
+                                path=needed_by.name, hint=MISSING_HINT)
+        fixed = sorted({c.name for c in cands})
+        what = ", ".join(
+            f"{n} {self.chosen[n].evr} (chosen)" if n in self.chosen else
+            f"{n} {self.kept[n].get('version', '?')}-{self.kept[n].get('release', '?')} "
+            "(installed)" for n in fixed)
+        raise ConflictError(
+            f"{dep} needed by {needed_by.name} is provided only by other versions of "
+            f"{', '.join(fixed)}, but {what} does not provide it", path=needed_by.name,
+            hint=f"install {' '.join(fixed)} explicitly to upgrade, or install "
+            "another stone that provides it")
+
+    def check_kept(self) -> None:
+        """An upgrade may drop something an installed stone relied on."""
+        for name, meta in sorted(self.kept.items()):
+            for dep in _strings(meta.get("depends")):
+                if dep in self.inst_provided and dep not in self.provided:
+                    was = self.inst_provided[dep]
+                    raise ConflictError(f"upgrading {was} to {self.chosen[was].evr} would leave "
+                                        f"{name} without {dep}", path=name,
+                                        hint=f"upgrade {name} too, or keep {was} as it is")
 
 
 def orphans(*, selection: dict[str, dict], explicit: set[str]) -> set[str]:
