@@ -9,9 +9,9 @@ API (repo.add/available/fetch, transaction.install/rollback):
   state 2: the 25.0.7 set (libdrm2 and friends replaced by their backports versions)
   rollback to state 1
 
-A Nix-style "GUI app" (tests/data/gui-app: egl-frame, with glvnd's dispatcher in its
-own store path, the driver only from /run/opengl-driver) runs in `chroot R` after each
-step and must report the Mesa of the live state; `onix status --root R` must say
+A Nix-style "GUI app" (onix/validate/fixtures/gui-app: egl-frame, with glvnd's dispatcher
+in its own store path, the driver only from /run/opengl-driver) runs in `chroot R` after
+each step and must report the Mesa of the live state; `onix status --root R` must say
 `opengl: coherent` each time. llvmpipe only (LIBGL_ALWAYS_SOFTWARE=1): no GPU needed.
 
 The stones come from stones/ (or $ONIX_MESA_STONES) when ./scripts/stones built them,
@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import time
+from importlib.resources import as_file
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,11 @@ from onix.core import tools
 from onix.core.paths import RootPaths
 from onix.repo import index as repo
 from onix.repo import keys
+from onix.validate.image import GUI_APP
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "tests" / "data" / "gui-app"
 SETS = {"22.3.6": "mesa.yaml", "25.0.7": "mesa-25.yaml"}
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 STORE_NAME = "0c6kzph7l0dcbyaxyx8n2qcpmh4a1ify-egl-frame-1.0"  # a Nix-shaped store path
@@ -115,7 +116,8 @@ def _install_set(root: Path, wanted: list[tuple[str, str]]):
 def _add_app(root: Path) -> Path:
     """The app as a store path in the root's /nix/store, glvnd from the live state."""
     dest = root / "nix" / "store" / STORE_NAME
-    subprocess.run([APP / "build.sh", dest, root / LIBDIR], check=True)
+    with as_file(GUI_APP) as app:
+        subprocess.run([app / "build.sh", dest, root / LIBDIR], check=True)
     return Path("/nix/store") / STORE_NAME / "bin" / "egl-frame"
 
 

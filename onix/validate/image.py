@@ -60,6 +60,7 @@ import subprocess
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from onix.core import proc
@@ -81,22 +82,24 @@ OPTIONAL_STONES = ("onix",)  # added by default_stones() when the repository has
 USERS = (("root", 0, "/root"), ("alice", 1000, "/home/alice"))
 CACHE_KEEP = 3  # image cache entries kept (most recently used first)
 
-# Validation fixtures (build_image(fixtures=True)), for the scenarios of onix/validate.py:
-NIX_FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "nix"
+# Validation fixtures (build_image(fixtures=True)), for the scenarios of onix/validate.py.
+# Package data (onix/validate/fixtures), not the checkout's: an installed onix builds them.
+FIXTURES = resources.files("onix.validate") / "fixtures"
+NIX_FIXTURES = FIXTURES / "nix"
 NIX_FIXTURES_AT = "srv/onix-nix"  # the local flake `nixpkgs` and its registry.json
 TEST_REPO_AT = "srv/onix-repo"  # a signed repository of the tiny TEST_STONES
 TEST_REPO_NAME = "test"
 # Scenario 4 (mesa-rollback), only when the repository holds both Mesa sets (their
 # manifests and every stone they list): each set's stone files in /srv/onix-mesa/<dir>/
-# (with a `files` list), and the "GUI app" (tests/data/gui-app) as a registered store
+# (with a `files` list), and the "GUI app" (fixtures/gui-app) as a registered store
 # path in the image's /nix/store, GC-rooted by /nix/var/nix/gcroots/onix-egl-frame; its
 # store path is in /srv/onix-mesa/app.
 MESA_AT = "srv/onix-mesa"
 MESA_SETS = {"22": "22.3.6", "25": "25.0.7"}  # dir -> Mesa version (manifest mesa-V-1)
-GUI_APP = Path(__file__).resolve().parents[2] / "tests" / "data" / "gui-app"
+GUI_APP = FIXTURES / "gui-app"
 GUI_APP_NAME = "egl-frame-1.0"
 # Offline Nix for the guest (no network): a local edit of /etc/nix/nix.conf, which onix
-# keeps and reports as drift (docs/nix-plane.md); the same words tests/data/nix/nix-test.conf
+# keeps and reports as drift (docs/nix-plane.md); the same words fixtures/nix/nix-test.conf
 # appends in the namespace tests.
 NIX_OFFLINE = ("\n# -- onix image build (fixtures): offline Nix for validation --\n"
                "substituters =\n"
@@ -210,10 +213,11 @@ def input_key(*, repo: Path, key: Path, stones: list[str], size: int, esp_size: 
 
 def _fixtures_hash() -> str:
     h = hashlib.sha256(json.dumps(TEST_STONES, sort_keys=True).encode())
-    for top in (NIX_FIXTURES, GUI_APP):
-        for p in sorted(top.rglob("*")):
-            if p.is_file():
-                h.update(str(p.relative_to(top.parent)).encode() + b"\0" + p.read_bytes())
+    for fixture in (NIX_FIXTURES, GUI_APP):
+        with resources.as_file(fixture) as top:
+            for p in sorted(top.rglob("*")):
+                if p.is_file():
+                    h.update(str(p.relative_to(top.parent)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
 
@@ -282,8 +286,9 @@ def add_mesa(root: Path, repo: Path, sets: dict[str, list[str]]) -> str:
         mesa22 = next(f for f in sets["22"] if f.startswith("mesa-"))
         _glvnd_from_stone(repo / mesa22, scratch / "glvnd")
         app = scratch / GUI_APP_NAME
-        proc.run([proc.which("sh"), str(GUI_APP / "build.sh"), str(app),
-                  str(scratch / "glvnd")], timeout=300)
+        with resources.as_file(GUI_APP) as src:  # build.sh finds egl-frame.c beside itself
+            proc.run([proc.which("sh"), str(src / "build.sh"), str(app),
+                      str(scratch / "glvnd")], timeout=300)
         nix_store = proc.which("nix-store")
         r = proc.run([nix_store, "--store", f"local?root={root}", "--add", str(app)],
                      timeout=300)
@@ -366,7 +371,7 @@ def add_fixtures(root: Path, *, keydir: Path) -> None:
       for this image (the private half stays in `keydir`, outside the image), configured
       as the repository `test` with onix repo add (onix.repo.add), its uri then set to
       the path the guest sees;
-    * /srv/onix-nix: tests/data/nix (the flake `nixpkgs` whose ripgrep is a tiny script,
+    * /srv/onix-nix: fixtures/nix (the flake `nixpkgs` whose ripgrep is a tiny script,
       and registry.json naming it), the global flake registry of the guest's Nix;
     * /etc/nix/nix.conf: NIX_OFFLINE appended (a local edit: onix keeps it).
     """
@@ -398,7 +403,8 @@ def add_fixtures(root: Path, *, keydir: Path) -> None:
     conf.write_text("".join(f"uri = /{TEST_REPO_AT}\n" if ln.startswith("uri =") else ln
                             for ln in conf.read_text().splitlines(keepends=True)))
     dest = root / NIX_FIXTURES_AT
-    shutil.copytree(NIX_FIXTURES, dest, ignore=shutil.ignore_patterns("*.conf"))
+    with resources.as_file(NIX_FIXTURES) as src:
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.conf"))
     for p in [dest, *dest.rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     nixconf = root / "etc/nix/nix.conf"
@@ -596,7 +602,7 @@ def list_dir(disk: Path, path: str) -> list[str]:
 
 def needs_recovery(disk: Path) -> bool:
     """True if the root file system has a journal to replay (its guest was stopped
-    without the clean shutdown of boot/guest/shutdown)."""
+    without the clean shutdown of onix/validate/guest/shutdown)."""
     dumpe2fs = proc.which("dumpe2fs")
     off = _part(Path(disk), ROOT_TYPE).start
     r = proc.run([dumpe2fs, "-h", f"{disk}?offset={off}"], check=False, timeout=60)

@@ -35,8 +35,8 @@ an exception), and each QEMU gets a parent-death signal (PR_SET_PDEATHSIG, SIGKI
 so a harness that is killed outright (SIGKILL) takes its VMs with it.
 
 The control port: a second serial port (ttyS1 in the guest) on a Unix socket. The
-ONIX guest (boot/guest/control) reads lines from it: `poweroff` or `reboot` runs its
-clean shutdown. The host writes to it only to stop a guest that stays up, and repeats
+ONIX guest (onix/validate/guest/control) reads lines from it: `poweroff` or `reboot`
+runs its clean shutdown. The host writes to it only to stop a guest that stays up, and repeats
 the line every 2 s until QEMU exits (a line sent before the guest listens is lost).
 
 Debian packages: qemu-system-x86, ovmf.

@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (a plan step is one shell line, however long: boot/guest/validate)
+# ruff: noqa: E501  (a plan step is one shell line, however long: onix/validate/guest/validate)
 """`onix validate`: the product's validation list, run in VMs that really reboot.
 
 Each scenario is a named check with its own copy of one shared base image (built once by
@@ -6,12 +6,12 @@ onix.image.build_image with the validation fixtures, cached by its inputs) and i
 OVMF variable store (its NVRAM). The harness writes the scenario's plan onto the disk
 (debugfs), then boots the disk up to `boots` times (onix.qemu, one QEMU process a boot).
 In the guest, the onix-guest service blesses the boot (onix boot mark-good), prints the
-ready marker and runs this boot's part of the plan (boot/guest/validate), which ends in a
-reboot or a power-off. After every boot the harness reads the results back from the disk
+ready marker and runs this boot's part of the plan (onix/validate/guest/validate), which
+ends in a reboot or a power-off. After every boot the harness reads the results back from the disk
 (debugfs) and checks what the serial log says came up (the ready marker's state and
 entry). A scenario passes when every boot came up as expected and every step passed.
 
-The plan format (boot/guest/validate reads it; docs/validation.md):
+The plan format (onix/validate/guest/validate reads it; docs/validation.md):
 
     boot N                this part runs in the N-th boot that reaches the runner
     step NAME COMMAND...  sh -c COMMAND as root; exit 0 is ok
