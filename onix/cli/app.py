@@ -730,7 +730,7 @@ app.add_typer(image_app, name="image")
 
 
 def _project_default(rel: str) -> Path:
-    return Path(__file__).resolve().parents[2] / rel
+    return Path(rel).absolute()  # the working directory's, like `onix build -o stones`
 
 
 @image_app.command("build")
@@ -738,10 +738,10 @@ def image_build(
     out: Annotated[Path, typer.Option("--out", help="Write the disk image here.",
                                       dir_okay=False)],
     repo: Annotated[Path | None, typer.Option(
-        "--repo", help="Signed repository of stones (default: the project's stones/).",
+        "--repo", help="Signed repository of stones (default: ./stones).",
         file_okay=False)] = None,
     key: Annotated[Path | None, typer.Option(
-        "--key", help="Its public key (default: .cache/keys/local.pub).", dir_okay=False)] = None,
+        "--key", help="Its public key (default: ./.cache/keys/local.pub).", dir_okay=False)] = None,
     stones: Annotated[list[str] | None, typer.Option(
         "--stone", help="A stone to install (repeat; default: the validation set).")] = None,
     size: Annotated[str, typer.Option("--size", help="Disk size, e.g. 2G.")] = "2G",
@@ -792,10 +792,10 @@ def validate_cmd(
         "--timeout", help="Seconds one boot may take.")] = 300.0,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="VMs at once.")] = 2,
     repo: Annotated[Path | None, typer.Option(
-        "--repo", help="Signed repository of stones (default: the project's stones/).",
+        "--repo", help="Signed repository of stones (default: ./stones).",
         file_okay=False)] = None,
     key: Annotated[Path | None, typer.Option(
-        "--key", help="Its public key (default: .cache/keys/local.pub).", dir_okay=False)] = None,
+        "--key", help="Its public key (default: ./.cache/keys/local.pub).", dir_okay=False)] = None,
     work: Annotated[Path | None, typer.Option(
         "--work", help="Where runs go (default: ~/.cache/onix/validate).",
         file_okay=False)] = None,

@@ -43,7 +43,6 @@ from pathlib import Path
 from onix.core.errors import OnixError
 from onix.validate import image, qemu
 
-PROJECT = Path(__file__).resolve().parents[2]
 BOOT_CONF = "timeout = 0\ntries = 1\n"  # one try: a boot that does not bless falls back
 READY = re.compile(r"^onix-guest: ready (.*)$", re.M)
 RESULTS = "/var/lib/onix-validate/results"
@@ -451,9 +450,10 @@ def run(names: list[str] | None = None, *, repo: Path | None = None, key: Path |
     (qemu.cancel) and, without keep, the base image and the disks are removed."""
     say = progress or (lambda _m: None)
     t0 = time.monotonic()
-    repo = Path(repo or PROJECT / "stones")
+    # the working directory's, like `onix build -o stones`: an installed onix has no checkout
+    repo = Path(repo or Path("stones").absolute())
     chosen = select(names, repo)
-    key = Path(key or PROJECT / ".cache" / "keys" / "local.pub")
+    key = Path(key or Path(".cache/keys/local.pub").absolute())
     work = Path(work or image.default_work().parent / "validate")
     todo = [s for s in chosen if s.built]
     if todo:  # one clear line before anything is built or booted
