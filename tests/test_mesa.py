@@ -37,7 +37,7 @@ from onix.core import tools
 from onix.core.paths import RootPaths
 from onix.repo import index as repo
 from onix.repo import keys
-from onix.validate.image import GUI_APP
+from onix.validate.compose import GUI_APP
 
 pytestmark = pytest.mark.slow
 
