@@ -181,7 +181,7 @@ def test_a_hanging_boot_is_killed_and_reports_the_serial_tail(
     _needs_ovmf()
     _fake_qemu(tmp_path, monkeypatch)
     log = tmp_path / "boot1.log"
-    with pytest.raises(qemu.BootError) as e:
+    with pytest.raises(qemu.VMError) as e:
         qemu.boot(tmp_path / "disk.img", log=log, vars_fd=tmp_path / "vars", timeout=1.5)
     assert "did not finish within 1.5 s" in str(e.value)
     assert "fake firmware: hanging now" in e.value.tail
@@ -201,7 +201,7 @@ def test_cancel_stops_every_boot_in_progress(
         try:
             qemu.boot(tmp_path / "disk.img", log=tmp_path / f"b{i}.log",
                       vars_fd=tmp_path / "vars", timeout=120)
-        except qemu.BootError as e:
+        except qemu.VMError as e:
             errors.append(e)
 
     qemu.CANCEL.clear()

@@ -382,7 +382,7 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
             b = qemu.boot(disk, log=log_path, vars_fd=vars_fd, timeout=timeout,
                           fail=(qemu.PANIC,) if want.state is not None else ())
             text, secs = b.log, b.seconds
-        except qemu.BootError as e:
+        except qemu.VMError as e:
             out.boots = i
             out.problems.append(f"boot {i}: {str(e).splitlines()[0]}")
             out.tail, out.tail_path = e.tail, str(log_path)
