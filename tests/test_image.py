@@ -49,7 +49,7 @@ def _index_names() -> set[str]:
     return {s.get("name") for s in index.get("stones", [])}
 
 
-def _skip_reason() -> str | None:
+def skip_reason() -> str | None:
     if not (STONES / "index.json.sig").is_file() or not PUB.is_file():
         return "stones/ is not built: run ./scripts/stones (just stones) first"
     missing = set(image.DEFAULT_STONES) - _index_names()
@@ -62,14 +62,11 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("image")
-    r = image.build_image(out=work / "base.img", repo=STONES, key=PUB, work=work / "cache")
+def built(module_work: Path) -> tuple[image.ImageResult, Path]:
+    r = image.build_image(out=module_work / "base.img", repo=STONES, key=PUB,
+                          work=module_work / "cache")
     print(f"\nimage {r.key}: state {r.state} fstx {r.fstx}, built in {r.seconds}")
-    return r, work
+    return r, module_work
 
 
 def _ready(boot: qemu.Boot) -> dict[str, str]:

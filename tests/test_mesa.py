@@ -47,7 +47,7 @@ LIBDIR = "usr/lib/x86_64-linux-gnu"
 STORE_NAME = "0c6kzph7l0dcbyaxyx8n2qcpmh4a1ify-egl-frame-1.0"  # a Nix-shaped store path
 
 
-def _skip_reason() -> str | None:
+def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "chroot into the scratch root needs root"
     for tool in ("gcc", "chroot"):
@@ -61,12 +61,8 @@ def _manifests(out: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def mesa_repo(tmp_path_factory):
+def mesa_repo(module_work: Path) -> tuple[Path, Path, dict[str, list[tuple[str, str]]]]:
     """(repository dir, public key, {mesa version: [(stone name, version), …]})."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("mesa")
     out = Path(os.environ.get("ONIX_MESA_STONES", REPO / "stones"))
     if not all(m.is_file() for m in _manifests(out).values()):
         import urllib.request
@@ -80,12 +76,12 @@ def mesa_repo(tmp_path_factory):
         except OSError as e:
             pytest.skip(f"no built Mesa stones in stones/ and the Debian mirror is not "
                         f"reachable ({e})")
-        out = work / "out"
+        out = module_work / "out"
         for v, recipe in SETS.items():
             t = time.monotonic()
             build(REPO / "recipes" / recipe, out=out)
             print(f"\nbuilt {recipe} (Mesa {v}) in {time.monotonic() - t:.0f} s")
-    repodir = work / "repo"
+    repodir = module_work / "repo"
     repodir.mkdir()
     sets: dict[str, list[tuple[str, str]]] = {}
     for v, manifest in _manifests(out).items():
@@ -100,7 +96,7 @@ def mesa_repo(tmp_path_factory):
                     shutil.copy2(out / s["file"], dest)
             version = s["file"][len(s["name"]) + 1:].rsplit("-", 2)[0]
             sets[v].append((s["name"], version))
-    key, pub = keys.generate(out=work / "key", comment="mesa test repository")
+    key, pub = keys.generate(out=module_work / "key", comment="mesa test repository")
     repo.write_index(directory=repodir, key=key, name="mesa")
     return repodir, pub, sets
 
