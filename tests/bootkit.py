@@ -21,8 +21,8 @@ it both end up with the same, complete result.
         /bin/busybox from Debian's busybox-static. It is a static glibc build standing
         in for the musl busybox the builder will produce.
     exchange_helper() -> Path
-        onix/boot/data/onix-exchange.c built with musl-gcc -static -Os (gcc -static if musl-tools
-        is missing).
+        onix/boot/data/onix-exchange.c built with musl-gcc -static -Os (gcc -static if
+        musl-tools is missing).
     stone_trees(*, depmod=False) -> dict[name, Path]
         Source trees (each holds only usr/) for onix.stone.pack: "linux-cloud" (the
         kernel), "busybox" (usr/bin/busybox), "onix-initrd-tools"
