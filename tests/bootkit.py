@@ -21,8 +21,8 @@ it both end up with the same, complete result.
         /bin/busybox from Debian's busybox-static. It is a static glibc build standing
         in for the musl busybox the builder will produce.
     exchange_helper() -> Path
-        boot/onix-exchange.c built with musl-gcc -static -Os (gcc -static if musl-tools
-        is missing).
+        onix/boot/data/onix-exchange.c built with musl-gcc -static -Os (gcc -static if
+        musl-tools is missing).
     stone_trees(*, depmod=False) -> dict[name, Path]
         Source trees (each holds only usr/) for onix.stone.pack: "linux-cloud" (the
         kernel), "busybox" (usr/bin/busybox), "onix-initrd-tools"
@@ -56,6 +56,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from onix.core import proc
@@ -217,10 +218,10 @@ def busybox_static() -> Path:
 
 
 def exchange_helper() -> Path:
-    """boot/onix-exchange.c compiled static (musl-gcc, else gcc), cached by source."""
+    """onix/boot/data/onix-exchange.c compiled static (musl-gcc, else gcc), cached by source."""
     import blake3
 
-    source = REPO / "boot" / "onix-exchange.c"
+    source = files("onix.boot") / "data" / "onix-exchange.c"
     try:
         cc, flavour = proc.which("musl-gcc"), "musl"
     except OnixError:
@@ -229,8 +230,9 @@ def exchange_helper() -> Path:
 
     def make(d: Path) -> None:
         d.mkdir()
-        proc.run([cc, "-static", "-Os", "-s", "-Wall", "-o", d / "onix-exchange", source],
-                 timeout=120)
+        with as_file(source) as c:
+            proc.run([cc, "-static", "-Os", "-s", "-Wall", "-o", d / "onix-exchange", c],
+                     timeout=120)
 
     return _publish(CACHE / "exchange" / f"{flavour}-{key}", make) / "onix-exchange"
 

@@ -58,6 +58,18 @@ def make_stone(tmp_path: Path):
     return make
 
 
+@pytest.fixture(scope="module")
+def module_work(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch directory shared by a module's tests, for modules that build something
+    big once (an image, a stone set) from what this machine may lack: the module's
+    skip_reason() names what is missing, and then every test that uses it skips."""
+    reason = request.module.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return tmp_path_factory.mktemp(request.module.__name__)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     r = tmp_path / "root"

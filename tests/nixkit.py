@@ -20,7 +20,7 @@ root H on a tmpfs and chroots into it:
     H/var            on H's tmpfs: var/empty (the nixbld users' home), var/log (the
                      nix-daemon logger's; survives reboot(), not close()), var/tmp
     H/root           on H's tmpfs: root's HOME
-    H/srv/onix-nix   tests/data/nix, read-only: the local "nixpkgs" flake and the
+    H/srv/onix-nix   onix/validate/fixtures/nix, read-only: the local "nixpkgs" flake and the
                      registry json that the test nix.conf names
     <repo>, <python> the repository and the Python installation, read-only at their own
                      paths, so that `plane.python(...)` runs onix inside the plane (a
@@ -70,7 +70,7 @@ API (everything the tests use):
     integration_stone(dest) -> Path               stones/onix-nix-integration packed as a
                                                   stone, the declared nix.conf with the
                                                   offline test settings appended
-                                                  (tests/data/nix/nix-test.conf)
+                                                  (onix/validate/fixtures/nix/nix-test.conf)
 
 Debian packages used: nix-bin (nix, nix-daemon, nix-build), s6, util-linux (unshare),
 and the host's coreutils/dash. Root is required (mount namespaces).
@@ -97,9 +97,11 @@ if TYPE_CHECKING:
     from onix.services.reconcile import Report
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "nix"
+# The checkout's copy, not importlib.resources: the plane's PID 1 runs this file without onix
+# on its path, and the validation image ships the same fixtures (onix/validate/image.py).
+DATA = REPO / "onix" / "validate" / "fixtures" / "nix"
 INTEGRATION = REPO / "stones" / "onix-nix-integration"
-FIXTURES_AT = "/srv/onix-nix"  # where tests/data/nix appears inside the plane
+FIXTURES_AT = "/srv/onix-nix"  # where DATA appears inside the plane
 SCANDIR = "/run/service"
 HARNESS_LOG = "/var/log/onix-harness"
 

@@ -1,7 +1,8 @@
 """Validation images booted for real: OVMF + systemd-boot + our initrd + the onix-guest PID 1.
 
 The image is built from the signed local repository in stones/ (./scripts/stones) with
-onix.image.build_image, then booted with onix.qemu (TCG here). The story:
+onix.validate.image.build_image, then booted with onix.validate.qemu (TCG here). The
+story:
 
   1. the image boots to the guest's ready marker with the image's fstx; s6-svscan is
      PID 1 and nix-daemon is up and ready under it; the harness powers it off cleanly
@@ -26,8 +27,10 @@ import pytest
 from conftest import write_tree
 
 from onix import api
+from onix.core import proc
 from onix.machine.stone import StoneMeta, pack
-from onix.validate import image, qemu
+from onix.validate import compose, image, qemu, readback
+from onix.validate.disk import make_disk
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +49,7 @@ def _index_names() -> set[str]:
     return {s.get("name") for s in index.get("stones", [])}
 
 
-def _skip_reason() -> str | None:
+def skip_reason() -> str | None:
     if not (STONES / "index.json.sig").is_file() or not PUB.is_file():
         return "stones/ is not built: run ./scripts/stones (just stones) first"
     missing = set(image.DEFAULT_STONES) - _index_names()
@@ -59,14 +62,11 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("image")
-    r = image.build_image(out=work / "base.img", repo=STONES, key=PUB, work=work / "cache")
+def built(module_work: Path) -> tuple[image.ImageResult, Path]:
+    r = image.build_image(out=module_work / "base.img", repo=STONES, key=PUB,
+                          work=module_work / "cache")
     print(f"\nimage {r.key}: state {r.state} fstx {r.fstx}, built in {r.seconds}")
-    return r, work
+    return r, module_work
 
 
 def _ready(boot: qemu.Boot) -> dict[str, str]:
@@ -76,7 +76,7 @@ def _ready(boot: qemu.Boot) -> dict[str, str]:
 
 
 def _copy(src: Path, dest: Path) -> Path:
-    image.proc.run(["cp", "--sparse=always", src, dest])
+    proc.run(["cp", "--sparse=always", src, dest])
     return dest
 
 
@@ -102,8 +102,8 @@ def test_the_image_boots_to_ready_with_s6_and_nix_daemon(built) -> None:
     # the clean shutdown: no journal left to replay, the ESP unmounted
     assert b.stopped == "poweroff", qemu.tail(b.log)
     assert "onix-guest: poweroff" in b.log
-    assert not image.needs_recovery(disk)
-    assert image.read_file(disk, "/etc/hostname") == b"onix-guest\n"
+    assert not readback.needs_recovery(disk)
+    assert readback.read_file(disk, "/etc/hostname") == b"onix-guest\n"
 
 
 PLAN = """\
@@ -125,8 +125,8 @@ def test_a_plan_runs_over_two_boots_and_its_results_are_read_back(built) -> None
     r, work = built
     disk = _copy(r.disk, work / "plan.img")
     vars_fd = qemu.new_vars(work / "plan.vars")
-    image.write_file(disk, "/var/lib/onix-validate/plan", PLAN.encode())
-    assert image.read_file(disk, "/var/lib/onix-validate/plan") == PLAN.encode()
+    readback.write_file(disk, "/var/lib/onix-validate/plan", PLAN.encode())
+    assert readback.read_file(disk, "/var/lib/onix-validate/plan") == PLAN.encode()
 
     b1 = qemu.boot(disk, log=work / "plan1.log", vars_fd=vars_fd, timeout=TIMEOUT)
     print(f"plan boot 1: {b1.seconds:.1f} s")
@@ -145,30 +145,30 @@ def test_a_plan_runs_over_two_boots_and_its_results_are_read_back(built) -> None
     assert "onix-validate: boot 2 done: ok 1/1; then poweroff" in b2.log
     assert _ready(b2)["fstx"] == r.fstx
 
-    res1 = image.read_file(disk, "/var/lib/onix-validate/results/1").decode().splitlines()
+    res1 = readback.read_file(disk, "/var/lib/onix-validate/results/1").decode().splitlines()
     assert [ln.split()[:3] for ln in res1[:-1]] == [
         ["step", "esp-on-boot", "ok"], ["step", "nix-ping", "ok"],
         ["step", "svscan-pid1", "ok"], ["step", "alice", "ok"], ["step", "must-fail", "FAIL"]]
     assert res1[-1] == "boot 1 FAIL 4/5 then reboot"
-    assert image.read_file(disk, "/var/lib/onix-validate/results/2").decode().splitlines()[-1] \
+    assert readback.read_file(disk, "/var/lib/onix-validate/results/2").decode().splitlines()[-1] \
         == "boot 2 ok 1/1 then poweroff"
-    log = image.read_file(disk, "/var/lib/onix-validate/results/1.d/must-fail.log")
+    log = readback.read_file(disk, "/var/lib/onix-validate/results/1.d/must-fail.log")
     assert log == b"this step fails on purpose\n"
-    assert sorted(image.list_dir(disk, "/var/lib/onix-validate/results")) == \
+    assert sorted(readback.list_dir(disk, "/var/lib/onix-validate/results")) == \
         ["1", "1.d", "2", "2.d"]
     # systemd-boot counted the first boot (tries = 3 by default; LoaderEntrySelected
     # names the entry as it was chosen, +3), and the guest's ready path blessed it (onix
     # boot mark-good): the entry has no counter any more
     assert "onix-guest: onix boot mark-good: " in b1.log, qemu.tail(b1.log)
     assert f"entry=onix-{r.fstx}+3.conf" in b1.log
-    entries = [f for f in image.esp_files(disk) if f.startswith("/loader/entries/")]
+    entries = [f for f in readback.esp_files(disk) if f.startswith("/loader/entries/")]
     assert entries == [f"/loader/entries/onix-{r.fstx}.conf"], entries
     assert f"entry=onix-{r.fstx}.conf" in b2.log
 
 
 def test_a_new_state_installed_into_the_image_root_boots(built, tmp_path: Path) -> None:
     r, _work = built
-    root = image.clone_root(r.root, tmp_path / "root")
+    root = compose.clone_root(r.root, tmp_path / "root")
     src = tmp_path / "marker-src"
     write_tree(src, {"share/onix-test/marker": b"state two\n"})
     stone = tmp_path / "onix-test-marker.stone"
@@ -176,8 +176,8 @@ def test_a_new_state_installed_into_the_image_root_boots(built, tmp_path: Path) 
     two = api.install(root, [stone])
     assert two.to_state == r.state + 1 and two.fstx != r.fstx
     disk = tmp_path / "two.img"
-    image.make_disk(root, disk, seed="two")
-    entries = [f for f in image.esp_files(disk) if f.startswith("/loader/entries/")]
+    make_disk(root, disk, seed="two")
+    entries = [f for f in readback.esp_files(disk) if f.startswith("/loader/entries/")]
     assert f"/loader/entries/onix-{two.fstx}+3.conf" in entries, entries
     assert f"/loader/entries/onix-{r.fstx}+3.conf" in entries, entries
 
@@ -189,4 +189,4 @@ def test_a_new_state_installed_into_the_image_root_boots(built, tmp_path: Path) 
     assert ready["fstx"] == two.fstx and ready["state"] == str(two.to_state), ready
     assert ready["entry"] == f"onix-{two.fstx}+3.conf", ready
     assert "onix-guest: svstat nix-daemon: up" in b.log
-    assert image.read_file(disk, "/usr/share/onix-test/marker") == b"state two\n"
+    assert readback.read_file(disk, "/usr/share/onix-test/marker") == b"state two\n"

@@ -1,4 +1,4 @@
-"""The initrd builder (onix.initrd), module resolution (onix.kmod) and boot/init, no QEMU.
+"""The initrd builder (onix.initrd), module resolution (onix.kmod) and its init, no QEMU.
 
 Small fake kernels are made here: tiny ELF objects with a .modinfo section (gcc -c),
 static stand-in helpers (gcc -static). The real Debian cloud kernel comes from
@@ -29,7 +29,8 @@ from onix.core import safepath
 from onix.core.errors import OnixError
 
 KVER = "6.9.0-test"
-REPO = Path(__file__).resolve().parent.parent
+# The package's init (onix/boot/data/init); onix runs from this checkout, so it is a file.
+INIT = Path(str(initrd.packaged_init()))
 
 # name → (relative path, modinfo strings). A fake kernel shaped like a real one.
 FAKE_MODULES = {
@@ -203,7 +204,7 @@ def test_archive_layout(usr: Path) -> None:
         parent = name.rpartition("/")[0]
         assert not parent or (by[parent].is_dir and names.index(parent) < names.index(name))
     assert by["init"].mode == stat.S_IFREG | 0o755
-    assert by["init"].data == (REPO / "boot" / "init").read_bytes()
+    assert by["init"].data == INIT.read_bytes()
     assert by["bin/sh"].target == "busybox" and by["bin/switch_root"].target == "busybox"
     assert by["bin/onix-exchange"].mode == stat.S_IFREG | 0o755
     assert (by["dev/console"].rdevmajor, by["dev/console"].rdevminor) == (5, 1)
@@ -625,15 +626,15 @@ def test_real_kernel_same_closure_both_ways() -> None:
     assert sorted(a.names) == sorted(b.names) and a.builtin == b.builtin
 
 
-# -- boot/init and boot/onix-exchange.c ------------------------------------------------
+# -- init and onix-exchange.c (onix/boot/data) ------------------------------------------
 
 
 def test_init_is_valid_sh() -> None:
     bb = bootkit.busybox_static()
-    subprocess.run([bb, "sh", "-n", REPO / "boot" / "init"], check=True)
-    assert os.access(REPO / "boot" / "init", os.X_OK)
+    subprocess.run([bb, "sh", "-n", INIT], check=True)
+    assert os.access(INIT, os.X_OK)
     # every applet init calls is in the archive (a missing one fails only at boot)
-    text = (REPO / "boot" / "init").read_text()
+    text = INIT.read_text()
     for applet in ("findfs", "insmod", "switch_root", "od", "grep", "tr", "umount"):
         assert applet in text and applet in initrd.APPLETS
 
@@ -647,7 +648,7 @@ SH_KEYWORDS = {"if", "then", "else", "elif", "fi", "for", "in", "do", "done", "c
 def shell_skeleton(text: str) -> str:
     """The script with comments dropped and quoted or expanded text reduced to `Q`,
     keeping the commands inside $(...), also inside double quotes. A small lexer that is
-    enough for boot/init, not a general sh parser."""
+    enough for the init, not a general sh parser."""
     out: list[str] = []
     stack: list[list] = [["sh", 0]]  # "sh" (a paren depth for $( ... )) or '"'
     i, n = 0, len(text)
@@ -747,7 +748,7 @@ def ash_builtins(names: set[str]) -> set[str]:
 
 
 def test_init_uses_only_builtins_and_applets() -> None:
-    """Every command boot/init runs is an ash builtin, an APPLETS link or our own program:
+    """Every command the init runs is an ash builtin, an APPLETS link or our own program:
     anything else exists on the host that runs the tests, but not in the initrd."""
     # the lexer finds commands in $(...), inside "...", after ! && | and in case arms,
     # and not words inside strings, assignments or case patterns
@@ -756,7 +757,7 @@ def test_init_uses_only_builtins_and_applets() -> None:
                              'echo "$(grault)" > f && garply || waldo\n')
     assert names == {"foo", "bar", "baz", "qux", "corge", "quux", "echo", "grault", "garply",
                      "waldo"}
-    names, functions = init_commands((REPO / "boot" / "init").read_text())
+    names, functions = init_commands(INIT.read_text())
     assert {"exchange_state", "fatal", "find_partuuid", "find_root", "hexbytes",
             "load_modules", "main", "msg", "partuuid_of"} == functions
     assert functions - {"find_partuuid"} <= names  # called (find_partuuid via find_root)
@@ -764,11 +765,11 @@ def test_init_uses_only_builtins_and_applets() -> None:
     assert {"onix-exchange", "switch_root", "findfs", "insmod", "od", "tr", "printf", "[",
             "grep", "mv", "rm", "cat", "sed", "uname", "umount", "mount", "sync", "sh",
             "reboot", "sleep", "read", "set", "exec"} <= commands
-    # printf and [ are ash builtins in this busybox, as boot/init assumes (no applet link)
+    # printf and [ are ash builtins in this busybox, as the init assumes (no applet link)
     builtins = ash_builtins(commands | {"test"})
     assert {"printf", "[", "test", "echo", "read", "cd", "set", "exec"} <= builtins
     unknown = commands - builtins - set(initrd.APPLETS) - set(INITRD_PROGRAMS)
-    assert not unknown, f"boot/init runs {sorted(unknown)}: add them to initrd.APPLETS"
+    assert not unknown, f"the init runs {sorted(unknown)}: add them to initrd.APPLETS"
 
 
 def applet_path(tmp_path: Path) -> str:
@@ -785,7 +786,7 @@ def applet_path(tmp_path: Path) -> str:
 def run_init_function(tmp_path: Path, script: str) -> str:
     env = {"PATH": applet_path(tmp_path), "ONIX_INIT_LIB": "1"}
     r = subprocess.run([bootkit.busybox_static(), "sh", "-c",
-                        f". {REPO / 'boot' / 'init'}; {script}"], env=env, check=True,
+                        f". {INIT}; {script}"], env=env, check=True,
                        capture_output=True, text=True)
     return r.stdout
 

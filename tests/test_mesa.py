@@ -9,9 +9,9 @@ API (repo.add/available/fetch, transaction.install/rollback):
   state 2: the 25.0.7 set (libdrm2 and friends replaced by their backports versions)
   rollback to state 1
 
-A Nix-style "GUI app" (tests/data/gui-app: egl-frame, with glvnd's dispatcher in its
-own store path, the driver only from /run/opengl-driver) runs in `chroot R` after each
-step and must report the Mesa of the live state; `onix status --root R` must say
+A Nix-style "GUI app" (onix/validate/fixtures/gui-app: egl-frame, with glvnd's dispatcher
+in its own store path, the driver only from /run/opengl-driver) runs in `chroot R` after
+each step and must report the Mesa of the live state; `onix status --root R` must say
 `opengl: coherent` each time. llvmpipe only (LIBGL_ALWAYS_SOFTWARE=1): no GPU needed.
 
 The stones come from stones/ (or $ONIX_MESA_STONES) when ./scripts/stones built them,
@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import time
+from importlib.resources import as_file
 from pathlib import Path
 
 import pytest
@@ -38,17 +39,17 @@ from onix.repo import config as repo_config
 from onix.repo import fetch as repo_fetch
 from onix.repo import index as repo_index
 from onix.repo import keys
+from onix.validate.compose import GUI_APP
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "tests" / "data" / "gui-app"
 SETS = {"22.3.6": "mesa.yaml", "25.0.7": "mesa-25.yaml"}
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 STORE_NAME = "0c6kzph7l0dcbyaxyx8n2qcpmh4a1ify-egl-frame-1.0"  # a Nix-shaped store path
 
 
-def _skip_reason() -> str | None:
+def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "chroot into the scratch root needs root"
     for tool in ("gcc", "chroot"):
@@ -62,12 +63,8 @@ def _manifests(out: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def mesa_repo(tmp_path_factory):
+def mesa_repo(module_work: Path) -> tuple[Path, Path, dict[str, list[tuple[str, str]]]]:
     """(repository dir, public key, {mesa version: [(stone name, version), …]})."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("mesa")
     out = Path(os.environ.get("ONIX_MESA_STONES", REPO / "stones"))
     if not all(m.is_file() for m in _manifests(out).values()):
         import urllib.request
@@ -81,12 +78,12 @@ def mesa_repo(tmp_path_factory):
         except OSError as e:
             pytest.skip(f"no built Mesa stones in stones/ and the Debian mirror is not "
                         f"reachable ({e})")
-        out = work / "out"
+        out = module_work / "out"
         for v, recipe in SETS.items():
             t = time.monotonic()
             build(REPO / "recipes" / recipe, out=out)
             print(f"\nbuilt {recipe} (Mesa {v}) in {time.monotonic() - t:.0f} s")
-    repodir = work / "repo"
+    repodir = module_work / "repo"
     repodir.mkdir()
     sets: dict[str, list[tuple[str, str]]] = {}
     for v, manifest in _manifests(out).items():
@@ -101,7 +98,7 @@ def mesa_repo(tmp_path_factory):
                     shutil.copy2(out / s["file"], dest)
             version = s["file"][len(s["name"]) + 1:].rsplit("-", 2)[0]
             sets[v].append((s["name"], version))
-    key, pub = keys.generate(out=work / "key", comment="mesa test repository")
+    key, pub = keys.generate(out=module_work / "key", comment="mesa test repository")
     repo_index.write_index(directory=repodir, key=key, name="mesa")
     return repodir, pub, sets
 
@@ -117,7 +114,8 @@ def _install_set(root: Path, wanted: list[tuple[str, str]]):
 def _add_app(root: Path) -> Path:
     """The app as a store path in the root's /nix/store, glvnd from the live state."""
     dest = root / "nix" / "store" / STORE_NAME
-    subprocess.run([APP / "build.sh", dest, root / LIBDIR], check=True)
+    with as_file(GUI_APP) as app:
+        subprocess.run([app / "build.sh", dest, root / LIBDIR], check=True)
     return Path("/nix/store") / STORE_NAME / "bin" / "egl-frame"
 
 

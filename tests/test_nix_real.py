@@ -4,9 +4,10 @@ Every test runs a NixPlane (tests/nixkit.py): R/nix appears at /nix only inside 
 mount and PID namespace, never on the host. onix itself always runs outside, with
 --root R: it never needs /nix mounted, it fingerprints R/nix.
 
-The local flake tests/data/nix/nixpkgs stands in for nixpkgs (`ripgrep` is a two-line
-script called rg); tests/data/nix/nix-test.conf, appended to the declared nix.conf in the
-test's integration stone, makes the plane offline (no substituters, a local registry).
+The local flake onix/validate/fixtures/nix/nixpkgs stands in for nixpkgs (`ripgrep` is a
+two-line script called rg); fixtures/nix/nix-test.conf, appended to the declared nix.conf
+in the test's integration stone, makes the plane offline (no substituters, a local
+registry).
 """
 
 from __future__ import annotations

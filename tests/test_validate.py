@@ -1,12 +1,13 @@
 """`onix validate` through the real CLI: every implemented scenario boots and passes.
 
-The scenarios (onix/validate.py, docs/validation.md) boot a copy of the validation image
-in QEMU under OVMF with systemd-boot, several times each, and read the results back from
-the disk. This test runs the whole suite once (two VMs at a time, about 5 minutes under
-TCG on 2 cores), then checks the table: every scenario is there, the implemented ones
-passed with the boots they need. Scenario 4 (mesa-rollback) must pass when the repository
-holds both Mesa sets (recipes/mesa.yaml, recipes/mesa-25.yaml: their manifests and
-stones); without them it is listed as not built, with its reason, and never as passed.
+The scenarios (onix/validate/scenarios.py, docs/validation.md) boot a copy of the
+validation image in QEMU under OVMF with systemd-boot, several times each, and read the
+results back from the disk. This test runs the whole suite once (two VMs at a time,
+about 5 minutes under TCG on 2 cores), then checks the table: every scenario is there,
+the implemented ones passed with the boots they need. Scenario 4 (mesa-rollback) must
+pass when the repository holds both Mesa sets (recipes/mesa.yaml, recipes/mesa-25.yaml:
+their manifests and stones); without them it is listed as not built, with its reason,
+and never as passed.
 
 ONIX_VALIDATE_REPO and ONIX_VALIDATE_KEY run the suite against another signed repository
 than stones/ (e.g. one that adds the Mesa stones).
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from onix.core.errors import OnixError
-from onix.validate import image, qemu
+from onix.validate import compose, image, qemu
 from onix.validate import scenarios as validate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def test_onix_validate_runs_every_scenario(tmp_path: Path) -> None:
         else:
             assert got["result"] == "not built" and got["reason"], got
     mesa = by["mesa-rollback"]
-    if image.mesa_sets(STONES) is not None:
+    if compose.mesa_sets(STONES) is not None:
         assert mesa["result"] == "passed" and mesa["boots"] == 2, mesa
     else:
         assert mesa["result"] == "not built" and "Mesa" in mesa["reason"], mesa
@@ -180,7 +181,7 @@ def test_a_hanging_boot_is_killed_and_reports_the_serial_tail(
     _needs_ovmf()
     _fake_qemu(tmp_path, monkeypatch)
     log = tmp_path / "boot1.log"
-    with pytest.raises(qemu.BootError) as e:
+    with pytest.raises(qemu.VMError) as e:
         qemu.boot(tmp_path / "disk.img", log=log, vars_fd=tmp_path / "vars", timeout=1.5)
     assert "did not finish within 1.5 s" in str(e.value)
     assert "fake firmware: hanging now" in e.value.tail
@@ -200,7 +201,7 @@ def test_cancel_stops_every_boot_in_progress(
         try:
             qemu.boot(tmp_path / "disk.img", log=tmp_path / f"b{i}.log",
                       vars_fd=tmp_path / "vars", timeout=120)
-        except qemu.BootError as e:
+        except qemu.VMError as e:
             errors.append(e)
 
     qemu.CANCEL.clear()
@@ -339,7 +340,7 @@ def test_a_failed_preflight_still_prints_the_reports_shape(tmp_path: Path) -> No
 
 def _fake_mesa_repo(tmp_path: Path) -> Path:
     """A directory that holds both Mesa sets' manifests and (empty) stone files."""
-    for v in image.MESA_SETS.values():
+    for v in compose.MESA_SETS.values():
         files = [f"mesa-{v}-1-x86_64.stone", "libdrm2-x-1-x86_64.stone"]
         (tmp_path / f"mesa-{v}-1.manifest.json").write_text(json.dumps(
             {"name": "mesa", "stones": [{"name": f.split("-")[0], "file": f} for f in files]}))
@@ -349,11 +350,11 @@ def _fake_mesa_repo(tmp_path: Path) -> Path:
 
 
 def test_mesa_rollback_is_built_only_with_both_mesa_sets(tmp_path: Path) -> None:
-    assert image.mesa_sets(tmp_path) is None
+    assert compose.mesa_sets(tmp_path) is None
     assert not validate.select(["mesa-rollback"], tmp_path)[0].built
     repo = _fake_mesa_repo(tmp_path)
-    assert image.mesa_sets(repo) == {d: [f"mesa-{v}-1-x86_64.stone", "libdrm2-x-1-x86_64.stone"]
-                                     for d, v in image.MESA_SETS.items()}
+    assert compose.mesa_sets(repo) == {d: [f"mesa-{v}-1-x86_64.stone", "libdrm2-x-1-x86_64.stone"]
+                                     for d, v in compose.MESA_SETS.items()}
     sc = validate.select(["4"], repo)[0]
     assert sc.built and [e.state for e in sc.boots] == [1, 2]
     # installed by files (the manifests' exact stones), never by name
@@ -363,7 +364,7 @@ def test_mesa_rollback_is_built_only_with_both_mesa_sets(tmp_path: Path) -> None
     assert steps.index("app-25") < steps.index("rollback") < steps.index("app-back")
     assert "grep -qx '/nix: untouched' /run/rb" in sc.plan
     (repo / "libdrm2-x-1-x86_64.stone").unlink()  # a set without all its stones: not built
-    assert image.mesa_sets(repo) is None
+    assert compose.mesa_sets(repo) is None
 
 
 def test_no_step_name_twice_in_one_boot(tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ Nothing records a time, a host or a build path.
 
 Contents:
 
-    init                          boot/init (or the state's usr/lib/onix/initrd/init), 0755
+    init                          onix/boot/data/init (or the state's
+                                  usr/lib/onix/initrd/init), 0755
     bin/busybox                   the state's usr/bin/busybox, a static ELF
     bin/<applet> -> busybox       the applets init uses (APPLETS below)
     bin/onix-exchange             the state's usr/lib/onix/exchange, a static ELF
@@ -77,6 +78,8 @@ import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from onix.boot import kmod
@@ -97,7 +100,7 @@ ZSTD_MAX_WINDOW_LOG = 23  # 8 MiB: what the kernel's unzstd accepts for an initr
 DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme",
                    "ext4", "vfat", "nls_cp437", "nls_iso8859_1")
 
-# The busybox applets boot/init runs. Listing them (rather than `busybox --install`
+# The busybox applets the init script runs. Listing them (rather than `busybox --install`
 # at boot) keeps the archive a fixed, reviewable set; onix.shell installs the rest.
 APPLETS = ("cat", "echo", "findfs", "grep", "insmod", "ls", "mkdir", "mount", "mv", "od",
            "poweroff", "reboot", "rm", "sed", "sh", "sleep", "switch_root", "sync", "tr",
@@ -117,11 +120,12 @@ DIRS = ("bin", "dev", "etc", "lib", "lib/firmware", "lib/modules", "proc", "run"
         "sysroot", "tmp")
 
 
-def repo_init() -> Path:
-    """boot/init in the source tree this onix runs from."""
-    import onix
+def packaged_init() -> Traversable:
+    """The init script shipped in this package (onix/boot/data/init).
 
-    return Path(onix.__file__).resolve().parent.parent / "boot" / "init"
+    Package data, not a path into a source checkout: an installed onix (a wheel, the
+    onix stone) has no checkout to read it from."""
+    return files("onix.boot") / "data" / "init"
 
 
 # -- cpio newc ------------------------------------------------------------------
@@ -489,16 +493,16 @@ def _plan(*, usr: Path, kver: str,
     if init is None and is_regular(usr, STATE_INIT):  # a symlink there is an error
         init_data, init_origin = read_regular(usr, STATE_INIT), f"usr/{STATE_INIT}"
     else:
-        # the caller's own file or onix's boot/init, not the state's: read as given
-        init = repo_init() if init is None else Path(init)
-        if not init.is_file():
-            raise OnixError("no init script for the initrd", path=init,
-                            hint="run onix from its source tree (boot/init) or ship "
-                            f"usr/{STATE_INIT} in a stone")
-        init_data, init_origin = init.read_bytes(), str(init)
+        # the caller's own file or onix's packaged init, not the state's: read as given
+        script: Traversable = packaged_init() if init is None else Path(init)
+        if not script.is_file():
+            raise OnixError("no init script for the initrd", path=str(script),
+                            hint="reinstall onix (its package data onix/boot/data/init) "
+                            f"or ship usr/{STATE_INIT} in a stone")
+        init_data, init_origin = script.read_bytes(), str(script)
     helpers = {}
-    for rel, what in ((BUSYBOX, "a static busybox"),
-                      (EXCHANGE, "the static onix-exchange helper (boot/onix-exchange.c)")):
+    exchange = "the static onix-exchange helper (onix/boot/data/onix-exchange.c)"
+    for rel, what in ((BUSYBOX, "a static busybox"), (EXCHANGE, exchange)):
         try:
             helpers[rel] = read_regular(usr, rel)
         except FileNotFoundError:

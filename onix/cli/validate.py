@@ -21,10 +21,10 @@ image_group = typer.Typer(help="Bootable disk images composed from stones.",
 commands = typer.Typer()
 
 Repo = Annotated[Path | None, typer.Option(
-    "--repo", help="Signed repository of stones (default: the project's stones/).",
+    "--repo", help="Signed repository of stones (default: ./stones).",
     file_okay=False)]
 Key = Annotated[Path | None, typer.Option(
-    "--key", help="Its public key (default: .cache/keys/local.pub).", dir_okay=False)]
+    "--key", help="Its public key (default: ./.cache/keys/local.pub).", dir_okay=False)]
 
 
 @image_group.command("build")
@@ -50,7 +50,6 @@ def image_build(
 ) -> None:
     """Compose a bootable GPT disk (ESP + ext4 root) with onix's own transactions."""
     from onix.validate import image
-    from onix.validate.scenarios import PROJECT
 
     boot_conf = "timeout = 0\n" + (f"tries = {tries}\n" if tries is not None else "")
 
@@ -64,7 +63,8 @@ def image_build(
         c.print("seconds: " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()))
 
     run(lambda: image.build_image(
-        out=out, repo=repo or PROJECT / "stones", key=key or PROJECT / ".cache/keys/local.pub",
+        out=out, repo=(repo or Path("stones")).absolute(),  # the working directory's
+        key=(key or Path(".cache/keys/local.pub")).absolute(),
         stones=stones or None, size=size, cmdline=cmdline or None, boot_conf=boot_conf,
         fixtures=fixtures, work=work, progress=None if json else (lambda m: console().print(m))),
         human, as_json=json, markup=False)

@@ -102,7 +102,7 @@ class RootPaths:
 
     @property
     def boot_note(self) -> Path:
-        """Left by the initrd when it exchanged an archived state into /usr (boot/init)."""
+        """Left by the initrd (onix/boot/data/init) when it exchanged an old state into /usr."""
         return self.onix / "boot-exchange"
 
     @property

@@ -50,7 +50,7 @@ PROGRAMS: dict[str, str] = {
     "dumpe2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
     "qemu-system-x86_64": "qemu-system-x86",
-    "gcc": "gcc",  # the validation's EGL app (tests/data/gui-app/build.sh)
+    "gcc": "gcc",  # the validation's EGL app (onix/validate/fixtures/gui-app/build.sh)
     # the Nix plane: the self-test as another user, the store of a validation image
     "setpriv": "util-linux",
     "nix-build": "nix-bin",

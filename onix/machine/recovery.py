@@ -124,7 +124,7 @@ def reconcile(s: Session) -> list[str]:
 
 
 def _boot_note(paths: RootPaths) -> dict[str, str]:
-    """The initrd's `key=value` note about the exchange it made (boot/init writes it)."""
+    """The initrd's `key=value` note about the exchange it made (onix/boot/data/init writes it)."""
     try:
         text = paths.boot_note.read_text(errors="replace")
     except OSError:

@@ -132,7 +132,7 @@ def _after_activation(s: Session, result: Result) -> Result:
 
 
 def mark_txn(paths: RootPaths) -> None:
-    """Tell the initrd (boot/init) not to exchange /usr until this journal is closed."""
+    """Tell the initrd (onix/boot/data/init) not to exchange /usr until this journal is closed."""
     fd = os.open(paths.txn_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     os.fsync(fd)
     os.close(fd)

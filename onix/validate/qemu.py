@@ -18,7 +18,7 @@ in a per-machine copy of OVMF_VARS (`new_vars`), kept across boots like NVRAM.
         rebooted) or, with `until`, as soon as the serial log matches that regular
         expression. The guest is then stopped: stop="poweroff" (or "reboot") asks it
         over the control port to shut down cleanly (its disks are then readable with
-        debugfs and mtools), stop="kill" ends QEMU at once. Raises BootError, carrying
+        debugfs and mtools), stop="kill" ends QEMU at once. Raises VMError, carrying
         the tail of the serial log, when QEMU fails, the timeout passes, or the kernel
         panics.
 
@@ -27,7 +27,7 @@ in a per-machine copy of OVMF_VARS (`new_vars`), kept across boots like NVRAM.
         qemu-system-x86_64 and OVMF's code and variable files are there.
     cancel() / CANCEL
         every boot in progress (any thread) stops its QEMU at once and raises
-        BootError("cancelled"); `onix validate` calls it on Ctrl-C or SIGTERM. A new
+        VMError("cancelled"); `onix validate` calls it on Ctrl-C or SIGTERM. A new
         boot clears nothing: reset CANCEL before booting again.
 
 No QEMU outlives its boot: `boot` stops it on every way out (timeout, panic, cancel,
@@ -35,8 +35,8 @@ an exception), and each QEMU gets a parent-death signal (PR_SET_PDEATHSIG, SIGKI
 so a harness that is killed outright (SIGKILL) takes its VMs with it.
 
 The control port: a second serial port (ttyS1 in the guest) on a Unix socket. The
-ONIX guest (boot/guest/control) reads lines from it: `poweroff` or `reboot` runs its
-clean shutdown. The host writes to it only to stop a guest that stays up, and repeats
+ONIX guest (onix/validate/guest/control) reads lines from it: `poweroff` or `reboot`
+runs its clean shutdown. The host writes to it only to stop a guest that stays up, and repeats
 the line every 2 s until QEMU exits (a line sent before the guest listens is lost).
 
 Debian packages: qemu-system-x86, ovmf.
@@ -63,13 +63,15 @@ OVMF_CODE = tools.host_file("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = tools.host_file("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PANIC = r"Kernel panic - not syncing"
 TAIL_LINES = 40
-CANCEL = threading.Event()  # set: every boot stops its QEMU and raises BootError
+CANCEL = threading.Event()  # set: every boot stops its QEMU and raises VMError
 _LIVE: set[subprocess.Popen] = set()  # QEMU processes running now (any thread)
 _LIVE_LOCK = threading.Lock()
 
 
-class BootError(OnixError):
-    """A boot that did not finish: QEMU failed, timed out, or the kernel panicked.
+class VMError(OnixError):
+    """A VM boot that did not finish: QEMU failed, timed out, or the kernel panicked.
+
+    Not onix.boot.plane.BootError, which is onix failing to set up a machine's boot.
 
     `log` is the whole serial log so far, `tail` its last lines (also in the message)."""
 
@@ -144,7 +146,7 @@ def preflight() -> None:
 
 
 def cancel() -> None:
-    """Stop every boot in progress: each stops its QEMU and raises BootError."""
+    """Stop every boot in progress: each stops its QEMU and raises VMError."""
     CANCEL.set()
     with _LIVE_LOCK:
         live = list(_LIVE)
@@ -267,7 +269,7 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
         while True:
             if CANCEL.is_set():
                 _stop(p)
-                raise BootError(f"cancelled after {time.monotonic() - start:.1f} s",
+                raise VMError(f"cancelled after {time.monotonic() - start:.1f} s",
                                 log_path=log, log=_read(log),
                                 seconds=time.monotonic() - start)
             done = p.poll() is not None
@@ -284,21 +286,21 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
             for b in bad:
                 if b.search(text):
                     _stop(p)
-                    raise BootError(f"the guest's kernel panicked after {took:.1f} s",
+                    raise VMError(f"the guest's kernel panicked after {took:.1f} s",
                                     log_path=log, log=text, seconds=took)
             if done:
                 if p.returncode != 0:
                     msg = err_path.read_bytes().decode(errors="replace").strip()
-                    raise BootError(f"QEMU exited with status {p.returncode}: {msg}",
+                    raise VMError(f"QEMU exited with status {p.returncode}: {msg}",
                                     log_path=log, log=text, seconds=took)
                 if want:
-                    raise BootError(f"the guest stopped after {took:.1f} s without printing "
+                    raise VMError(f"the guest stopped after {took:.1f} s without printing "
                                     f"{until!r}", log_path=log, log=text, seconds=took)
                 return Boot(log=text, log_path=log, seconds=took, ended="exit", argv=argv)
             if took > timeout:
                 _stop(p)
                 text = _read(log)
-                raise BootError(f"the boot did not finish within {timeout:g} s "
+                raise VMError(f"the boot did not finish within {timeout:g} s "
                                 f"({'waiting for ' + repr(until) if until else 'no power-off'})",
                                 log_path=log, log=text, seconds=took)
             time.sleep(0.1)

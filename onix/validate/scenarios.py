@@ -1,17 +1,18 @@
-# ruff: noqa: E501  (a plan step is one shell line, however long: boot/guest/validate)
+# ruff: noqa: E501  (a plan step is one shell line, however long: onix/validate/guest/validate)
 """`onix validate`: the product's validation list, run in VMs that really reboot.
 
 Each scenario is a named check with its own copy of one shared base image (built once by
-onix.image.build_image with the validation fixtures, cached by its inputs) and its own
-OVMF variable store (its NVRAM). The harness writes the scenario's plan onto the disk
-(debugfs), then boots the disk up to `boots` times (onix.qemu, one QEMU process a boot).
-In the guest, the onix-guest service blesses the boot (onix boot mark-good), prints the
-ready marker and runs this boot's part of the plan (boot/guest/validate), which ends in a
-reboot or a power-off. After every boot the harness reads the results back from the disk
-(debugfs) and checks what the serial log says came up (the ready marker's state and
-entry). A scenario passes when every boot came up as expected and every step passed.
+image.build_image with the validation fixtures, cached by its inputs) and its own OVMF
+variable store (its NVRAM). The harness writes the scenario's plan onto the disk
+(readback.write_file, debugfs), then boots the disk up to `boots` times (qemu.boot, one
+QEMU process a boot). In the guest, the onix-guest service blesses the boot (onix boot
+mark-good), prints the ready marker and runs this boot's part of the plan
+(onix/validate/guest/validate), which ends in a reboot or a power-off. After every boot
+the harness reads the results back from the disk (readback.read_file) and checks what
+the serial log says came up (the ready marker's state and entry). A scenario passes
+when every boot came up as expected and every step passed.
 
-The plan format (boot/guest/validate reads it; docs/validation.md):
+The plan format (onix/validate/guest/validate reads it; docs/validation.md):
 
     boot N                this part runs in the N-th boot that reaches the runner
     step NAME COMMAND...  sh -c COMMAND as root; exit 0 is ok
@@ -21,8 +22,8 @@ The plan format (boot/guest/validate reads it; docs/validation.md):
 
 Scenarios (the issue's numbers): 1 nix-profile, 2 rollback, 3 prune-gc, 4 mesa-rollback,
 5 boot-menu, 6 failed-boot. 4 needs both Mesa sets in the repository (their manifests
-and stones: onix.image.mesa_sets; the image then carries them and the EGL app, see
-onix.image.add_mesa); without them it is listed as `not built`, with the reason.
+and stones: compose.mesa_sets; the image then carries them and the EGL app, see
+compose.add_mesa); without them it is listed as `not built`, with the reason.
 
     scenarios(repo) -> list[Scenario]                every scenario, in table order
     run(names, *, repo, key, work, timeout, keep, jobs, progress) -> Report
@@ -40,10 +41,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from onix.core import proc
 from onix.core.errors import OnixError
-from onix.validate import image, qemu
+from onix.validate import compose, image, qemu, readback
 
-PROJECT = Path(__file__).resolve().parents[2]
 BOOT_CONF = "timeout = 0\ntries = 1\n"  # one try: a boot that does not bless falls back
 READY = re.compile(r"^onix-guest: ready (.*)$", re.M)
 RESULTS = "/var/lib/onix-validate/results"
@@ -267,8 +268,8 @@ then poweroff
 MESA_NOT_BUILT = ("the repository has no Mesa 22.3.6/25.0.7 stones (mesa-22.3.6-1 and "
                   "mesa-25.0.7-1 manifests and their stones: recipes/mesa.yaml and "
                   "recipes/mesa-25.yaml, built by ./scripts/stones)")
-# the GUI app as alice: its store path from the image (onix.image.add_mesa), llvmpipe
-APP = (f"{ALICE} 'LIBGL_ALWAYS_SOFTWARE=1 $(cat /{image.MESA_AT}/app)/bin/egl-frame'")
+# the GUI app as alice: its store path from the image (compose.add_mesa), llvmpipe
+APP = (f"{ALICE} 'LIBGL_ALWAYS_SOFTWARE=1 $(cat /{compose.MESA_AT}/app)/bin/egl-frame'")
 
 
 def _app(name: str, version: str) -> str:
@@ -282,10 +283,10 @@ COHERENT = "onix status > /run/status 2>&1; cat /run/status; grep -qx 'opengl: c
 
 
 def _mesa(repo: Path | None = None) -> Scenario:
-    if repo is None or image.mesa_sets(repo) is None:
+    if repo is None or compose.mesa_sets(repo) is None:
         return Scenario("mesa-rollback", 4, "Mesa rollback with a Nix EGL app", built=False,
                         reason=MESA_NOT_BUILT)
-    mesa = f"/{image.MESA_AT}"
+    mesa = f"/{compose.MESA_AT}"
     plan = f"""\
 # 4. mesa-rollback: Mesa 22.3.6, then 25.0.7, then onix rollback; the Nix app follows
 boot 1
@@ -313,7 +314,7 @@ then poweroff
 
 def scenarios(repo: Path | None = None) -> list[Scenario]:
     """Every scenario, in the order of the table (the issue's numbers). mesa-rollback is
-    built only when `repo` holds both Mesa sets (onix.image.mesa_sets)."""
+    built only when `repo` holds both Mesa sets (compose.mesa_sets)."""
     return sorted([_nix_profile(), _rollback(), _prune_gc(), _mesa(repo), _boot_menu(),
                    _failed_boot()], key=lambda s: s.number)
 
@@ -345,7 +346,7 @@ def _ready(log: str) -> tuple[int | None, str]:
 
 def _runner_boot(disk: Path) -> int | None:
     try:
-        n = image.read_file(disk, "/var/lib/onix-validate/boot").decode().strip()
+        n = readback.read_file(disk, "/var/lib/onix-validate/boot").decode().strip()
     except FileNotFoundError:
         return None
     return int(n) if n.isdigit() else None
@@ -353,7 +354,7 @@ def _runner_boot(disk: Path) -> int | None:
 
 def _results(disk: Path, n: int) -> tuple[list[list[str]], str]:
     try:
-        lines = image.read_file(disk, f"{RESULTS}/{n}").decode(errors="replace").splitlines()
+        lines = readback.read_file(disk, f"{RESULTS}/{n}").decode(errors="replace").splitlines()
     except FileNotFoundError:
         return [], ""
     steps = [ln.split() for ln in lines if ln.startswith("step ")]
@@ -370,9 +371,9 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
     t0 = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
     disk = work / "disk.img"
-    image.proc.run(["cp", "--sparse=always", "--reflink=auto", base, disk], timeout=600)
+    proc.run(["cp", "--sparse=always", "--reflink=auto", base, disk], timeout=600)
     vars_fd = qemu.new_vars(work / "OVMF_VARS.fd")
-    image.write_file(disk, "/var/lib/onix-validate/plan",
+    readback.write_file(disk, "/var/lib/onix-validate/plan",
                      sc.plan.replace("@FSTX1@", fstx1).encode())
     seen_runner = 0
     for i, want in enumerate(sc.boots, 1):
@@ -381,13 +382,13 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
             b = qemu.boot(disk, log=log_path, vars_fd=vars_fd, timeout=timeout,
                           fail=(qemu.PANIC,) if want.state is not None else ())
             text, secs = b.log, b.seconds
-        except qemu.BootError as e:
+        except qemu.VMError as e:
             out.boots = i
             out.problems.append(f"boot {i}: {str(e).splitlines()[0]}")
             out.tail, out.tail_path = e.tail, str(log_path)
             break
         out.boots = i
-        image.replay_journal(disk)  # a boot that did not shut down cleanly left one
+        readback.replay_journal(disk)  # a boot that did not shut down cleanly left one
         state, entry = _ready(text)
         rb = _runner_boot(disk)
         rec = BootRecord(i, round(secs, 1), state, entry, rb, "-")
@@ -411,7 +412,7 @@ def run_one(sc: Scenario, *, base: Path, fstx1: str, work: Path, timeout: float,
                     if len(s) >= 3 and s[2] != "ok":
                         rec.problems.append(f"step {s[1]} failed (exit {s[3]})")
                         try:
-                            log = image.read_file(disk, f"{RESULTS}/{rb}.d/{s[1]}.log")
+                            log = readback.read_file(disk, f"{RESULTS}/{rb}.d/{s[1]}.log")
                             out.step_logs[f"boot {i} {s[1]}"] = "\n".join(
                                 log.decode(errors="replace").splitlines()[-15:])
                         except FileNotFoundError:
@@ -451,9 +452,10 @@ def run(names: list[str] | None = None, *, repo: Path | None = None, key: Path |
     (qemu.cancel) and, without keep, the base image and the disks are removed."""
     say = progress or (lambda _m: None)
     t0 = time.monotonic()
-    repo = Path(repo or PROJECT / "stones")
+    # the working directory's, like `onix build -o stones`: an installed onix has no checkout
+    repo = Path(repo or Path("stones").absolute())
     chosen = select(names, repo)
-    key = Path(key or PROJECT / ".cache" / "keys" / "local.pub")
+    key = Path(key or Path(".cache/keys/local.pub").absolute())
     work = Path(work or image.default_work().parent / "validate")
     todo = [s for s in chosen if s.built]
     if todo:  # one clear line before anything is built or booted
