@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -406,54 +405,30 @@ class Initrd:
 
 
 def _resolve_firmware(usr: Path, rel: str) -> tuple[str | None, str | None]:
-    """Where lib/firmware/<rel> really is, following its symlinks by hand.
+    """Where lib/firmware/<rel> really is, its symlinks followed by hand (safepath).
 
     (path below lib/firmware of the regular file, None), or (None, None) if there is
     nothing at rel, or (None, why) if something is there but cannot be used: a link
-    that leaves lib/firmware, a loop, something that is not a regular file. Every
-    link is read with readlink and resolved here, relative to its own directory, so
-    the kernel never follows one: a target is only ever looked at inside
-    usr/lib/firmware.
+    that leaves lib/firmware, a loop, something that is not a regular file. A target is
+    only ever looked at inside usr/lib/firmware.
     """
     base = Path(usr) / FIRMWARE
-    done: list[str] = []  # resolved components, each a real directory (the last a file)
-    todo = rel.split("/")[::-1]  # a stack: the next component is todo[-1]
-    links = 0
-    while todo:
-        part = todo.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not done:
-                return None, f"a symlink on the way to {rel} leads out of usr/{FIRMWARE}"
-            done.pop()
-            continue
-        here = base.joinpath(*done, part)
-        try:
-            st = here.lstat()  # lstat: `here` holds no symlink, each part was checked
-        except (FileNotFoundError, NotADirectoryError):
-            return None, None if not links else f"{rel} is a dangling symlink"
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > FIRMWARE_MAX_LINKS:
-                return None, f"{rel}: more than {FIRMWARE_MAX_LINKS} symlinks (a loop?)"
-            target = os.readlink(here)
-            if target.startswith("/"):
-                inside = next((target[len(p):] for p in FIRMWARE_ABSOLUTE
-                               if target.startswith(p)), None)
-                if inside is None:
-                    link = "/".join([*done, part])
-                    return None, (f"usr/{FIRMWARE}/{link} is a symlink to {target}, "
-                                  f"outside usr/{FIRMWARE}")
-                done, target = [], inside
-            todo.extend(target.split("/")[::-1])
-            continue
-        if todo and not stat.S_ISDIR(st.st_mode):
-            return None, None
-        done.append(part)
-    if not done or not stat.S_ISREG(base.joinpath(*done).lstat().st_mode):
+    got = safepath.follow_links(base, rel, max_links=FIRMWARE_MAX_LINKS, absolute=lambda t: next(
+        (t[len(p):] for p in FIRMWARE_ABSOLUTE if t.startswith(p)), None))
+    if got.problem == "up":
+        return None, f"a symlink on the way to {rel} leads out of usr/{FIRMWARE}"
+    if got.problem == "outside":
+        return None, (f"usr/{FIRMWARE}/{got.link} is a symlink to {got.target}, "
+                      f"outside usr/{FIRMWARE}")
+    if got.problem == "loop":
+        return None, f"{rel}: more than {FIRMWARE_MAX_LINKS} symlinks (a loop?)"
+    if got.problem == "missing":
+        return None, None if not got.links else f"{rel} is a dangling symlink"
+    if got.problem == "notdir":
+        return None, None
+    if not got.path or not stat.S_ISREG(base.joinpath(got.path).lstat().st_mode):
         return None, f"{rel} is not a regular file"
-    return "/".join(done), None
+    return got.path, None
 
 
 def _find_firmware(usr: Path, name: str) -> tuple[str, bytes] | str:
@@ -486,20 +461,22 @@ def _find_firmware(usr: Path, name: str) -> tuple[str, bytes] | str:
     return why or f"not in usr/{FIRMWARE} (as {name}, {name}.zst or {name}.xz)"
 
 
-def _plan(*, usr: Path, kver: str,
-          init: Path | None = None) -> tuple[list[Source], kmod.Resolution, dict]:
-    """Every entry of the archive (sorted, inode-numbered) and what it was made from."""
-    usr = Path(usr)
+def _init_script(usr: Path, init: Path | None) -> tuple[bytes, str]:
+    """The initrd's /init and where it came from: the state's own, the caller's, or the
+    one packaged with onix."""
     if init is None and is_regular(usr, STATE_INIT):  # a symlink there is an error
-        init_data, init_origin = read_regular(usr, STATE_INIT), f"usr/{STATE_INIT}"
-    else:
-        # the caller's own file or onix's packaged init, not the state's: read as given
-        script: Traversable = packaged_init() if init is None else Path(init)
-        if not script.is_file():
-            raise OnixError("no init script for the initrd", path=str(script),
-                            hint="reinstall onix (its package data onix/boot/data/init) "
-                            f"or ship usr/{STATE_INIT} in a stone")
-        init_data, init_origin = script.read_bytes(), str(script)
+        return read_regular(usr, STATE_INIT), f"usr/{STATE_INIT}"
+    # the caller's own file or onix's packaged init, not the state's: read as given
+    script: Traversable = packaged_init() if init is None else Path(init)
+    if not script.is_file():
+        raise OnixError("no init script for the initrd", path=str(script),
+                        hint="reinstall onix (its package data onix/boot/data/init) "
+                        f"or ship usr/{STATE_INIT} in a stone")
+    return script.read_bytes(), str(script)
+
+
+def _helpers(usr: Path) -> dict[str, bytes]:
+    """busybox and the exchange helper from the state, each checked to be static."""
     helpers = {}
     exchange = "the static onix-exchange helper (onix/boot/data/onix-exchange.c)"
     for rel, what in ((BUSYBOX, "a static busybox"), (EXCHANGE, exchange)):
@@ -510,6 +487,15 @@ def _plan(*, usr: Path, kver: str,
                             path=usr / rel,
                             hint=f"install a stone that ships {what} at usr/{rel}") from None
         check_static(usr / rel, rel=rel, what=what, data=helpers[rel])
+    return helpers
+
+
+def _plan(*, usr: Path, kver: str,
+          init: Path | None = None) -> tuple[list[Source], kmod.Resolution, dict]:
+    """Every entry of the archive (sorted, inode-numbered) and what it was made from."""
+    usr = Path(usr)
+    init_data, init_origin = _init_script(usr, init)
+    helpers = _helpers(usr)
     wanted = wanted_modules(usr=usr)
     if is_directory(usr, f"lib/modules/{kver}"):
         res = kmod.resolve(usr=usr, kver=kver, wanted=wanted)

@@ -58,6 +58,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 from elftools.elf.segments import NoteSegment
 
+from onix.core import safepath
 from onix.core.errors import OnixError
 from onix.core.safepath import clean_rel
 
@@ -298,43 +299,12 @@ class _Tree:
         return result
 
     def _resolve(self, rel: str) -> tuple[str, tuple[str, ...]] | None:
-        todo = [p for p in rel.split("/") if p not in ("", ".")]
-        todo.reverse()  # a stack: the next component is at the end
-        done: list[str] = []
-        links: list[str] = []
-        while todo:
-            part = todo.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not done:
-                    return None  # above the tree: outside, never followed
-                done.pop()
-                continue
-            here = "/".join([*done, part])
-            st = self._lstat(here)
-            if st is None and not done and part in _MERGED:
-                here = "usr/" + part  # a root-level lib/ in a merged-usr tree is usr/lib
-                done = ["usr"]
-                st = self._lstat(here)
-            if st is None:
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                if len(links) >= _MAX_LINKS:
-                    return None
-                links.append(here)
-                target = os.readlink(os.path.join(self.root, here))
-                if target.startswith("/"):
-                    done = []
-                todo.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-                continue
-            if todo and not stat.S_ISDIR(st.st_mode):
-                return None
-            done.append(part)
-        if not done:
-            return None
-        return "/".join(done), tuple(links)
-
+        # an absolute target stays in the tree (it is a sysroot); a root-level lib/ in a
+        # merged-usr tree is usr/lib; leaving the tree or a loop finds nothing
+        got = safepath.follow_links(Path(self.root), rel, max_links=_MAX_LINKS,
+                                    alias=lambda part: f"usr/{part}" if part in _MERGED
+                                    else None)
+        return (got.path, got.links) if got.path else None
 
 def _walk(tree: Path) -> list[str]:
     """Every non-directory entry and every symlink (to a directory too) below tree, sorted."""

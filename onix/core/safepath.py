@@ -17,6 +17,8 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from onix.core.errors import OnixError
@@ -240,3 +242,69 @@ def read_regular(usr: Path, rel: str) -> bytes:
         os.close(dfd)
 
 
+# -- following links by hand, inside a tree ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Followed:
+    """Where `follow_links` ended. `path` is set when every component was found and is a
+    real directory (the last one anything but a link; "" for the base itself); else
+    `problem` says why: "missing" (nothing there), "notdir" (a file where a directory was
+    needed), "up" (a `..` above the base), "outside" (an absolute target `absolute`
+    refused: `link` and `target` say which), "loop" (more than max_links links)."""
+
+    path: str | None
+    links: tuple[str, ...] = ()
+    problem: str | None = None
+    link: str | None = None
+    target: str | None = None
+
+
+def follow_links(base: Path, rel: str, *, max_links: int,
+                 absolute: Callable[[str], str | None] = lambda target: target,
+                 alias: Callable[[str], str | None] = lambda part: None) -> Followed:
+    """Resolve `rel` below `base` the way the kernel would, but by hand: every link is read
+    with readlink and its target resolved here, so nothing outside `base` is ever looked
+    at. `absolute` maps an absolute target to a path below `base` (None: it leads out);
+    `alias(part)` may name where a missing first component really is (a merged-/usr tree's
+    lib/ is usr/lib)."""
+    done: list[str] = []
+    links: list[str] = []
+    todo = [p for p in rel.split("/") if p not in ("", ".")][::-1]  # a stack: next at the end
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            if not done:
+                return Followed(None, tuple(links), "up")
+            done.pop()
+            continue
+        here = "/".join([*done, part])
+        st = _lstat_or_none(base / here)
+        if st is None and not done and (real := alias(part)) is not None:
+            done, here = real.split("/")[:-1], real
+            st = _lstat_or_none(base / here)
+        if st is None:
+            return Followed(None, tuple(links), "missing")
+        if stat.S_ISLNK(st.st_mode):
+            if len(links) >= max_links:
+                return Followed(None, tuple(links), "loop")
+            links.append(here)
+            target = os.readlink(base / here)
+            if target.startswith("/"):
+                inside = absolute(target)
+                if inside is None:
+                    return Followed(None, tuple(links), "outside", link=here, target=target)
+                done, target = [], inside
+            todo.extend(p for p in target.split("/")[::-1] if p not in ("", "."))
+            continue
+        if todo and not stat.S_ISDIR(st.st_mode):
+            return Followed(None, tuple(links), "notdir")
+        done.append(part)
+    return Followed("/".join(done), tuple(links))
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()  # no symlink on the way: every component was checked
+    except (FileNotFoundError, NotADirectoryError):
+        return None
