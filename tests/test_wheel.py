@@ -3,9 +3,9 @@
 `pip wheel .` builds the wheel, a new virtualenv outside the checkout installs it (its
 dependencies from the package index, as a user's pip would), and from a directory that is
 not the checkout the installed `onix` runs the demo's flow on a scratch root: pack two
-versions of a stone, install, upgrade, roll back, prune, status. Then the installed
-library builds an initrd for a small state (fake kernel, static busybox and exchange
-helper), whose `init` must be the one shipped inside the package.
+versions of a stone, install, upgrade, roll back, upgrade again, prune, status, verify.
+Then the installed library builds an initrd for a small state (fake kernel, static
+busybox and exchange helper), whose `init` must be the one shipped inside the package.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ def test_the_demo_flow_runs_from_the_wheel(installed: Path, tmp_path: Path) -> N
     back = _run([onix, "rollback", "--root", root], cwd=tmp_path).stdout
     assert "/nix: untouched" in back
     assert (root / "usr/bin/hello").read_text().endswith("hello 1.0\n")
-    _run([onix, "prune", "--keep", "1", "--root", root], cwd=tmp_path)
+    _run([onix, "install", "--root", root, tmp_path / "hello-2.0.stone"], cwd=tmp_path)
+    pruned = _run([onix, "prune", "--keep", "1", "--root", root], cwd=tmp_path).stdout
+    assert "removed states: 1, 2" in pruned and "/nix: untouched" in pruned
     status = json.loads(_run([onix, "status", "--root", root, "--json"], cwd=tmp_path).stdout)
-    assert status["active_state"] == 1 and status["states"] == 1
+    assert status["active_state"] == 3 and status["states"] == 1
     verify = json.loads(_run([onix, "verify", "--root", root, "--json"], cwd=tmp_path).stdout)
     assert verify["clean"]
 
