@@ -87,7 +87,8 @@ FOR_TESTS: dict[str, str] = {
     "s6-notifyoncheck": "s6",
     "ostree": "ostree",  # the benchmarks' peers
     "b3sum": "b3sum",
-    "debootstrap": "debootstrap",  # scripts/fresh-check
+    "debootstrap": "debootstrap",  # scripts/fresh-check, with a git clone of the checkout
+    "git": "git",
 }
 
 # Files onix reads from Debian packages (not from a state or a stone).
