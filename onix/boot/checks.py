@@ -10,7 +10,9 @@ naming the file, with the root exactly as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onix.boot import esp
 from onix.boot.inputs import (
@@ -26,6 +28,9 @@ from onix.boot.inputs import (
 from onix.core.errors import BootError
 from onix.core.paths import RootPaths
 from onix.machine.session import Session
+
+if TYPE_CHECKING:
+    from onix.machine.layout import Entry
 
 # Directories onix writes on the ESP and $BOOT; any of them being a symlink is refused.
 BOOT_DIRS = ("loader", "loader/entries", "onix")
@@ -56,7 +61,8 @@ def preflight(s: Session) -> None:
     dirs_for(s.paths)
 
 
-def check_layout(s: Session, entries: list, *, read) -> None:
+def check_layout(s: Session, entries: list[Entry], *,
+                 read: Callable[[Entry], bytes]) -> None:
     """Before anything is written: would the planned state boot?
 
     Works from the planned layout; `read(entry) -> bytes` fetches a file's content (from

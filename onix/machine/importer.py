@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from onix.machine.session import Session
 from onix.machine.store import DigestMismatch, ObjectKey
 
 
-def content_reader(s: Session, cands: list[Candidate]):
+def content_reader(s: Session, cands: list[Candidate]) -> Callable[[Entry], bytes]:
     """A file's bytes by its layout entry, before import: from the store, or else from a
     stone on the command line (one pass over its content; the digest is checked here,
     since nothing has verified that content yet)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from onix.core.errors import OnixError
 from onix.core.paths import RootPaths, read_state_id
 from onix.core.progress import SILENT, Progress
+from onix.repo.resolve import Resolution
 
 # soname(…), binary(…), interpreter(/usr/lib/ld….so(x86_64)): the last has slashes
 PROVIDER_RE = re.compile(r"[a-z][a-z0-9_-]*\(.+\)\Z")
@@ -86,7 +87,8 @@ def fetch(paths: RootPaths, names: list[str], *, files: Sequence[Path] = (),
     return out
 
 
-def plan_install(paths: RootPaths, names: list[str], *, files: Sequence[Path] = ()):
+def plan_install(paths: RootPaths, names: list[str], *,
+                 files: Sequence[Path] = ()) -> Resolution:
     """The resolver's plan for names against the live selection and the repositories.
 
     Stone `files` installed in the same transaction count as installed already: what

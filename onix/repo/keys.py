@@ -28,9 +28,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onix.core.errors import OnixError
 from onix.core.fsutil import atomic_write
+
+if TYPE_CHECKING:  # cryptography is imported only when a key is used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PRIVATE_HEADER = "onix-ed25519-private v1"
 PUBLIC_TAG = "onix-ed25519"
@@ -133,7 +137,7 @@ def generate(*, out: Path, comment: str) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def load_private(path: Path):
+def load_private(path: Path) -> Ed25519PrivateKey:
     """The Ed25519PrivateKey in a `.key` file; refused if others can read it (like ssh)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
