@@ -21,7 +21,7 @@ from onix.build.recipe import RecipeError, load
 from onix.core.errors import LockedError, OnixError
 from onix.machine.stone import Stone
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HAVE_MUSL = shutil.which("musl-gcc") is not None
 needs_musl = pytest.mark.skipif(not HAVE_MUSL, reason="musl-gcc (Debian musl-tools) missing")
 
