@@ -1,5 +1,6 @@
-"""The builder: recipe errors with file:line, source verification, real builds with gcc and
-musl-gcc into stones (splits, debug info, analysis), reproducibility, clean environment."""
+"""The builder: source verification, real builds with gcc and musl-gcc into stones (splits,
+debug info, analysis), reproducibility, clean environment, file names that are not UTF-8,
+stripping (recipe parsing and its errors: builder/test_recipe.py)."""
 
 from __future__ import annotations
 
@@ -10,122 +11,21 @@ import os
 import re
 import shutil
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import onix
+from test_recipe import BASE, RECIPE, error_of, write
 
 from onix.build import sources
 from onix.build.builder import BuildError, build
-from onix.build.recipe import RecipeError, load
+from onix.build.recipe import load
 from onix.core.errors import LockedError, OnixError
 from onix.machine.stone import Stone
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HAVE_MUSL = shutil.which("musl-gcc") is not None
 needs_musl = pytest.mark.skipif(not HAVE_MUSL, reason="musl-gcc (Debian musl-tools) missing")
-
-BASE = """\
-name: demo
-version: 1.0.0
-release: 1
-summary: a demo
-license: MIT
-"""
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def error_of(recipe: Path) -> OnixError:
-    with pytest.raises(OnixError) as e:
-        load(recipe)
-    return e.value
-
-
-# -- recipe errors name file:line ---------------------------------------------------
-
-
-def test_unknown_key_names_file_and_line(tmp_path):
-    r = write(tmp_path / "r.yaml", BASE + "buidl: |\n  make\n")
-    e = error_of(r)
-    assert isinstance(e, RecipeError)
-    assert e.path == f"{r}:6"
-    assert "unknown key 'buidl'" in e.message
-    assert "'build'" in e.hint  # did you mean
-
-
-def test_unknown_key_inside_an_upstream(tmp_path):
-    r = write(tmp_path / "r.yaml", BASE + "upstreams:\n  - path: x.c\n    sha265: abc\n")
-    e = error_of(r)
-    assert e.path == f"{r}:8" and "sha265" in e.message
-
-
-def test_missing_field_names_the_mapping(tmp_path):
-    r = write(tmp_path / "r.yaml", "# comment\nname: demo\nversion: '1'\nrelease: 1\n"
-              "summary: s\n")
-    e = error_of(r)
-    assert e.path == f"{r}:2" and "'license'" in e.message
-
-
-def test_missing_field_of_a_split(tmp_path):
-    r = write(tmp_path / "r.yaml", BASE + "packages:\n  - name: demo-docs\n")
-    e = error_of(r)
-    assert e.path == f"{r}:7" and "'paths'" in e.message
-
-
-@pytest.mark.parametrize(("line", "text", "word"), [
-    (2, "version: 1.35", "version must be a string"),
-    (3, "release: '1'", "release must be an integer"),
-    (3, "release: 0", "release must be ≥ 1"),
-    (6, "builddeps: musl-tools", "builddeps must be a list"),
-    (6, "options: {strip: maybe}", "options.strip must be true or false"),
-])
-def test_wrong_type_names_the_value_line(tmp_path, line, text, word):
-    lines = BASE.splitlines()
-    key = text.split(":")[0]
-    lines = [ln for ln in lines if not ln.startswith(key + ":")]
-    lines.insert(line - 1, text)
-    r = write(tmp_path / "r.yaml", "\n".join(lines) + "\n")
-    e = error_of(r)
-    assert e.path == f"{r}:{line}", e.line()
-    assert word in e.message
-
-
-def test_unknown_macro_names_its_line_in_a_script(tmp_path):
-    r = write(tmp_path / "r.yaml", BASE + "build: |\n  make\n  make DESTDIR=%(instalroot)\n")
-    e = error_of(r)
-    assert e.path == f"{r}:8"
-    assert "%(instalroot)" in e.message and "installroot" in e.hint
-
-
-def test_unknown_macro_in_a_package_name(tmp_path):
-    r = write(tmp_path / "r.yaml", BASE + "packages:\n  - name: '%(name)-%(jobs)'\n"
-              "    paths: [usr/x]\n")
-    e = error_of(r)
-    assert e.path == f"{r}:7" and "%(jobs)" in e.message
-
-
-def test_repack_needs_scaffolding(tmp_path):
-    r = write(tmp_path / "r.yaml", BASE + "upstreams:\n  - debian-binary: s6\n"
-              "    version: '1'\n    sha256: " + "0" * 64 + "\n")
-    e = error_of(r)  # (a pin of only digits is still read as text)
-    assert e.path == f"{r}:1" and "scaffolding" in e.hint
-
-
-def test_path_upstream_must_stay_inside(tmp_path):
-    r = write(tmp_path / "sub" / "r.yaml", BASE + "upstreams:\n  - path: ../outside.c\n")
-    (tmp_path / "outside.c").write_text("int main(void){return 0;}\n")
-    e = error_of(r)
-    assert e.path == f"{r}:7" and "leaves" in e.message
-
-
-def test_every_recipe_in_the_repository_loads():
-    names = {load(f).name for f in sorted((REPO / "recipes").glob("*.yaml"))}
-    assert {"busybox", "onix-exchange"} <= names
 
 
 # -- sources -------------------------------------------------------------------------
@@ -409,6 +309,77 @@ def test_closure_of_a_tree_that_needs_no_library_adds_no_stone(tmp_path):
     assert [s.name for s in res.stones] == ["demo"]
     manifest = json.loads(res.manifest.read_text())
     assert not [u for u in manifest["upstreams"] if u["kind"] == "debian-closure"]
+
+
+# -- file names that are not UTF-8, and stripping -------------------------------------
+
+STEPS = RECIPE.format(release=1) + "install: |\n  mkdir -p %(installroot)/usr/bin\n"
+
+
+def _build(tmp_path: Path, install: str):
+    p = tmp_path / "r.yaml"
+    p.write_text(STEPS + "".join(f"  {ln}\n" for ln in install.splitlines()))
+    return onix("build", p, "-o", tmp_path / "out", "--cache", tmp_path / "cache", "--json")
+
+
+def test_a_file_name_that_is_not_utf8_is_one_error_naming_it(tmp_path):
+    # It crashed with UnicodeEncodeError while packing (a stone's layout is UTF-8 JSON).
+    r = _build(tmp_path, "touch %(installroot)/usr/bin/ok %(installroot)/usr/bin/$'a\\xff'")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    err = json.loads(r.stdout)
+    assert "usr/bin/a\\xff" in err["error"] + str(err["path"]) and "UTF-8" in err["error"]
+    assert not list((tmp_path / "out").glob("*.stone"))
+
+
+def test_a_dropped_file_name_that_is_not_utf8_does_not_break_the_manifest(tmp_path):
+    # Only usr/ is kept; the manifest lists what went, and could not encode this name.
+    r = _build(tmp_path, "touch %(installroot)/usr/bin/ok\n"
+               "mkdir %(installroot)/etc; touch %(installroot)/etc/$'b\\xff'")
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads(Path(json.loads(r.stdout)[0]["manifest"]).read_text())
+    assert manifest["dropped"] == ["etc/", "etc/b\\xff"]
+
+
+def test_a_path_upstream_directory_with_a_non_utf8_name_is_recorded(tmp_path):
+    # The manifest records a directory upstream by a sha256 over its entries; encoding a
+    # non-UTF-8 name for that hash crashed the build at the very end.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / os.fsdecode(b"n\xff")).write_text("x")
+    p = tmp_path / "r.yaml"
+    p.write_text(STEPS + "upstreams:\n  - path: src\n"
+                 "  - path: src2\n")
+    (tmp_path / "src2").mkdir()
+    (tmp_path / "src2" / "ok").write_text("y")
+    r = onix("build", p, "-o", tmp_path / "out", "--cache", tmp_path / "cache", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads(Path(json.loads(r.stdout)[0]["manifest"]).read_text())
+    assert [len(u["sha256"]) for u in manifest["upstreams"]] == [64, 64]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_stripping_never_rewrites_a_file_hard_linked_from_outside_the_build(tmp_path):
+    # Stripping rewrote each ELF file in place (same inode). An install step that
+    # hard-links a file from elsewhere on the disk — `cp -al`, `ln` from the host's own
+    # /usr — had that file stripped too: the build modified the machine it ran on.
+    import hashlib
+    import subprocess
+
+    outside = tmp_path / "elsewhere" / "tool"
+    outside.parent.mkdir()
+    (tmp_path / "t.c").write_text("int main(void) { return 0; }\n")
+    subprocess.run(["gcc", "-g", "-Wl,--build-id", "-o", outside, tmp_path / "t.c"], check=True)
+    before = hashlib.sha256(outside.read_bytes()).hexdigest()
+    r = _build(tmp_path, f"ln {outside} %(installroot)/usr/bin/tool\n"
+               "ln %(installroot)/usr/bin/tool %(installroot)/usr/bin/tool2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hashlib.sha256(outside.read_bytes()).hexdigest() == before
+    stones = {s["name"]: s for s in json.loads(r.stdout)[0]["stones"]}
+    assert "demo-dbginfo" in stones  # it was stripped, in the build's own copy
+    with Stone(Path(stones["demo"]["file"])) as s:
+        sizes = {e.path: e.size for e in s.layout if e.path.startswith("bin/")}
+    assert sizes["bin/tool"] == sizes["bin/tool2"] < outside.stat().st_size
 
 
 # -- the repository's own recipes ------------------------------------------------------

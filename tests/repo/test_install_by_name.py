@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import onix, onix_json, snapshot
 
+from onix.machine.stone import Stone
+from onix.repo import index as repo_index
+
 
 @pytest.fixture
 def http_dir():
@@ -130,3 +133,69 @@ def test_a_stone_file_and_a_name_in_one_command(root, signed_repo, make_stone):
     onix("install", "app", str(extra), "--root", root, check=True)
     assert (root / "usr/bin/extra").exists() and (root / "usr/bin/app").exists()
     assert onix_json("info", "extra", "--root", root)["installed"]["explicit"] is True
+
+
+# -- stone files and names in one command, provider strings --------------------------
+
+
+@pytest.fixture
+def deps_repo(tmp_path: Path, make_stone, signer):
+    """app needs libcore (by soname); extra is a stone file outside any repository."""
+    d = tmp_path / "deps"
+    d.mkdir()
+    for s in (make_stone("libcore", {"lib/libcore.so.1": "c"},
+                         provides=["soname(libcore.so.1(x86_64))"]),
+              make_stone("app", {"bin/app": "a"}, depends=["soname(libcore.so.1(x86_64))"])):
+        with Stone(s) as st:
+            name = st.meta.name
+        shutil.move(s, d / f"{name}.stone")
+    repo_index.write_index(directory=d, key=signer[0], name="deps")
+    return d
+
+
+def test_naming_an_installed_dependency_with_a_stone_file_makes_it_explicit(
+        root, deps_repo, signer, make_stone):
+    # `onix install libcore extra.stone`: libcore is installed as app's dependency, so the
+    # plan fetches nothing and only the file was installed, forgetting that libcore was
+    # now asked for by name: removing app then dropped it as an orphan.
+    onix("repo", "add", "deps", deps_repo, "--key", signer[1], "--root", root, check=True)
+    onix("install", "app", "--root", root, check=True)
+    extra = make_stone("extra", {"bin/extra": "x"})
+    onix("install", "libcore", str(extra), "--root", root, check=True)
+    info = json.loads(onix("info", "libcore", "--root", root, "--json", check=True).stdout)
+    assert info["installed"]["explicit"] is True
+    r = onix("remove", "app", "--root", root, "--json", check=True)
+    assert "orphans" not in json.loads(r.stdout)["summary"]
+    assert (root / "usr/lib/libcore.so.1").exists()
+
+
+def test_a_stone_file_meets_the_dependency_of_a_name_in_the_same_command(
+        root, deps_repo, signer, make_stone):
+    # `onix install app ./libcore.stone` (a local build of the dependency): resolution did
+    # not see the file, fetched the repository's libcore too, and the transaction refused
+    # "two stones named libcore" after both downloads.
+    onix("repo", "add", "deps", deps_repo, "--key", signer[1], "--root", root, check=True)
+    mine = make_stone("libcore", {"lib/libcore.so.1": "mine"}, version="0.9",
+                      provides=["soname(libcore.so.1(x86_64))"])
+    r = onix("install", "app", str(mine), "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "usr/lib/libcore.so.1").read_text() == "mine"
+    assert "fetching libcore" not in r.stderr
+    info = json.loads(onix("info", "libcore", "--root", root, "--json", check=True).stdout)
+    assert info["installed"]["version"] == "0.9" and info["installed"]["explicit"] is True
+
+
+def test_a_provider_string_with_a_slash_is_not_taken_for_a_file(root, tmp_path, make_stone,
+                                                                 signer):
+    # interpreter(/usr/lib/ld-musl-x86_64.so.1(x86_64)) has slashes: it was read as a
+    # path to a stone file ("no such file") instead of being resolved.
+    d = tmp_path / "musl"
+    d.mkdir()
+    interp = "interpreter(/usr/lib/ld-musl-x86_64.so.1(x86_64))"
+    shutil.move(make_stone("musl", {"lib/ld-musl-x86_64.so.1": "ld"}, provides=[interp]),
+                d / "musl.stone")
+    repo_index.write_index(directory=d, key=signer[0], name="musl")
+    onix("repo", "add", "musl", d, "--key", signer[1], "--root", root, check=True)
+    r = onix("install", interp, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "usr/lib/ld-musl-x86_64.so.1").exists()

@@ -1,4 +1,5 @@
-"""Keys, signed indexes and repositories: real files, a real HTTP server on loopback."""
+"""Signed indexes and repositories: real files, a real HTTP server on loopback (keys:
+repo/test_keys.py; the entry checks of a fetched stone: repo/test_fetch.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import os
 import re
 import shutil
 import socket
-import stat
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import snapshot
+from conftest import index_entry, onix, snapshot
 
 from onix import api
 from onix.core.errors import OnixError, StoneError
@@ -38,16 +38,7 @@ def _no_proxy(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture
-def signer(tmp_path: Path) -> tuple[Path, Path]:
-    (tmp_path / "keys").mkdir()
-    return keys.generate(out=tmp_path / "keys" / "test", comment="test key")
-
-
-@pytest.fixture
-def other_signer(tmp_path: Path) -> tuple[Path, Path]:
-    (tmp_path / "keys2").mkdir()
-    return keys.generate(out=tmp_path / "keys2" / "other", comment="someone else")
+# signer and other_signer (fresh repository keys) come from conftest.py
 
 
 def _place(stone: Path, directory: Path) -> Path:
@@ -99,71 +90,6 @@ def serve():
 
 def _pub(signer) -> str:
     return signer[1].read_text()
-
-
-# -- keys ----------------------------------------------------------------------------
-
-
-def test_generate_writes_a_private_and_a_public_key(signer):
-    private, public = signer
-    assert private.name == "test.key" and public.name == "test.pub"
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert private.read_text().splitlines()[0] == "onix-ed25519-private v1"
-    line = public.read_text()
-    assert line.startswith("onix-ed25519 ") and line.endswith(" test key\n")
-    pub = keys.load_public(public)
-    assert len(pub.raw) == 32 and len(pub.key_id) == 16
-    assert keys.load_public(line) == pub  # the line itself works as well as the file
-    assert keys.public_of(private) == keys.PublicKey(pub.raw)
-    # naming either file of the pair means the pair
-    pair = keys.generate(out=private.with_name("second.key"), comment="")
-    assert [p.name for p in pair] == ["second.key", "second.pub"]
-    assert pair[1].read_text().count(" ") == 1  # no comment, no trailing field
-
-
-def test_generate_never_overwrites(signer, tmp_path):
-    before = snapshot(tmp_path / "keys")
-    with pytest.raises(OnixError, match="never overwrites") as e:
-        keys.generate(out=tmp_path / "keys" / "test", comment="again")
-    assert e.value.path == str(signer[0])
-    assert snapshot(tmp_path / "keys") == before
-
-
-def test_sign_and_verify(signer, other_signer):
-    sig = keys.sign(b"data", key=signer[0])
-    lines = sig.decode().splitlines()
-    pub = keys.load_public(signer[1])
-    assert lines[0] == "onix-ed25519-signature v1" and lines[1] == pub.key_id
-    keys.verify(b"data", sig, public=pub, where="x")
-    with pytest.raises(OnixError, match=r"signature does not match.*bytes differ from"):
-        keys.verify(b"date", sig, public=pub, where="x")
-    other = keys.load_public(other_signer[1])
-    with pytest.raises(OnixError, match=f"signed by key {pub.key_id}, expected key "
-                       f"{other.key_id}") as e:
-        keys.verify(b"data", sig, public=other, where="some/index.json")
-    assert e.value.path == "some/index.json"
-    with pytest.raises(OnixError, match="not an onix signature"):
-        keys.verify(b"data", b"garbage", public=pub, where="x")
-
-
-def test_private_key_readable_by_others_is_refused(signer):
-    os.chmod(signer[0], 0o644)
-    with pytest.raises(OnixError, match="readable by others") as e:
-        keys.sign(b"x", key=signer[0])
-    assert "chmod 600" in e.value.hint
-
-
-def test_bad_key_files_name_themselves(signer, tmp_path):
-    with pytest.raises(OnixError, match="not an onix public key") as e:
-        keys.load_public(signer[0])
-    assert "private key" in e.value.hint
-    bad = tmp_path / "bad.pub"
-    bad.write_text("onix-ed25519 AAAA comment\n")
-    with pytest.raises(OnixError, match="not base64 of 32 bytes") as e:
-        keys.load_public(bad)
-    assert e.value.path == str(bad)
-    with pytest.raises(OnixError, match="no such public key"):
-        keys.load_public(tmp_path / "missing.pub")
 
 
 # -- index ---------------------------------------------------------------------------
@@ -221,6 +147,31 @@ def test_index_with_a_bad_key_writes_nothing(stones, signer):
     with pytest.raises(OnixError, match="not a valid repository name"):
         repo_index.write_index(directory=stones, key=signer[0], name="Bad Name")
     assert snapshot(stones) == before
+
+
+def test_an_index_file_name_with_a_nul_byte_is_a_bad_index_not_a_traceback(root, hostile,
+                                                                          signer):
+    d, edit = hostile
+    edit(lambda i: index_entry(i, "evil").update(file="evil\0.stone"))
+    before = snapshot(root)
+    r = onix("repo", "add", "test", d, "--key", signer[1], "--root", root)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "index.json" in r.stderr and "malformed" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_a_deeply_nested_index_is_a_bad_index_not_a_traceback(root, hostile, signer):
+    d, _edit = hostile
+    data = b'{"format":1,"name":"test","stones":[' + b"[" * 100000 + b"]" * 100000 + b"]}"
+    (d / "index.json").write_bytes(data)
+    (d / "index.json.sig").write_bytes(keys.sign(data, key=signer[0]))
+    before = snapshot(root)
+    r = onix("repo", "add", "test", d, "--key", signer[1], "--root", root)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "index.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert snapshot(root) == before
 
 
 # -- add / list / remove -------------------------------------------------------------
@@ -419,6 +370,50 @@ def test_a_broken_config_names_its_line(root, stones, signer):
     with pytest.raises(OnixError, match="line 5: expected one of uri, key, priority") as e:
         api.repo_list(root)
     assert e.value.path == str(conf)
+
+
+def test_repo_update_does_not_hold_the_root_lock_while_the_server_answers(root, hostile,
+                                                                          signer):
+    # `onix repo update` held the root lock for the whole fetch: a slow or stalled server
+    # (30 s per read, no bound on the whole) held every install, remove and rollback up.
+    import functools
+    import http.server
+    import threading
+
+    from onix.core.lock import lock_held
+    from onix.core.paths import RootPaths
+
+    d, _edit = hostile
+    onix("repo", "add", "test", d, "--key", signer[1], "--root", root, check=True)
+    paths = RootPaths.of(root)
+    assert paths.onix.is_dir()
+    seen: list[bool] = []
+
+    class Watch(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.endswith("index.json"):
+                seen.append(lock_held(paths))
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Watch, directory=str(d)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        conf = paths.root / "etc/onix/repos/test.conf"
+        conf.write_text(conf.read_text().replace(f"uri = {d}", f"uri = {url}"))
+        r = onix("repo", "update", "--root", root, "--json", "--no-wait",
+                 env={"http_proxy": "", "HTTP_PROXY": ""})
+        assert r.returncode == 0, r.stderr
+        onix("repo", "add", "again", url, "--key", signer[1], "--root", root, check=True,
+             env={"http_proxy": "", "HTTP_PROXY": ""})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [False, False]
 
 
 # -- fetching stones -----------------------------------------------------------------

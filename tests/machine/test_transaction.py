@@ -14,7 +14,7 @@ from conftest import fake_nix, onix, onix_json, snapshot
 from onix import api
 from onix.core.errors import ConflictError, StateError
 from onix.core.paths import RootPaths, read_state_id
-from onix.machine.store import ObjectKey, Store
+from onix.machine.store import Store
 
 
 def base_files(tag: str = "1") -> dict:
@@ -229,16 +229,6 @@ def test_status_does_not_import_sqlalchemy(root: Path, make_stone) -> None:
 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-
-
-def test_store_objects_keyed_by_mode(root: Path, make_stone) -> None:
-    same = "identical content"
-    api.install(root, [make_stone("hello", {"bin/x": (same, 0o755),
-                                                    "share/x": (same, 0o644)})])
-    keys = [k for k, _ in Store(RootPaths.of(root)).objects()]
-    assert sorted(k.mode for k in keys) == [0o444, 0o555]
-    assert len({k.digest for k in keys}) == 1
-    assert isinstance(keys[0], ObjectKey)
 
 
 def test_verify_fix_two_problems_one_path_and_archived_trees(root: Path, make_stone) -> None:

@@ -28,7 +28,7 @@ from onix.core.errors import OnixError
 from onix.validate import compose, image, qemu
 from onix.validate import scenarios as validate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STONES = Path(os.environ.get("ONIX_VALIDATE_REPO") or REPO / "stones")
 PUB = Path(os.environ.get("ONIX_VALIDATE_KEY") or REPO / ".cache" / "keys" / "local.pub")
 NEEDED = {*image.DEFAULT_STONES, "onix", "python"}

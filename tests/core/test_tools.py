@@ -24,7 +24,7 @@ import yaml
 
 from onix.core import proc, tools
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "_run", "which"}
 NOT_PROGRAMS = {"validate"}  # validate.run(["rollback"]) takes scenario names
 

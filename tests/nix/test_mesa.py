@@ -43,7 +43,7 @@ from onix.validate.compose import GUI_APP
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SETS = {"22.3.6": "mesa.yaml", "25.0.7": "mesa-25.yaml"}
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 STORE_NAME = "0c6kzph7l0dcbyaxyx8n2qcpmh4a1ify-egl-frame-1.0"  # a Nix-shaped store path

@@ -1,7 +1,7 @@
 """onix-nix-integration on scratch roots: accounts, /etc defaults and drift, /nix runtime dirs,
 the graphics bridge, GC roots, daemon health, and the status lines.
 
-The real nix-daemon is in tests/test_nix_real.py; here a socket that nobody answers (a
+The real nix-daemon is in tests/nix/test_nix_real.py; here a socket that nobody answers (a
 fault the real daemon cannot be made to produce on demand) stands in where a test says so.
 """
 

@@ -34,7 +34,7 @@ from onix.validate.disk import make_disk
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STONES = REPO / "stones"
 PUB = REPO / ".cache" / "keys" / "local.pub"
 TIMEOUT = float(os.environ.get("ONIX_BOOT_TIMEOUT", "60"))

@@ -30,7 +30,7 @@ from onix.services import s6 as s6drv
 pytestmark = pytest.mark.skipif(shutil.which("s6-svscan") is None,
                                 reason="s6 is not installed (apt-get install s6)")
 
-DATA = Path(__file__).resolve().parent / "data" / "services"
+DATA = Path(__file__).resolve().parents[1] / "data" / "services"
 T = 5.0  # reconcile timeout for services that do come up
 
 
