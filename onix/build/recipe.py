@@ -17,7 +17,7 @@ Format (docs/recipes.md is the user-facing description)::
     scaffolding: |                 # required iff an upstream is debian-binary
     source-date-epoch: 1700000000  # optional int, SOURCE_DATE_EPOCH for the steps
     upstreams:
-      - path: ../boot/x.c          # in this repository, relative to the recipe
+      - path: ../src/x.c           # in this repository, relative to the recipe
         sha256: …                  # optional (files only)
         unpack: false              # optional; default true for tarballs
       - debian-source: busybox     # the .orig tarball of a Debian source package

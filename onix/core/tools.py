@@ -4,7 +4,7 @@ the Debian package that provides it.
 This table is the contract between the code and `scripts/bootstrap`, the one list of
 what the project installs. `proc.which` and `proc.run` accept only programs named here
 (a program missing from the table is a bug, found the first time the code path runs),
-and tests/test_tools.py reads every place in onix/ and tests/ that names a program and
+and tests/core/test_tools.py reads every place in onix/ and tests/ that names a program and
 fails when it is not in this table, or when its package is not in the bootstrap's list.
 `scripts/fresh-check` installs the bootstrap into a minimal Debian and runs
 `python -m onix.core.tools` there: every program and file below must then be found.
