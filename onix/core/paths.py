@@ -13,6 +13,13 @@
     <root>/.onix/boot-exchange      the initrd's note: it made an archived state live
     <root>/.onix/txn-running        marker: a journal that may exchange /usr is open
     <root>/.onix/cache/initrd/      initrds by input hash (initrd.py)
+    <root>/.onix/cache/downloads/   stones fetched from repositories, by sha256 (repo/fetch.py)
+    <root>/.onix/repos/<name>/      a repository's verified index and signature (repo/config.py)
+    <root>/etc/onix/repos/<name>.conf   a configured repository (repo/config.py)
+    <root>/run/service/             the live s6 scan directory (services/)
+    <root>/run/opengl-driver -> /run/onix/opengl-driver-<fstx>   the graphics bridge (nix/bridge.py)
+    <root>/nix/var/nix/gcroots/onix/    onix's GC roots, its one seam inside /nix (nix/gcroots.py)
+    <root>/nix/var/nix/daemon-socket/socket   where nix-daemon listens (nix/daemon.py)
 """
 
 from __future__ import annotations
@@ -23,6 +30,17 @@ from pathlib import Path
 ROOT_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 STATE_ID_FILE = ".stateID"  # relative to usr/
 OS_RELEASE_FILE = "lib/os-release"  # relative to usr/
+# The other planes' places under the root (relative to it), read and written through the
+# confined walker (safepath), so they are plain relative strings.
+REPO_CONFIG_DIR = "etc/onix/repos"
+REPO_CACHE_DIR = ".onix/repos"
+DOWNLOADS_DIR = ".onix/cache/downloads"
+SCANDIR = "run/service"
+NIX_DAEMON_SERVICE = f"{SCANDIR}/nix-daemon"
+NIX_DAEMON_SOCKET = "nix/var/nix/daemon-socket/socket"
+NIX_GCROOTS = "nix/var/nix/gcroots/onix"
+OPENGL_BRIDGE = "run/opengl-driver"
+OPENGL_DIRS = "run/onix"
 GENERATED = (STATE_ID_FILE, OS_RELEASE_FILE)
 
 

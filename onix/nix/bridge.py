@@ -17,10 +17,8 @@ from pathlib import Path
 
 from onix.core import fsutil, safepath
 from onix.core.errors import OnixError
-from onix.core.paths import RootPaths
+from onix.core.paths import OPENGL_BRIDGE, OPENGL_DIRS, RootPaths
 
-BRIDGE = "run/opengl-driver"
-BRIDGE_DIRS = "run/onix"
 MESA_LIBDIRS = ("lib/x86_64-linux-gnu", "lib64", "lib")
 MESA_LINKS = {"lib/dri": "{libdir}/dri", "lib/gbm": "{libdir}/gbm",
               "share/glvnd/egl_vendor.d": "share/glvnd/egl_vendor.d",
@@ -42,17 +40,17 @@ def bridge(paths: RootPaths, *, fstx: str, usr: Path | None = None) -> dict:
     """Point /run/opengl-driver at the active state's Mesa (see the module docstring)."""
     root = paths.root
     usr = usr or paths.usr
-    safepath.check_dirs(root, BRIDGE_DIRS)
+    safepath.check_dirs(root, OPENGL_DIRS)
     libdir = mesa_libdir(usr)
     if libdir is None:
         with suppress(FileNotFoundError):
-            if (root / BRIDGE).is_symlink():
-                (root / BRIDGE).unlink()
-            for old in (root / BRIDGE_DIRS).iterdir():
+            if (root / OPENGL_BRIDGE).is_symlink():
+                (root / OPENGL_BRIDGE).unlink()
+            for old in (root / OPENGL_DIRS).iterdir():
                 if old.name.startswith(("opengl-driver-", ".opengl-driver-")):
                     fsutil.remove_tree(old)
         return {"bridge": None, "reason": "the active state has no Mesa (no lib/*/dri)"}
-    target = root / BRIDGE_DIRS / f"opengl-driver-{fstx}"
+    target = root / OPENGL_DIRS / f"opengl-driver-{fstx}"
     tmp = target.with_name(f".{target.name}.new")
     if tmp.exists() or tmp.is_symlink():
         fsutil.remove_tree(tmp)
@@ -68,11 +66,11 @@ def bridge(paths: RootPaths, *, fstx: str, usr: Path | None = None) -> dict:
     if target.exists() or target.is_symlink():
         fsutil.remove_tree(target)
     os.rename(tmp, target)
-    fsutil.atomic_symlink(f"/{BRIDGE_DIRS}/{target.name}", root / BRIDGE)
-    for old in (root / BRIDGE_DIRS).iterdir():
+    fsutil.atomic_symlink(f"/{OPENGL_DIRS}/{target.name}", root / OPENGL_BRIDGE)
+    for old in (root / OPENGL_DIRS).iterdir():
         if old.name.startswith("opengl-driver-") and old.name != target.name:
             fsutil.remove_tree(old)
-    return {"bridge": f"/{BRIDGE_DIRS}/{target.name}", "libdir": libdir}
+    return {"bridge": f"/{OPENGL_DIRS}/{target.name}", "libdir": libdir}
 
 
 def _inside(root: Path, path: str, base: Path) -> Path:
@@ -105,11 +103,11 @@ def opengl_status(paths: RootPaths, *, fstx: str | None, usr: Path | None = None
     usr = usr or paths.usr
     if mesa_libdir(usr) is None:
         return "no Mesa in the active state"
-    link = root / BRIDGE
+    link = root / OPENGL_BRIDGE
     if not link.is_symlink() and not link.exists():
         return "missing: /run/opengl-driver (run onix nix seed)"
     try:
-        base = _inside(root, f"/{BRIDGE}", root)
+        base = _inside(root, f"/{OPENGL_BRIDGE}", root)
     except OnixError:
         return "stale: /run/opengl-driver loops"
     if fstx is not None and link.is_symlink() and \

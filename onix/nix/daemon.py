@@ -12,12 +12,8 @@ import struct
 from pathlib import Path
 
 from onix.core.errors import OnixError
-from onix.core.paths import RootPaths
+from onix.core.paths import NIX_DAEMON_SERVICE, NIX_DAEMON_SOCKET, RootPaths
 from onix.services import s6
-
-SOCKET = "nix/var/nix/daemon-socket/socket"
-SERVICE = "run/service/nix-daemon"
-
 
 WORKER_MAGIC_1 = 0x6E697863
 WORKER_MAGIC_2 = 0x6478696F
@@ -94,7 +90,7 @@ def handshake(sock_path: Path, *, timeout: float = 0.25) -> tuple[str, str]:
 
 def _svstat(root: Path) -> str | None:
     """What s6 says about the nix-daemon service (None when it is not supervised)."""
-    svc = root / SERVICE
+    svc = root / NIX_DAEMON_SERVICE
     if not (svc / "supervise").is_dir():
         return None
     try:
@@ -114,7 +110,7 @@ def _svstat(root: Path) -> str | None:
 def daemon_health(paths: RootPaths) -> tuple[str, str]:
     """healthy / down / not ready, with the reason (the handshake, then what s6 says)."""
     root = paths.root
-    state, reason = handshake(root / SOCKET)
+    state, reason = handshake(root / NIX_DAEMON_SOCKET)
     if state != "healthy":
         supervised = _svstat(root)  # only then: s6-svstat is a process per status call
         if supervised:

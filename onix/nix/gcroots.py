@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 
 from onix.core import fsutil, safepath
-from onix.core.paths import RootPaths
+from onix.core.paths import NIX_GCROOTS, RootPaths
 
-GCROOTS = "nix/var/nix/gcroots/onix"
 # Where Debian-style states keep Mesa; the bridge uses the first that exists.
 
 
@@ -24,10 +23,10 @@ def sync_gcroots(paths: RootPaths, *, links: dict[int, list[str]]) -> dict:
     root = paths.root
     if not (root / "nix").is_dir():
         return {"added": [], "removed": []}  # no Nix plane here: nothing could collect them
-    base = root / GCROOTS / "states"
+    base = root / NIX_GCROOTS / "states"
     want = {f"{sid}-{n}": target for sid, targets in sorted(links.items())
             for n, target in enumerate(targets)}
-    safepath.check_dirs(root, GCROOTS + "/states")
+    safepath.check_dirs(root, NIX_GCROOTS + "/states")
     have: dict[str, str] = {}
     if base.is_dir():
         have = {p.name: os.readlink(p) for p in base.iterdir() if p.is_symlink()}

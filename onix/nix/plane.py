@@ -44,7 +44,7 @@ def after_change(s: Session, warnings: list[str] | None = None) -> dict:
     if seed.declares_nix(paths.usr):
         steps.append(("seed", etc, "fix /etc as it says, then onix nix seed"))
     if fstx is not None and (bridge.mesa_libdir(paths.usr) is not None or
-                             (paths.root / bridge.BRIDGE).is_symlink()):
+                             (paths.root / bridge.OPENGL_BRIDGE).is_symlink()):
         steps.append(("opengl", opengl, "onix nix seed"))
     for name, step, redo in steps:
         try:

@@ -30,13 +30,11 @@ from pathlib import Path
 from onix.core import safepath
 from onix.core.errors import OnixError
 from onix.core.fsutil import atomic_write, exchange, fsync_dir, read_nofollow, remove_tree
-from onix.core.paths import RootPaths
+from onix.core.paths import REPO_CACHE_DIR, REPO_CONFIG_DIR, RootPaths
 from onix.repo import index, keys, transport
 from onix.repo.index import check_name
 from onix.repo.versions import Available, compare_evr
 
-CONFIG_DIR = "etc/onix/repos"
-CACHE_DIR = ".onix/repos"
 CONFIG_KEYS = ("uri", "key", "priority")
 
 
@@ -121,12 +119,12 @@ def undo_dirs(created: list[Path]) -> None:
 
 
 def config_path(paths: RootPaths, name: str) -> Path:
-    return paths.root / CONFIG_DIR / f"{check_name(name)}.conf"
+    return paths.root / REPO_CONFIG_DIR / f"{check_name(name)}.conf"
 
 
 def _store_cache(root: Path, name: str, data: bytes, sig: bytes, created: list[Path]) -> None:
     """Put a verified index pair in place as one unit (a directory swapped in)."""
-    parent = make_dirs(root, CACHE_DIR, created)
+    parent = make_dirs(root, REPO_CACHE_DIR, created)
     final = parent / name
     new = parent / f".{name}.new"
     remove_tree(new)  # debris of an interrupted update
@@ -153,10 +151,10 @@ def _cache_hint(name: str) -> str:
 
 def _load_cached(root: Path, conf: RepoConfig) -> tuple[bytes, dict]:
     """The cached index of a repository, verified again against its configured key."""
-    d = _real_dir(root, f"{CACHE_DIR}/{conf.name}")
+    d = _real_dir(root, f"{REPO_CACHE_DIR}/{conf.name}")
     if d is None:
         raise OnixError(f"repository {conf.name} has no fetched index",
-                        path=root / CACHE_DIR / conf.name, hint=_cache_hint(conf.name))
+                        path=root / REPO_CACHE_DIR / conf.name, hint=_cache_hint(conf.name))
     try:
         data = read_nofollow(d / index.INDEX_FILE)
         sig = read_nofollow(d / index.SIG_FILE)
@@ -217,7 +215,7 @@ def configs(paths: RootPaths) -> list[RepoConfig]:
 
 
 def _configs(root: Path) -> list[RepoConfig]:
-    d = _real_dir(root, CONFIG_DIR)
+    d = _real_dir(root, REPO_CONFIG_DIR)
     if d is None:
         return []
     out = []
@@ -237,7 +235,7 @@ def _config(root: Path, name: str) -> RepoConfig:
     for conf in _configs(root):
         if conf.name == name:
             return conf
-    raise OnixError(f"no repository named {name}", path=root / CONFIG_DIR / f"{name}.conf",
+    raise OnixError(f"no repository named {name}", path=root / REPO_CONFIG_DIR / f"{name}.conf",
                     hint="see onix repo list")
 
 
@@ -263,8 +261,8 @@ def add(paths: RootPaths, *, name: str, uri: str, public_key: str, priority: int
     root lock) is held from after the fetch until the configuration is written."""
     root = paths.root
     check_name(name)
-    path = root / CONFIG_DIR / f"{name}.conf"
-    _real_dir(root, CONFIG_DIR)  # a symlinked etc/onix is refused before any network
+    path = root / REPO_CONFIG_DIR / f"{name}.conf"
+    _real_dir(root, REPO_CONFIG_DIR)  # a symlinked etc/onix is refused before any network
     if path.exists() or path.is_symlink():
         existing = ""
         with contextlib.suppress(OnixError):
@@ -282,10 +280,10 @@ def add(paths: RootPaths, *, name: str, uri: str, public_key: str, priority: int
             raise OnixError(f"repository {name} already exists", path=path,
                             hint=f"choose another name, or onix repo remove {name} first")
         created: list[Path] = []
-        cache = root / CACHE_DIR / name
+        cache = root / REPO_CACHE_DIR / name
         had_cache = cache.exists() or cache.is_symlink()
         try:
-            make_dirs(root, CONFIG_DIR, created)
+            make_dirs(root, REPO_CONFIG_DIR, created)
             _store_cache(root, name, data, sig, created)  # replaces a stale cache of that name
             atomic_write(path, _format_config(conf))
         except BaseException:
@@ -303,7 +301,7 @@ def remove(paths: RootPaths, *, name: str) -> RepoInfo:
     info = _info(root, conf)
     conf.path.unlink()
     fsync_dir(conf.path.parent)
-    cache = _real_dir(root, CACHE_DIR)
+    cache = _real_dir(root, REPO_CACHE_DIR)
     if cache is not None:
         remove_tree(cache / name)
     return info
@@ -326,8 +324,8 @@ def update(paths: RootPaths, *, names: list[str] | None = None,
         by_name = {c.name: c for c in all_confs}
         for n in names:
             if check_name(n) not in by_name:
-                raise OnixError(f"no repository named {n}",
-                                path=root / CONFIG_DIR / f"{n}.conf", hint="see onix repo list")
+                raise OnixError(f"no repository named {n}", hint="see onix repo list",
+                                path=root / REPO_CONFIG_DIR / f"{n}.conf")
         confs = [by_name[n] for n in dict.fromkeys(names)]
     else:
         confs = all_confs

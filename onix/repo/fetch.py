@@ -16,11 +16,9 @@ from pathlib import Path
 
 from onix.core.errors import OnixError
 from onix.core.fsutil import fsync_dir, sha256_file
-from onix.core.paths import RootPaths
+from onix.core.paths import DOWNLOADS_DIR, RootPaths
 from onix.repo import config, transport
 from onix.repo.versions import Available
-
-DOWNLOADS_DIR = ".onix/cache/downloads"
 
 
 def fetch(paths: RootPaths, entry: Available, *,

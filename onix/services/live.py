@@ -51,6 +51,7 @@ from pathlib import Path
 from onix.core import safepath
 from onix.core.errors import OnixError
 from onix.core.fsutil import atomic_write, fsync_dir, remove_tree
+from onix.core.paths import SCANDIR
 from onix.services.definitions import (
     MARKER,
     Definition,
@@ -61,7 +62,6 @@ from onix.services.definitions import (
     valid_name,
 )
 
-SCANDIR = "run/service"  # relative to the root
 MARKER_VERSION = "onix-service 1"
 NEW_SUFFIX = ".onix-new"
 REMOVING_SUFFIX = ".onix-removing"

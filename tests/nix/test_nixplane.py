@@ -19,7 +19,7 @@ from conftest import REPO, onix, onix_json, snapshot
 
 from onix import api
 from onix.core.errors import StateError
-from onix.core.paths import RootPaths
+from onix.core.paths import NIX_DAEMON_SERVICE, NIX_DAEMON_SOCKET, RootPaths
 from onix.nix import accounts as nix_accounts
 from onix.nix import bridge as nix_bridge
 from onix.nix import daemon as nix_daemon
@@ -168,7 +168,7 @@ def test_missing_nixbld_group_is_a_status_note(root: Path, nix_stone) -> None:
 
 def test_daemon_health_stale_socket_and_silent_daemon(root: Path) -> None:
     nix_seed.seed(RootPaths.of(root), runtime=True)
-    sock_path = root / nix_daemon.SOCKET
+    sock_path = root / NIX_DAEMON_SOCKET
     assert nix_daemon.daemon_health(RootPaths.of(root)) == ("down", f"no socket at {sock_path}")
     # A daemon that died leaves its socket file: connecting is refused.
     srv = socket.socket(socket.AF_UNIX)
@@ -259,7 +259,7 @@ def test_a_daemon_that_will_not_start_is_reported_with_what_s6_says(root: Path,
         pytest.fail("s6 is not installed: run ./scripts/bootstrap")
     api.install(root, [nix_stone()])
     nix_seed.seed(RootPaths.of(root), runtime=True)
-    svc = root / nix_daemon.SERVICE
+    svc = root / NIX_DAEMON_SERVICE
     svc.mkdir(parents=True)
     (svc / "run").write_text("#!/bin/sh\necho 'nix-daemon: cannot start' >&2\nexit 1\n")
     os.chmod(svc / "run", 0o755)
