@@ -8,6 +8,10 @@ helper, not a general initramfs generator. Building it from the state's own /usr
 Python keeps it reproducible: one state always gives the same bytes, so an initrd
 can be named by its digest and shared between states.
 
+(About 600 lines on purpose: the archive's layout, the newc writer and reader, its
+compression and its cache key are one on-disk format, documented here beside the code
+that writes it; the module and firmware lookups live in kmod.py and core/safepath.py.)
+
 Format, version 1
 -----------------
 A cpio "newc" archive (magic `070701`, the format the kernel unpacks), optionally
