@@ -59,8 +59,13 @@ def install(root: Root, targets: Sequence[str | Path], *, dependencies: Iterable
     if not targets:
         raise OnixError("nothing to install", hint="name stones, or .stone files")
     paths = RootPaths.of(root)
-    files = [Path(t) for t in targets if isinstance(t, Path) or by_name.is_file_target(t)]
-    names = [t for t in targets if not isinstance(t, Path) and not by_name.is_file_target(t)]
+    files: list[Path] = []
+    names: list[str] = []
+    for t in targets:
+        if isinstance(t, Path) or by_name.is_file_target(t):
+            files.append(Path(t))
+        else:
+            names.append(t)
     plan = by_name.fetch(paths, names, files=files, progress=progress)
     result = None
     if files or plan.fetched:

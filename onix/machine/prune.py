@@ -53,7 +53,7 @@ def check_keep(keep: int) -> None:
 
 
 def prune(s: Session, *, keep: int = 3) -> Result:
-    check_keep(keep)
+    """Prune all but the `keep` newest states (api.prune checks `keep` before locking)."""
     with s.db.read() as c:
         doomed = plan(s.db.states(c), active=s.live_state(), keep=keep,
                       boot_default=_boot_default(s, c))

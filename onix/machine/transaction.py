@@ -44,7 +44,7 @@ from typing import Any
 from onix.boot import checks
 from onix.boot import plane as boot
 from onix.core import faults, fsutil
-from onix.core.errors import ConflictError, OnixError, StateError
+from onix.core.errors import ConflictError, StateError
 from onix.core.paths import RootPaths, read_state_id
 from onix.machine import blit, follow, importer, ownership
 from onix.machine.candidates import Candidate, unmet_dependencies
@@ -292,9 +292,8 @@ def _install_summary(changes: list[str], explicit: set[str]) -> str:
 
 
 def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
-    """Remove stones by name, and (unless orphans=False) the dependencies they alone needed."""
-    if not names:
-        raise OnixError("nothing to remove", hint="name one or more installed stones")
+    """Remove stones by name, and (unless orphans=False) the dependencies they alone needed.
+    api.remove refuses an empty list before the root is locked."""
     faults.point("remove", "import")
     current = _selection(s)
     missing = [n for n in names if n not in current]
