@@ -7,13 +7,16 @@ so every test module can `from conftest import …` (and `import bootkit`, `impo
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -258,3 +261,27 @@ def hostile(tmp_path: Path, make_stone, signer):
 
 def index_entry(index: dict, name: str) -> dict:
     return next(e for e in index["stones"] if e["name"] == name)
+
+
+@pytest.fixture
+def serve():
+    """serve(dir) -> base URL of a ThreadingHTTPServer on 127.0.0.1 serving dir."""
+    servers = []
+
+    def start(directory: Path) -> str:
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        handler = functools.partial(Quiet, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -653,19 +653,11 @@ def shell_skeleton(text: str) -> str:
     stack: list[list] = [["sh", 0]]  # "sh" (a paren depth for $( ... )) or '"'
     i, n = 0, len(text)
 
-    def skip_braced(i: int) -> int:  # ${...}: to the matching }
+    def skip_to_match(i: int, opening: str, closing: str) -> int:
+        """From an opening bracket to just past its match: ${...} and $((...))."""
         depth = 0
         while i < n:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-            if depth == 0:
-                return i
-        return i
-
-    def skip_arith(i: int) -> int:  # $((...)): to the matching ))
-        depth = 0
-        while i < n:
-            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            depth += {opening: 1, closing: -1}.get(text[i], 0)
             i += 1
             if depth == 0:
                 return i
@@ -679,14 +671,14 @@ def shell_skeleton(text: str) -> str:
             i += 2
         elif two == "$(" and text[i + 2:i + 3] == "(":
             out.append("Q")
-            i = skip_arith(i + 1)
+            i = skip_to_match(i + 1, "(", ")")
         elif two == "$(":
             out.append(" $( ")
             stack.append(["sh", 0])
             i += 2
         elif two == "${":
             out.append("Q")
-            i = skip_braced(i + 1)
+            i = skip_to_match(i + 1, "{", "}")
         elif c == "$":  # $name, or $1 $# $$ $? ...
             out.append("Q")
             m = re.compile(r"[A-Za-z_]\w*|.").match(text, i + 1)

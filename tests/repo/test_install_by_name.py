@@ -3,11 +3,8 @@ loopback) → install by name with dependencies → info/search → remove with 
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,27 +12,6 @@ from conftest import onix, onix_json, snapshot
 
 from onix.machine.stone import Stone
 from onix.repo import index as repo_index
-
-
-@pytest.fixture
-def http_dir():
-    servers = []
-
-    def serve(directory: Path) -> str:
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield serve
-    for s in servers:
-        s.shutdown()
-        s.server_close()
 
 
 @pytest.fixture
@@ -62,9 +38,9 @@ def signed_repo(tmp_path, make_stone):
 
 
 def test_install_by_name_over_http_pulls_dependencies_and_remove_drops_orphans(
-        root, signed_repo, http_dir):
+        root, signed_repo, serve):
     repo, pub = signed_repo
-    url = http_dir(repo)
+    url = serve(repo)
     onix("repo", "add", "test", url, "--key", pub, "--root", root, check=True)
     listed = onix_json("repo", "list", "--root", root)
     assert listed[0]["status"] == "ok" and listed[0]["stones"] == 5

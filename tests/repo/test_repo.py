@@ -64,28 +64,6 @@ def stones(tmp_path: Path, make_stone, signer) -> Path:
     return d
 
 
-@pytest.fixture
-def serve():
-    """serve(dir) -> base URL of a ThreadingHTTPServer on 127.0.0.1 serving dir."""
-    servers = []
-
-    def start(directory: Path) -> str:
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        handler = functools.partial(Quiet, directory=str(directory))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _pub(signer) -> str:
@@ -376,9 +354,6 @@ def test_repo_update_does_not_hold_the_root_lock_while_the_server_answers(root, 
                                                                           signer):
     # `onix repo update` held the root lock for the whole fetch: a slow or stalled server
     # (30 s per read, no bound on the whole) held every install, remove and rollback up.
-    import functools
-    import http.server
-    import threading
 
     from onix.core.lock import lock_held
     from onix.core.paths import RootPaths
