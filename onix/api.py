@@ -26,6 +26,7 @@ from onix.core.paths import RootPaths, read_state_id
 from onix.core.progress import SILENT, Progress
 
 if TYPE_CHECKING:
+    from onix.machine.preview import Preview
     from onix.machine.session import Session
     from onix.machine.transaction import Result
 
@@ -47,12 +48,14 @@ def session(root: Root, *, wait: bool = True, progress: Progress = SILENT,
 
 
 def install(root: Root, targets: Sequence[str | Path], *, dependencies: Iterable[str] = (),
-            wait: bool = True, progress: Progress = SILENT) -> Result:
+            dry_run: bool = False, wait: bool = True,
+            progress: Progress = SILENT) -> Result | Preview:
     """Install stone files and/or stones by name from repositories: one new state.
 
     Paths (and strings that name .stone files) are installed as they are; names and
     provider strings are resolved against the repositories first (repo/install.py).
     Names in `dependencies` are recorded as pulled in, so `remove` may drop them later.
+    With dry_run, the plan, and nothing fetched or written.
     """
     from onix.repo import install as by_name
 
@@ -66,12 +69,15 @@ def install(root: Root, targets: Sequence[str | Path], *, dependencies: Iterable
             files.append(Path(t))
         else:
             names.append(t)
+    if dry_run:
+        return by_name.preview(paths, names, files=files)
+    command = "install " + " ".join(str(t) for t in targets)
     plan = by_name.fetch(paths, names, files=files, progress=progress)
     result = None
     if files or plan.fetched:
         result = _install_files(paths, files + plan.fetched,
                                 dependencies={*dependencies, *plan.dependencies},
-                                wait=wait, progress=progress)
+                                command=command, wait=wait, progress=progress)
         for f in plan.fetched:  # imported now (store + stone cache): one copy is enough
             f.unlink(missing_ok=True)
     if plan.already:  # named stones already installed: asked for by name from now on
@@ -83,48 +89,109 @@ def install(root: Root, targets: Sequence[str | Path], *, dependencies: Iterable
     return result
 
 
-def _install_files(paths: RootPaths, files: list[Path], *, dependencies: set[str], wait: bool,
-                   progress: Progress) -> Result:
+def _install_files(paths: RootPaths, files: list[Path], *, dependencies: set[str], command: str,
+                   wait: bool, progress: Progress, drop: Iterable[str] = (),
+                   kind: str = "install", stage: bool = False) -> Result:
     from onix.machine import candidates, transaction
 
     # Every stone is read and checked before the root is locked or anything written.
     with candidates.open_candidates(files) as cands:
         candidates.check_usr_is_ours(paths)
         with session(paths.root, wait=wait, progress=progress) as s:
-            return transaction.install(s, cands, dependencies=dependencies)
+            s.command = command
+            return transaction.install(s, cands, dependencies=dependencies, drop=drop,
+                                       kind=kind, stage=stage)
 
 
-def remove(root: Root, names: list[str], *, orphans: bool = True, wait: bool = True,
-           progress: Progress = SILENT) -> Result:
+def sync(root: Root, *, refresh: bool = True, allow_downgrade: bool = False,
+         boot: bool = False, dry_run: bool = False,
+         confirm: Callable[[Preview], bool] | None = None, wait: bool = True,
+         progress: Progress = SILENT) -> Result | Preview:
+    """Move every installed stone to the best candidate the repositories offer and drop
+    orphans, in one transaction (repo/sync.py); with boot, staged for the next boot.
+
+    The plan is made before anything is fetched; `confirm` sees it and may decline.
+    """
+    from onix.machine.transaction import Result
+    from onix.repo import config
+    from onix.repo import sync as syncing
+
+    paths = RootPaths.of(root)
+    if not config.configs(paths):
+        raise OnixError("no repository is configured", path=paths.root / config.REPO_CONFIG_DIR,
+                        hint="add one with onix repo add NAME URI --key PUBKEY")
+    if refresh and not dry_run:
+        progress.note("refreshing the repository indexes")
+        config.update(paths, lock=lambda: _repo_lock(paths, wait))
+    # A dry run plans from the indexes as served now, but caches nothing.
+    plan = syncing.plan_sync(paths, allow_downgrade=allow_downgrade,
+                             fetch=refresh and dry_run)
+    preview = syncing.preview(paths, plan, stage=boot)
+    if dry_run:
+        return preview
+    if plan.empty:
+        return Result(kind="sync", changed=False, summary="up to date", warnings=plan.held)
+    if confirm is not None and not confirm(preview):
+        raise OnixError("not confirmed; nothing changed", hint="run onix sync --yes to "
+                        "apply the plan without asking")
+    fetched = syncing.download(paths, plan, progress=progress)
+    result = _install_files(paths, fetched, dependencies=plan.dependencies, drop=plan.drop,
+                            command="sync" + (" --boot" if boot else ""), kind="sync",
+                            stage=boot, wait=wait, progress=progress)
+    for f in fetched:
+        f.unlink(missing_ok=True)
+    result.warnings += plan.held
+    return result
+
+
+def remove(root: Root, names: list[str], *, orphans: bool = True, dry_run: bool = False,
+           wait: bool = True, progress: Progress = SILENT) -> Result | Preview:
     from onix.machine import transaction
 
     if not names:
         raise OnixError("nothing to remove", hint="name one or more installed stones")
+    if dry_run:
+        from onix.machine import preview
+
+        return preview.removal(RootPaths.of(root), names, orphans=orphans)
     with session(root, wait=wait, progress=progress, create=False) as s:
+        s.command = "remove " + " ".join(names)
         return transaction.remove(s, names, orphans=orphans)
 
 
-def activate(root: Root, state_id: int, *, wait: bool = True,
-             progress: Progress = SILENT) -> Result:
+def activate(root: Root, state_id: int, *, dry_run: bool = False, wait: bool = True,
+             progress: Progress = SILENT) -> Result | Preview:
     from onix.machine import transaction
 
+    if dry_run:
+        from onix.machine import preview
+
+        return preview.switch(RootPaths.of(root), kind="activate", to=state_id)
     with session(root, wait=wait, progress=progress, create=False) as s:
+        s.command = f"state activate {state_id}"
         return transaction.activate(s, state_id)
 
 
-def rollback(root: Root, *, to: int | None = None, wait: bool = True,
-             progress: Progress = SILENT) -> Result:
+def rollback(root: Root, *, to: int | None = None, dry_run: bool = False, wait: bool = True,
+             progress: Progress = SILENT) -> Result | Preview:
     from onix.machine import transaction
 
+    if dry_run:
+        from onix.machine import preview
+
+        return preview.switch(RootPaths.of(root), kind="rollback", to=to)
     with session(root, wait=wait, progress=progress, create=False) as s:
+        s.command = "rollback" + (f" --to {to}" if to is not None else "")
         return transaction.rollback(s, to=to)
 
 
-def prune(root: Root, *, keep: int = 3, wait: bool = True,
-          progress: Progress = SILENT) -> Result:
+def prune(root: Root, *, keep: int = 3, dry_run: bool = False, wait: bool = True,
+          progress: Progress = SILENT) -> Result | Preview:
     from onix.machine import prune as pruning
 
     pruning.check_keep(keep)
+    if dry_run:
+        return pruning.preview(RootPaths.of(root), keep=keep)
     with session(root, wait=wait, progress=progress, create=False) as s:
         return pruning.prune(s, keep=keep)
 
@@ -170,6 +237,32 @@ def diff_states(root: Root, a: int, b: int) -> dict:
     from onix.machine import state_log
 
     return state_log.diff_states(RootPaths.of(root), a, b)
+
+
+def history(root: Root, *, limit: int | None = None) -> list[dict]:
+    from onix.machine import state_log
+
+    return state_log.history(RootPaths.of(root), limit=limit)
+
+
+def list_installed(root: Root) -> list[dict]:
+    from onix.repo import sync as syncing
+
+    return syncing.installed(RootPaths.of(root))
+
+
+def list_available(root: Root) -> list[dict]:
+    from onix.repo import sync as syncing
+
+    return syncing.available(RootPaths.of(root))
+
+
+def list_updates(root: Root, *, allow_downgrade: bool = False) -> Preview:
+    """What `onix sync --no-refresh` would do, from the cached indexes."""
+    from onix.repo import sync as syncing
+
+    paths = RootPaths.of(root)
+    return syncing.preview(paths, syncing.plan_sync(paths, allow_downgrade=allow_downgrade))
 
 
 def set_pinned(root: Root, state_id: int, pinned: bool, *, wait: bool = True) -> dict:

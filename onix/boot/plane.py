@@ -68,7 +68,7 @@ from onix.machine.session import Session
 log = logging.getLogger("onix.boot")
 
 STEPS = ("files", "bootloader", "entries", "loader", "cleanup", "done")
-USER_KINDS = ("install", "remove", "activate", "rollback")  # they set the boot default
+USER_KINDS = ("install", "remove", "sync", "activate", "rollback")  # they set the boot default
 META_DEFAULT = "boot_default"  # state id the user chose to boot by default
 META_SYNCED = "boot_synced_tx"  # last transaction id the ESP reflects ("" = redo the sync)
 META_FALLBACK = "boot_fallback"  # JSON: the automatic rollback status explains

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import typer
 
-from onix.cli import boot, machine, nix, repo, state, stone, validate
+from onix.cli import boot, listing, machine, nix, repo, state, stone, validate
 
 app = typer.Typer(help="ONIX machine plane: stones, states, rollback.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-for commands in (machine.commands, nix.commands, repo.commands, validate.commands):
+for commands in (machine.commands, listing.commands, nix.commands, repo.commands,
+                 validate.commands):
     app.add_typer(commands)
 app.add_typer(state.group, name="state")
+app.add_typer(listing.group, name="list")
 app.add_typer(stone.group, name="stone")
 app.add_typer(boot.group, name="boot")
 app.add_typer(nix.group, name="nix")

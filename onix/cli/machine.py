@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onix import api
-from onix.cli.options import Json, NoWait, Root
+from onix.cli.options import DryRun, Json, NoWait, Root, Verbose
 from onix.cli.output import (
     console,
     format_status,
@@ -18,13 +18,23 @@ from onix.cli.output import (
     progress,
     run,
 )
+from onix.cli.preview import print_preview
 
 commands = typer.Typer()
 
 
 def print_result(r: dict) -> None:
-    """An install's or a remove's new state, or why nothing changed."""
+    """An install's, a remove's or a sync's new state (or its plan, with --dry-run), or
+    why nothing changed."""
+    if r.get("dry_run"):
+        print_preview(r)
+        return
     out = console()
+    if r.get("detail", {}).get("staged"):
+        out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] staged for the next boot  "
+                  f"[dim](live stays {r['from_state']})[/]")
+        out.print(r["summary"])
+        return
     if not r["changed"]:
         out.print(f"nothing to do ({r['summary']})")
         return
@@ -35,7 +45,10 @@ def print_result(r: dict) -> None:
 
 
 def print_switch(r: dict) -> None:
-    """A rollback's or an activate's new live state, and what /nix said."""
+    """A rollback's or an activate's new live state, and what /nix said (or the plan)."""
+    if r.get("dry_run"):
+        print_preview(r)
+        return
     out = console()
     out.print(f"state {r['to_state']} [bold]{r['fstx']}[/] active  [dim](was {r['from_state']})[/]")
     out.print("plane: machine")
@@ -46,20 +59,63 @@ def print_switch(r: dict) -> None:
 def install(targets: Annotated[list[str], typer.Argument(
                 metavar="STONE...", help="Stone names (from repositories), provider strings "
                 "such as 'binary(rg)', or .stone files.")],
-            root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+            dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
+            no_wait: NoWait = False) -> None:
     """Install or replace stones, with their dependencies; one transaction, one new state."""
-    run(lambda: api.install(root, targets, wait=not no_wait, progress=progress(json)),
-        print_result, as_json=json)
+    run(lambda: api.install(root, targets, dry_run=dry_run, wait=not no_wait,
+                            progress=progress(json)), print_result, as_json=json)
 
 
 @commands.command()
 def remove(names: Annotated[list[str], typer.Argument(help="Installed stone names.")],
            keep_orphans: Annotated[bool, typer.Option(
                "--keep-orphans", help="Keep dependencies nothing asked for any more.")] = False,
-           root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+           dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
+           no_wait: NoWait = False) -> None:
     """Remove stones by name, and dependencies only they needed; one new state."""
-    run(lambda: api.remove(root, names, orphans=not keep_orphans, wait=not no_wait,
-                           progress=progress(json)), print_result, as_json=json)
+    run(lambda: api.remove(root, names, orphans=not keep_orphans, dry_run=dry_run,
+                           wait=not no_wait, progress=progress(json)), print_result, as_json=json)
+
+
+@commands.command()
+def sync(yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply the plan without "
+                                           "asking.")] = False,
+         dry_run: DryRun = False,
+         no_refresh: Annotated[bool, typer.Option("--no-refresh", help="Plan from the cached "
+                                                  "indexes; do not fetch them again.")] = False,
+         boot: Annotated[bool, typer.Option("--boot", help="Build the new state and make it "
+                                            "the next boot's default; /usr stays as it is "
+                                            "until then.")] = False,
+         allow_downgrade: Annotated[bool, typer.Option(
+             "--allow-downgrade", help="Move a stone to an older version when that is what "
+             "the repositories offer.")] = False,
+         verbose: Verbose = False, root: Root = Path("/"), json: Json = False,
+         no_wait: NoWait = False) -> None:
+    """Move every installed stone to the best version the repositories offer and drop
+    orphans, in one transaction. Shows the plan first and asks (or --yes)."""
+    from onix.cli.preview import ask, is_terminal
+
+    if not (yes or dry_run) and (json or not is_terminal()):
+        run(_needs_yes, print_result, as_json=json)
+
+    def confirm(plan) -> bool:
+        if yes:
+            return True
+        print_preview(plan.as_dict(), verbose=verbose)
+        return ask("Apply this plan?")
+
+    run(lambda: api.sync(root, refresh=not no_refresh, allow_downgrade=allow_downgrade,
+                         boot=boot, dry_run=dry_run, confirm=confirm, wait=not no_wait,
+                         progress=progress(json)),
+        lambda r: print_preview(r, verbose=verbose) if r.get("dry_run") else print_result(r),
+        as_json=json)
+
+
+def _needs_yes() -> None:
+    from onix.core.errors import OnixError
+
+    raise OnixError("onix sync asks before it changes anything, and there is no terminal to "
+                    "ask on", hint="add --yes to apply the plan, or --dry-run to see it")
 
 
 @commands.command()
@@ -102,17 +158,23 @@ def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
 
 @commands.command()
 def rollback(to: Annotated[int | None, typer.Option("--to", help="State id to go back to.")] = None,
-             root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+             dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
+             no_wait: NoWait = False) -> None:
     """Go back to the previous state (or --to ID). /nix is checked before and after."""
-    run(lambda: api.rollback(root, to=to, wait=not no_wait), print_switch, as_json=json)
+    run(lambda: api.rollback(root, to=to, dry_run=dry_run, wait=not no_wait), print_switch,
+        as_json=json)
 
 
 @commands.command()
 def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to keep.")] = 3,
-          root: Root = Path("/"), json: Json = False, no_wait: NoWait = False) -> None:
+          dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
+          no_wait: NoWait = False) -> None:
     """Remove old states (never active or pinned ones) and store content nothing uses."""
 
     def human(r: dict) -> None:
+        if r.get("dry_run"):
+            print_preview(r)
+            return
         out = console()
         d = r["detail"]
         if d["states"]:
@@ -123,8 +185,8 @@ def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to kee
         out.print("plane: machine")
         out.print(f"/nix: {r['nix']}")
 
-    run(lambda: api.prune(root, keep=keep, wait=not no_wait, progress=progress(json)), human,
-        as_json=json)
+    run(lambda: api.prune(root, keep=keep, dry_run=dry_run, wait=not no_wait,
+                          progress=progress(json)), human, as_json=json)
 
 
 @commands.command()

@@ -13,3 +13,5 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.
 NoWait = Annotated[bool, typer.Option("--no-wait",
                                       help="Fail at once if another onix holds the lock.")]
 StateId = Annotated[int, typer.Argument(metavar="ID")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="List every path.")]

@@ -37,6 +37,10 @@ def format_status(r: dict, *, verbose: bool = False) -> list[str]:
     if not r["initialized"]:
         return [f"{r['root']}: not an ONIX root yet"]
     lines = [f"active fstx: {r['active_fstx'] or 'none'}"]
+    staged = r.get("staged")
+    if staged:
+        lines.append(f"staged: state {staged['state']} {staged['fstx']} for the next boot "
+                     f"({staged['summary']})")
     if r["boot"]["esp"] is not None:
         lines.append(f"boot entry: {r['boot_entry'] or 'none (loader.conf names no default)'}")
     nix = r.get("nix")

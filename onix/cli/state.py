@@ -9,7 +9,7 @@ import typer
 
 from onix import api
 from onix.cli.machine import print_switch
-from onix.cli.options import Json, NoWait, Root, StateId
+from onix.cli.options import DryRun, Json, NoWait, Root, StateId
 from onix.cli.output import console, human_bytes, print_table, run
 
 group = typer.Typer(help="List, inspect, switch, pin and remove states.", no_args_is_help=True)
@@ -34,7 +34,9 @@ def state_show(state_id: StateId, root: Root = Path("/"), json: Json = False) ->
         out.print(f"created {r['created']}; {r['summary']}")
         out.print(f"{r['files']} files, {human_bytes(r['bytes'])}")
         for s in r["stones"]:
-            out.print(f"  {s['name']} {s['version']}-{s['release']}  [dim]{s['summary']}[/]")
+            out.print(f"  {s['name']} {s['version']}-{s['release']}"
+                      + ("" if s["explicit"] else " [dim](dependency)[/]")
+                      + f"  [dim]{s['summary']}[/]")
 
     run(lambda: api.show_state(root, state_id), human, as_json=json)
 
@@ -45,21 +47,26 @@ def state_diff(a: int, b: int, root: Root = Path("/"), json: Json = False) -> No
 
     def human(r: dict) -> None:
         out = console()
-        for what in ("stones", "files"):
-            for change, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
-                for item in r[what][change]:
-                    out.print(f"{sign} {item}")
-        if not any(r[w][c] for w in ("stones", "files") for c in ("added", "removed", "changed")):
+        sign = {"added": "+", "removed": "-"}
+        for c in r["stones"]:
+            out.print(f"{sign.get(c['kind'], '~')} {c['name']} "
+                      + (f"{c['from']} → {c['to']} ({c['kind']})" if c["from"] and c["to"]
+                         else c["to"] or c["from"]))
+        for change, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
+            for item in r["files"][change]:
+                out.print(f"{mark} {item}")
+        if not r["stones"] and not any(r["files"].values()):
             out.print("no differences")
 
     run(lambda: api.diff_states(root, a, b), human, as_json=json)
 
 
 @group.command("activate")
-def state_activate(state_id: StateId, root: Root = Path("/"), json: Json = False,
-                   no_wait: NoWait = False) -> None:
+def state_activate(state_id: StateId, dry_run: DryRun = False, root: Root = Path("/"),
+                   json: Json = False, no_wait: NoWait = False) -> None:
     """Make an archived state live."""
-    run(lambda: api.activate(root, state_id, wait=not no_wait), print_switch, as_json=json)
+    run(lambda: api.activate(root, state_id, dry_run=dry_run, wait=not no_wait), print_switch,
+        as_json=json)
 
 
 def _pin(state_id: int, pinned: bool, root: Path, json: bool, no_wait: bool) -> None:

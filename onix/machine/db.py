@@ -134,8 +134,11 @@ ownership_t = Table("ownership", metadata,
                     Column("reason", Text, nullable=False))
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now(*, ms: bool = False) -> str:
+    """UTC, to the second (state creation) or the millisecond (journal rows: `onix
+    history` shows how long a transaction took)."""
+    t = datetime.now(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond // 1000:03d}Z" if ms else "Z")
 
 
 def _timeout() -> float:
@@ -393,7 +396,7 @@ class Database:
                  nix_before: dict | None = None) -> int:
         return c.execute(insert(transactions_t).values(
             kind=kind, from_state=from_state, to_state=to_state, step="journal",
-            status="running", started=now(), detail=json.dumps(detail or {}),
+            status="running", started=now(ms=True), detail=json.dumps(detail or {}),
             nix_before=json.dumps(nix_before) if nix_before is not None else None,
         )).inserted_primary_key[0]
 
@@ -404,7 +407,7 @@ class Database:
                nix_after: dict | None = None, nix_report: str | None = None) -> None:
         from onix.machine.ownership import compact
 
-        values: dict = {"status": status, "finished": now(), "step": "end"}
+        values: dict = {"status": status, "finished": now(ms=True), "step": "end"}
         if detail is not None:
             values["detail"] = json.dumps(detail)
         # A closed row keeps the /nix fingerprints small (counts and a digest of the store

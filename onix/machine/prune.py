@@ -24,8 +24,10 @@ from sqlalchemy import select
 from onix.boot import plane as boot
 from onix.core import faults, fsutil
 from onix.core.errors import StateError
+from onix.core.paths import RootPaths, read_state_id
 from onix.machine import follow, ownership
 from onix.machine.db import stones_t
+from onix.machine.preview import Preview
 from onix.machine.session import Session
 from onix.machine.transaction import Result
 
@@ -58,6 +60,26 @@ def prune(s: Session, *, keep: int = 3) -> Result:
         doomed = plan(s.db.states(c), active=s.live_state(), keep=keep,
                       boot_default=_boot_default(s, c))
     return _run(s, doomed, kind="prune")
+
+
+def preview(paths: RootPaths, *, keep: int = 3) -> Preview:
+    """`onix prune --dry-run`: the states prune would remove and the store bytes only
+    they use, read without the lock (nothing is written)."""
+    from onix.machine import preview as previews
+    from onix.machine import reader
+
+    live = read_state_id(paths.usr)
+    con = reader.connect(paths.db)
+    try:
+        states = [dict(r) for r in con.execute(
+            "SELECT id, pinned FROM states WHERE status != 'pending'")]
+        row = con.execute("SELECT value FROM meta WHERE key = ?",
+                          (boot.META_DEFAULT,)).fetchone()
+    finally:
+        con.close()
+    default = int(row[0]) if row and str(row[0]).isdigit() else None
+    return previews.prune(paths, doomed=plan(states, active=live, keep=keep,
+                                             boot_default=default))
 
 
 def remove_states(s: Session, ids: list[int]) -> Result:

@@ -32,6 +32,7 @@ class Session:
             with self.db.write() as c:
                 self.db.seed_ownership(c, ownership.TABLE)
         self.recovered: list[str] = []
+        self.command = ""  # what was asked, as `onix history` shows it (set by api)
 
     def live_state(self) -> int | None:
         return read_state_id(self.paths.usr)

@@ -7,6 +7,7 @@ every other change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from onix.core.paths import RootPaths, read_state_id
@@ -33,8 +34,10 @@ def list_states(paths: RootPaths) -> list[dict]:
 
 
 def _stones(db: Database, c, state_id: int) -> list[dict]:
+    implicit = db.state_implicit(c, state_id)
     return [{"name": r["name"], "version": r["version"], "release": r["release"],
              "arch": r["arch"], "summary": r["summary"], "digest": r["digest"],
+             "explicit": r["id"] not in implicit,
              "depends": json.loads(r["depends"]), "provides": json.loads(r["provides"])}
             for r in db.stones(c, db.state_stone_ids(c, state_id))]
 
@@ -67,26 +70,83 @@ def diff_states(paths: RootPaths, a: int, b: int) -> dict:
     finally:
         db.close()
 
-    def evr(s: dict) -> str:
-        return f"{s['version']}-{s['release']}"
-
     def same(x: Entry, y: Entry) -> bool:
         return x.canonical() == y.canonical()
 
     return {
         "from": a, "to": b,
-        "stones": {
-            "added": [f"{n} {evr(sb[n])}" for n in sorted(set(sb) - set(sa))],
-            "removed": [f"{n} {evr(sa[n])}" for n in sorted(set(sa) - set(sb))],
-            "changed": [f"{n} {evr(sa[n])} → {evr(sb[n])}" for n in sorted(set(sa) & set(sb))
-                        if sa[n]["digest"] != sb[n]["digest"]],
-        },
+        "stones": stone_changes(sa, sb),
         "files": {
             "added": sorted(f"/usr/{p}" for p in set(lb) - set(la)),
             "removed": sorted(f"/usr/{p}" for p in set(la) - set(lb)),
             "changed": sorted(f"/usr/{p}" for p in set(la) & set(lb) if not same(la[p], lb[p])),
         },
     }
+
+
+def stone_changes(sa: dict[str, dict], sb: dict[str, dict]) -> list[dict]:
+    """Stones going from selection `sa` to `sb`, as {name, from, to, kind}: kind is added,
+    removed, upgrade, downgrade, or rebuilt (same version-release, other contents)."""
+    from onix.repo.versions import compare_versions
+
+    def evr(s: dict) -> str:
+        return f"{s['version']}-{s['release']}"
+
+    out = []
+    for n in sorted(set(sa) | set(sb)):
+        x, y = sa.get(n), sb.get(n)
+        if x is None or y is None:
+            out.append({"name": n, "from": evr(x) if x else None, "to": evr(y) if y else None,
+                        "kind": "added" if x is None else "removed"})
+            continue
+        if x["digest"] == y["digest"]:
+            continue
+        c = compare_versions(x["version"], y["version"]) or \
+            (x["release"] > y["release"]) - (x["release"] < y["release"])
+        out.append({"name": n, "from": evr(x), "to": evr(y),
+                    "kind": "downgrade" if c > 0 else "upgrade" if c < 0 else "rebuilt"})
+    return out
+
+
+def history(paths: RootPaths, *, limit: int | None = None) -> list[dict]:
+    """The journal, newest first: what was asked, what changed, when, how long, result."""
+    from datetime import datetime
+
+    from onix.machine import reader
+
+    if not paths.db.exists():
+        return []
+    con = reader.connect(paths.db)
+    try:
+        rows = con.execute("SELECT t.id, t.kind, t.from_state, t.to_state, t.status, "
+                           "t.started, t.finished, t.detail, s.summary, s.fstx FROM "
+                           "transactions t LEFT JOIN states s ON s.id = t.to_state "
+                           "ORDER BY t.id DESC" + (f" LIMIT {int(limit)}" if limit else ""))
+        rows = rows.fetchall()
+    finally:
+        con.close()
+    out = []
+    for r in rows:
+        detail = json.loads(r["detail"] or "{}")
+        seconds = None
+        if r["started"] and r["finished"]:
+            with contextlib.suppress(ValueError):
+                seconds = round((datetime.fromisoformat(r["finished"])
+                                 - datetime.fromisoformat(r["started"])).total_seconds(), 3)
+        out.append({"id": r["id"], "kind": r["kind"], "from_state": r["from_state"],
+                    "to_state": r["to_state"], "fstx": r["fstx"], "result": r["status"],
+                    "started": r["started"], "seconds": seconds,
+                    "command": detail.get("command") or "",
+                    "staged": bool(detail.get("staged")),
+                    "summary": r["summary"] or _summary(r["kind"], detail)})
+    return out
+
+
+def _summary(kind: str, detail: dict) -> str:
+    if kind in ("prune", "state-remove"):
+        states = detail.get("states") or detail.get("doomed") or []
+        return f"{kind} states {', '.join(str(i) for i in states)}" if states else kind
+    return kind
 
 
 def set_pinned(s: Session, state_id: int, pinned: bool) -> dict:

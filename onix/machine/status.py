@@ -37,7 +37,8 @@ def _query(db: Path) -> dict:
                                 "WHERE status = 'done'").fetchone()[0]
         made_live = {r[0]: (r[1], r[2]) for r in con.execute(
             "SELECT to_state, kind, MAX(id) FROM transactions WHERE status = 'done' "
-            "AND to_state IS NOT NULL GROUP BY to_state")}
+            "AND to_state IS NOT NULL AND detail NOT LIKE '%\"staged\": true%' "
+            "GROUP BY to_state")}
     finally:
         con.close()
     return {"running": running, "states": states, "store_bytes": int(row[0]) if row else 0,
@@ -104,9 +105,23 @@ def status(paths: RootPaths) -> dict:
         "states": len(info["states"]),
         "pinned": sorted(i for i, s in info["states"].items() if s["pinned"]),
         "store_bytes": info["store_bytes"],
+        "staged": _staged(info, live),
         "last_nix_check": info["last_nix"],
         "notes": notes,
     }
+
+
+def _staged(info: dict, live: int | None) -> dict | None:
+    """A state built for the next boot (`onix sync --boot`): the boot default, newer than
+    the live state, and never live yet."""
+    raw = info["meta"].get("boot_default", "")
+    sid = int(raw) if raw.isdigit() else None
+    if sid is None or sid == live or sid not in info["states"] or sid in info["made_live"]:
+        return None
+    if live is not None and sid < live:
+        return None
+    st = info["states"][sid]
+    return {"state": sid, "fstx": st["fstx"], "summary": st["summary"]}
 
 
 def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[str]]:
@@ -142,13 +157,15 @@ def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[st
                      f"{fallback['entry']} ran out of tries: it did not come up, or came up "
                      f"without onix boot mark-good); systemd-boot fell back to state {live} "
                      "on its own, and it is the boot default now")
+    elif _staged(info, live) is not None:
+        pass  # `staged:` says it
     elif boot_default is not None and boot_default != live and boot_default in states:
         kind, _tx = info["made_live"].get(live, (None, None))
         how = "chosen at boot (menu or one-time default)" if kind == "reconcile" else \
             "live now"
         notes.append(f"this boot runs state {live} ({how}); the boot default is state "
                      f"{boot_default}, which the next boot starts")
-    elif live != newest:
+    elif live != newest and _staged(info, live) is None:
         kind, tx = info["made_live"].get(live, (None, None))
         why = (f"onix {kind} made it live (transaction {tx})" if kind in ("rollback", "activate")
                else "it was made live at boot from an older entry" if kind == "reconcile"

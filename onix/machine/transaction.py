@@ -54,7 +54,7 @@ from onix.machine.session import Session
 BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "archive", "links",
                "activate", "done")
 ACTIVATE_STEPS = ("journal", "exchange", "archive", "links", "activate", "done")
-NEW_STATE_KINDS = ("install", "remove")
+NEW_STATE_KINDS = ("install", "remove", "sync")
 
 
 @dataclass
@@ -145,7 +145,10 @@ def unmark_txn(paths: RootPaths) -> None:
 
 
 def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[Entry],
-                summary: str, implicit: Iterable[int] = ()) -> Result:
+                summary: str, implicit: Iterable[int] = (), stage: bool = False) -> Result:
+    """Build a new state from `entries` and make it live — or, with `stage`, file it as
+    an archived state and make it the next boot's default without touching /usr
+    (`onix sync --boot`, as `nixos-rebuild boot`): the initrd exchanges it in at boot."""
     paths = s.paths
     from_state = s.live_state()
     digest = canonical_digest(entries)
@@ -159,7 +162,8 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
                        layout_digest=digest, stone_ids=stone_ids, files=len(files),
                        nbytes=sum(e.size for e in files), implicit=implicit)
         tx_id = s.db.begin_tx(c, kind=kind, from_state=from_state, to_state=state_id,
-                              detail={"source": "staging"}, nix_before=nix_before)
+                              detail={"source": "staging", "staged": stage,
+                                      "command": s.command}, nix_before=nix_before)
     mark_txn(paths)
     faults.point(kind, "blit")
     blit.blit(s, entries, paths.staging_usr)
@@ -169,6 +173,9 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     follow.check_seams(paths.staging_usr)
     faults.point(kind, "sync")
     fsutil.syncfs(paths.staging)
+    if stage:
+        return _stage(s, tx_id=tx_id, state_id=state_id, fstx=fstx, kind=kind,
+                      summary=summary, from_state=from_state)
     faults.point(kind, "exchange")
     if paths.usr.is_dir():
         fsutil.exchange(paths.staging_usr, paths.usr)
@@ -181,6 +188,34 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     return _after_activation(s, Result(
         kind=kind, from_state=from_state, to_state=state_id, fstx=fstx, summary=summary,
         nix=report, warnings=warnings, recovered=s.recovered))
+
+
+def _stage(s: Session, *, tx_id: int, state_id: int, fstx: str, kind: str, summary: str,
+           from_state: int | None) -> Result:
+    """File the built tree as an archived state and make it the boot default.
+
+    The live /usr is not touched. A crash before the journal closes undoes it (settle
+    removes the filed tree and forgets the state): the old state, as if never asked.
+    """
+    paths = s.paths
+    faults.point(kind, "stage")
+    dest = paths.state_tree(state_id)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(paths.staging_usr, dest)
+    fsutil.fsync_dir(dest.parent)
+    fsutil.fsync_dir(paths.states)
+    faults.point(kind, "activate")
+    with s.db.write() as c:
+        s.db.set_status(c, state_id, "archived")
+        s.db.set_meta(c, boot.META_DEFAULT, str(state_id))
+        s.db.delete_meta(c, boot.META_FALLBACK)
+        s.db.end_tx(c, tx_id, "done")
+    unmark_txn(paths)
+    faults.point(kind, "done")
+    result = Result(kind=kind, from_state=from_state, to_state=state_id, fstx=fstx,
+                    summary=summary, recovered=s.recovered, detail={"staged": True})
+    result.detail["boot"] = boot.after_change(s)
+    return result
 
 
 def _selection(s: Session) -> dict[str, dict]:
@@ -205,17 +240,20 @@ def _plan(s: Session, selection: dict[str, dict], new: dict[str, Candidate]) -> 
     return merge(layouts)
 
 
-def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] = ()) -> Result:
-    """Install or replace stones (opened and checked by open_candidates); one transaction,
-    one new state.
+def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] = (),
+            drop: Iterable[str] = (), kind: str = "install", stage: bool = False) -> Result:
+    """Install or replace stones (opened and checked by open_candidates), and leave out
+    the installed stones named in `drop` (a sync's orphans); one transaction, one new
+    state — staged for the next boot with `stage`.
 
     Stones are recorded as explicit (asked for) unless their name is in `dependencies`
     (pulled in by the resolver), which `onix remove` may later drop as orphans.
     """
     dependencies = set(dependencies)
-    faults.point("install", "import")
+    faults.point(kind, "import")
     current = _selection(s)
-    selection = dict(current)
+    gone = [n for n in drop if n in current]
+    selection = {n: r for n, r in current.items() if n not in gone}
     new = {cand.meta["name"]: cand for cand in cands}
     # An explicit request promotes a dependency; a dependency never demotes a request.
     explicit = {n for n, r in current.items() if r["explicit"]}
@@ -229,6 +267,8 @@ def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] =
         changes.append(f"{name} {old['version']}-{old['release']} → {evr}" if old
                        else f"{name} {evr}")
         selection[name] = cand.meta
+    changes += [f"{n} {current[n]['version']}-{current[n]['release']} removed"
+                for n in sorted(gone)]
     if not changes:
         return _promote(s, current, sorted(n for n in new if n in explicit))
     unmet = unmet_dependencies(selection)
@@ -242,9 +282,10 @@ def install(s: Session, cands: list[Candidate], *, dependencies: Iterable[str] =
     ids = {n: imported.ids.get(n) or selection[n]["id"] for n in selection}
     before = s.live_state()
     try:
-        return build_state(s, kind="install", stone_ids=[ids[n] for n in sorted(ids)],
+        return build_state(s, kind=kind, stone_ids=[ids[n] for n in sorted(ids)],
                            implicit=[ids[n] for n in ids if n not in explicit],
-                           entries=entries, summary=_install_summary(changes, explicit))
+                           entries=entries, summary=_install_summary(changes, explicit, kind),
+                           stage=stage)
     except BaseException:
         # Settle the journal now (the session would too), and if the old state is still
         # live, take the import back as well: a failed install leaves no new stones.
@@ -280,31 +321,31 @@ def _promote(s: Session, current: dict[str, dict], names: list[str]) -> Result:
                   recovered=s.recovered)
 
 
-def _install_summary(changes: list[str], explicit: set[str]) -> str:
+def _install_summary(changes: list[str], explicit: set[str], kind: str = "install") -> str:
     """'install a 1-1, b 2-1' — what was asked for first; dependencies counted past a few
     (installing nix by name pulls ~50 libraries; state list should stay readable)."""
     asked = [c for c in changes if c.split(" ", 1)[0] in explicit]
     pulled = [c for c in changes if c.split(" ", 1)[0] not in explicit]
     if len(changes) <= 6:
-        return "install " + ", ".join(asked + pulled)
-    return "install " + ", ".join(asked) + (f" and {len(pulled)} dependencies" if asked else
+        return f"{kind} " + ", ".join(asked + pulled)
+    return f"{kind} " + ", ".join(asked) + (f" and {len(pulled)} dependencies" if asked else
                                             f"{len(pulled)} dependencies")
 
 
-def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
-    """Remove stones by name, and (unless orphans=False) the dependencies they alone needed.
-    api.remove refuses an empty list before the root is locked."""
-    faults.point("remove", "import")
-    current = _selection(s)
+def remove_selection(current: dict[str, dict], names: list[str], *, orphans: bool,
+                     usr: Path) -> tuple[dict[str, dict], set[str]]:
+    """(the selection after removing `names`, the orphans dropped with them); refuses a
+    name that is not installed and a removal that breaks a dependency. Also the plan
+    `onix remove --dry-run` shows."""
     missing = [n for n in names if n not in current]
     if missing:
-        raise StateError(f"not installed: {', '.join(missing)}", path=s.paths.usr,
+        raise StateError(f"not installed: {', '.join(missing)}", path=usr,
                          hint="see onix state show for what the active state holds")
     selection = {n: r for n, r in current.items() if n not in names}
     unmet = unmet_dependencies(selection)
     if unmet:
         raise ConflictError("removal would break dependencies: " + "; ".join(unmet),
-                            path=s.paths.usr, hint="remove the dependents too")
+                            path=usr, hint="remove the dependents too")
     dropped: set[str] = set()
     if orphans:
         from onix.repo.resolve import orphans as find_orphans
@@ -312,6 +353,15 @@ def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
         dropped = find_orphans(selection=selection,
                                explicit={n for n, r in selection.items() if r["explicit"]})
         selection = {n: r for n, r in selection.items() if n not in dropped}
+    return selection, dropped
+
+
+def remove(s: Session, names: list[str], *, orphans: bool = True) -> Result:
+    """Remove stones by name, and (unless orphans=False) the dependencies they alone needed.
+    api.remove refuses an empty list before the root is locked."""
+    faults.point("remove", "import")
+    selection, dropped = remove_selection(_selection(s), names, orphans=orphans,
+                                          usr=s.paths.usr)
     entries = _plan(s, selection, {})
     checks.check_layout(s, entries, read=importer.content_reader(s, []))
     summary = "remove " + ", ".join(sorted(names))
@@ -398,6 +448,9 @@ def settle(s: Session, tx: dict) -> list[str]:
     elif live == frm:
         if detail.get("source") == "staging":
             fsutil.remove_tree(s.paths.staging_usr)
+        if detail.get("staged"):  # filed, but the journal never closed: not made
+            fsutil.remove_tree(s.paths.state_tree(to))
+            remove_empty(s.paths.state_tree(to).parent)
         with s.db.write() as c:
             if kind in NEW_STATE_KINDS:
                 s.db.delete_state(c, to)

@@ -347,12 +347,17 @@ def update(paths: RootPaths, *, names: list[str] | None = None,
     return results
 
 
-def available(paths: RootPaths) -> list[Available]:
-    """Every stone of every configured repository's cached index (each index verified)."""
+def available(paths: RootPaths, *, fetch: bool = False) -> list[Available]:
+    """Every stone of every configured repository's cached index (each index verified);
+    with `fetch`, of each index fetched now and verified, without touching the cache
+    (what `onix sync --dry-run` plans from: a preview writes nothing)."""
     root = paths.root
     out = []
     for conf in _configs(root):
-        _data, idx = _load_cached(root, conf)
+        if fetch:
+            _data, _sig, idx = index.fetch_index(conf.uri, name=conf.name, key=conf.key)
+        else:
+            _data, idx = _load_cached(root, conf)
         out.extend(Available(repo=conf.name, priority=conf.priority, uri=conf.uri,
                              name=e["name"], version=e["version"], release=e["release"],
                              arch=e["arch"], summary=e["summary"], license=e["license"],

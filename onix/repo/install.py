@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.core.errors import OnixError
-from onix.core.paths import RootPaths, read_state_id
+from onix.core.paths import RootPaths
 from onix.core.progress import SILENT, Progress
+from onix.machine.reader import live_selection
 from onix.repo.resolve import Resolution
 
 # soname(…), binary(…), interpreter(/usr/lib/ld….so(x86_64)): the last has slashes
@@ -36,28 +37,6 @@ def is_file_target(target: str) -> bool:
     if PROVIDER_RE.match(target) and not os.path.exists(target):
         return False
     return target.endswith(".stone") or os.sep in target
-
-
-def live_selection(paths: RootPaths) -> tuple[dict[str, dict], set[str]]:
-    """(name → stone row, explicit names) of the live state; empty on a fresh root."""
-    if not paths.db.exists():
-        return {}, set()
-    live = read_state_id(paths.usr)
-    if live is None:
-        return {}, set()
-    from onix.machine.db import Database
-
-    db = Database(paths)
-    try:
-        with db.read() as c:
-            try:
-                implicit = db.state_implicit(c, live)
-            except Exception:  # a schema-1 log not yet upgraded: every stone is explicit
-                implicit = set()
-            rows = db.stones(c, db.state_stone_ids(c, live))
-    finally:
-        db.close()
-    return {r["name"]: r for r in rows}, {r["name"] for r in rows if r["id"] not in implicit}
 
 
 @dataclass
@@ -148,3 +127,53 @@ def info(paths: RootPaths, name: str) -> StoneInfo:
         raise OnixError(f"{name} is not installed and no repository is configured",
                         path=name, hint="add one with onix repo add NAME URI --key PUBKEY")
     return StoneInfo(name=name, installed=mine, available=offered)
+
+
+def preview(paths: RootPaths, names: list[str], *, files: Sequence[Path] = ()):
+    """`onix install --dry-run`: the resolver's plan and the stone files' changes, with
+    nothing fetched, locked or written."""
+    from onix.machine.preview import (
+        DEPENDENCY,
+        NEW,
+        REINSTALL,
+        StoneChange,
+        selection_change,
+    )
+    from onix.machine.stone import Stone
+    from onix.repo.sync import compare_installed, evr_of
+
+    installed, _ = live_selection(paths)
+    changes: list[StoneChange] = []
+    layouts = {}
+    notes: list[str] = []
+
+    def kind_of(name: str, cmp: int, *, asked: bool) -> str:
+        if name not in installed:
+            return NEW if asked else DEPENDENCY
+        return "upgrade" if cmp > 0 else "downgrade" if cmp < 0 else REINSTALL
+
+    for f in files:
+        with Stone(Path(f)) as s:
+            meta, layout = s.meta.as_dict(), s.layout
+        old = installed.get(meta["name"])
+        cmp = 0
+        if old is not None:
+            from onix.repo.versions import compare_versions
+
+            cmp = compare_versions(meta["version"], old["version"]) or (
+                (meta["release"] > old["release"]) - (meta["release"] < old["release"]))
+        changes.append(StoneChange(name=meta["name"], kind=kind_of(meta["name"], cmp, asked=True),
+                                   old=evr_of(old) if old else None,
+                                   new=f"{meta['version']}-{meta['release']}"))
+        layouts[meta["name"]] = layout
+    if names:
+        plan = plan_install(paths, names, files=files)
+        for a in sorted(plan.install, key=lambda a: a.name):
+            old = installed.get(a.name)
+            changes.append(StoneChange(
+                name=a.name, kind=kind_of(a.name, compare_installed(a, old) if old else 1,
+                                          asked=a.name not in plan.dependencies),
+                old=evr_of(old) if old else None, new=a.evr, repo=a.repo, download=a.size))
+        notes += [f"{n} is installed already" for n in sorted(set(plan.already))]
+    return selection_change(paths, kind="install", current=installed, changes=changes,
+                            new_layouts=layouts, notes=notes)
