@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from onix.cli.output import console, human_bytes, print_table
+from onix.cli.output import console, human_bytes, print_lines
 
 VERB = {"upgrade": "upgrade", "downgrade": "downgrade", "new": "install",
         "dependency": "new dependency", "removed": "remove", "reinstall": "reinstall",
@@ -16,41 +16,47 @@ def _signed(n: int) -> str:
     return ("+" if n > 0 else "-" if n < 0 else "") + human_bytes(abs(n))
 
 
-def print_preview(p: dict, *, verbose: bool = False) -> None:
-    """The plan in a table, then states, files and bytes; `verbose` lists every path."""
-    out = console()
+def format_preview(p: dict, *, verbose: bool = False) -> list[str]:
+    """The plan as plain lines (a table of stones, then states, files and bytes); plain
+    text so the fast paths of `list updates` and `sync` need not import rich."""
+    lines: list[str] = []
     if p["empty"]:
-        out.print("nothing to do")
+        lines.append("nothing to do")
     if p["stones"]:
-        print_table(("stone", "from", "to", "change", "download", "size"),
-                    [(c["name"], c["from"] or "-", c["to"] or "-", VERB.get(c["kind"], c["kind"]),
-                      human_bytes(c["download"]) if c["download"] else "",
-                      _signed(c["size_change"]) if c["size_change"] else "")
-                     for c in p["stones"]])
+        rows = [("stone", "from", "to", "change", "download", "size")]
+        rows += [(c["name"], c["from"] or "-", c["to"] or "-", VERB.get(c["kind"], c["kind"]),
+                  human_bytes(c["download"]) if c["download"] else "",
+                  _signed(c["size_change"]) if c["size_change"] else "") for c in p["stones"]]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                  for r in rows]
     if p["switch_to"] is not None:
-        out.print(f"state {p['switch_to']} becomes live (was {p['live']})")
+        lines.append(f"state {p['switch_to']} becomes live (was {p['live']})")
     if p["creates_state"]:
-        out.print("a new state is built" + (
+        lines.append("a new state is built" + (
             " and staged: the next boot's default, /usr unchanged until then" if p["staged"]
             else f" and made live (was {p['live']})"))
     if p["states_removed"]:
-        out.print("states removed: " + ", ".join(str(i) for i in p["states_removed"]))
+        lines.append("states removed: " + ", ".join(str(i) for i in p["states_removed"]))
     files = p["files"]
     if files is not None and not p["empty"]:
-        out.print("files in /usr: " + ", ".join(
+        lines.append("files in /usr: " + ", ".join(
             f"{len(files[k])} {k}" for k in ("added", "removed", "changed")))
         for k, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
             shown = files[k] if verbose else files[k][:SHOWN_FILES]
-            for path in shown:
-                out.print(f"  {sign} {path}", markup=False)
+            lines += [f"  {sign} {path}" for path in shown]
             if len(files[k]) > len(shown):
-                out.print(f"  [dim]… {len(files[k]) - len(shown)} more {k} (-v lists all)[/]")
+                lines.append(f"  … {len(files[k]) - len(shown)} more {k} (-v lists all)")
     if p["fetch_bytes"]:
-        out.print(f"to fetch: {human_bytes(p['fetch_bytes'])}")
+        lines.append(f"to fetch: {human_bytes(p['fetch_bytes'])}")
     if p["free_bytes"]:
-        out.print(f"to free: {human_bytes(p['free_bytes'])}")
-    for note in p["notes"]:
-        out.print(f"[dim]note:[/] {note}")
+        lines.append(f"to free: {human_bytes(p['free_bytes'])}")
+    lines += [f"note: {n}" for n in p["notes"]]
+    return lines
+
+
+def print_preview(p: dict, *, verbose: bool = False) -> None:
+    print_lines(format_preview(p, verbose=verbose))
 
 
 def ask(question: str) -> bool:

@@ -328,8 +328,10 @@ def _install_summary(changes: list[str], explicit: set[str], kind: str = "instal
     pulled = [c for c in changes if c.split(" ", 1)[0] not in explicit]
     if len(changes) <= 6:
         return f"{kind} " + ", ".join(asked + pulled)
-    return f"{kind} " + ", ".join(asked) + (f" and {len(pulled)} dependencies" if asked else
-                                            f"{len(pulled)} dependencies")
+    shown = asked[:5]
+    more = [f"{len(asked) - len(shown)} more"] if len(asked) > len(shown) else []
+    more += [f"{len(pulled)} dependencies"] if pulled else []
+    return f"{kind} " + ", ".join(shown) + (" and " + " and ".join(more) if more else "")
 
 
 def remove_selection(current: dict[str, dict], names: list[str], *, orphans: bool,

@@ -505,6 +505,39 @@ class Bench:
                            note="ratio is against bare interpreter startup",
                            samples={"onix": t_s, "peer": t_py}))
 
+    # 7 ----------------------------------------------------------------------------
+    def bench_sync(self) -> None:
+        """`onix sync` with nothing to do and `onix list updates` on a root holding every
+        stone of the built set (stones/, made by ./scripts/stones), the local repository
+        configured: what a script or a prompt polls."""
+        stones, pub = REPO / "stones", REPO / ".cache/keys/local.pub"
+        if not (stones / "index.json").is_file() or not pub.is_file():
+            log("sync: no stones/ (./scripts/stones builds them); skipped")
+            self.suite.add(Row("onix sync, nothing to do (CLI)", None, goal="≤ 0.3 s",
+                               note="skipped: run ./scripts/stones first"))
+            return
+        root = self.tmp / "sync-root"
+        root.mkdir()
+        api.repo_add(root, name="local", uri=str(stones), public_key=pub.read_text().strip())
+        names = sorted({a["name"] for a in api.list_available(root)})
+        api.install(root, names)
+        runs = max(self.n, 5)
+        log(f"sync with nothing to do and list updates over {len(names)} stones, {runs}×")
+        t_sync, t_list, t_py = [], [], []
+        for _ in range(runs):
+            t_sync.append(timed(lambda: sh([*self.onix_cmd, "sync", "--yes", "--root", root])))
+            t_list.append(timed(lambda: sh([*self.onix_cmd, "list", "updates", "--root",
+                                            root])))
+            t_py.append(timed(lambda: sh([sys.executable, "-c", "pass"])))
+        p = med(t_py)
+        for label, ts in ((f"onix sync, nothing to do, {len(names)} stones (CLI)", t_sync),
+                          (f"onix list updates, {len(names)} stones (CLI)", t_list)):
+            o = med(ts)
+            self.suite.add(Row(label, o, p, "python -c pass", ratio=o / p, goal="≤ 0.3 s",
+                               met=o <= 0.3, note="ratio is against bare interpreter startup; "
+                               "sync refreshes the (local) index first",
+                               samples={"onix": ts, "peer": t_py}))
+
     # extra: prune ------------------------------------------------------------------
     def bench_prune(self) -> None:
         assert self.root_a is not None
@@ -521,6 +554,7 @@ class Bench:
         self.bench_import()
         self.bench_verify()  # while the root holds exactly one state, like the store b3sum reads
         self.bench_status()
+        self.bench_sync()
         self.bench_transaction()
         self.bench_verify_archived()
         self.bench_rollback()
