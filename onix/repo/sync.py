@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onix.core import faults
 from onix.core.paths import RootPaths
 from onix.core.progress import SILENT, Progress
 from onix.machine.preview import (
@@ -140,7 +141,9 @@ def plan_sync(paths: RootPaths, *, allow_downgrade: bool = False,
 
     installed, explicit = live_selection(paths)
     offered = config.available(paths, fetch=fetch) if config.configs(paths) else []
-    return plan(installed, explicit, offered, allow_downgrade=allow_downgrade)
+    out = plan(installed, explicit, offered, allow_downgrade=allow_downgrade)
+    faults.point("sync", "plan")
+    return out
 
 
 def preview(paths: RootPaths, p: SyncPlan, *, stage: bool = False) -> Preview:
@@ -158,6 +161,7 @@ def download(paths: RootPaths, p: SyncPlan, *, progress: Progress = SILENT) -> l
 
     out = []
     for i, entry in enumerate(p.fetch):
+        faults.point("sync", "fetch")
         progress.note(f"fetching {entry.name} {entry.evr} from {entry.repo} "
                       f"({i + 1}/{len(p.fetch)})")
         out.append(downloads.fetch(paths, entry))

@@ -145,3 +145,57 @@ def test_boot_into_a_doomed_state_between_prune_crash_and_recovery(root: Path,
     listed = [s["id"] for s in onix_json("state", "list", "--root", root)]
     assert 1 in listed and 2 not in listed
     assert (root / "usr/bin/hello").read_text() == "hello 1"
+
+
+SYNC_POINTS = ["plan", "fetch", *BUILD_POINTS]
+# The steps before the exchange are shared with a live sync (above); these are its own.
+STAGE_POINTS = ["sync", "stage", "activate", "done"]
+
+
+def sync_root(root: Path, make_stone, tmp_path: Path) -> Path:
+    """A root at state 1 (hello 1 from a signed local repository) whose repository now
+    offers hello 2."""
+    fake_nix(root)
+    repo, key = tmp_path / "repo", tmp_path / "key"
+    repo.mkdir()
+    v1 = make_stone("hello", v("1"), version="1")
+    (repo / v1.name).write_bytes(v1.read_bytes())
+    api.generate_key(out=key, comment="crash tests")
+    api.write_index(directory=repo, key=Path(f"{key}.key"), name="local")
+    api.repo_add(root, name="local", uri=str(repo),
+                 public_key=Path(f"{key}.pub").read_text().strip())
+    api.install(root, ["hello"])
+    (repo / v1.name).unlink()
+    v2 = make_stone("hello", v("2"), version="2")
+    (repo / v2.name).write_bytes(v2.read_bytes())
+    api.write_index(directory=repo, key=Path(f"{key}.key"), name="local")
+    return repo
+
+
+@pytest.mark.parametrize("step", SYNC_POINTS)
+def test_crash_sync(root: Path, make_stone, tmp_path: Path, step: str) -> None:
+    sync_root(root, make_stone, tmp_path)
+    nix = nix_fingerprint(root)
+    # the import's points are shared by every kind that imports (importer.py)
+    crash(root, ["sync", "--yes"], f"{'*' if step in IMPORT_POINTS else 'sync'}:{step}")
+    committed = step in BUILD_POINTS and \
+        BUILD_POINTS.index(step) > BUILD_POINTS.index("exchange")
+    live = check_consistent(root, {2} if committed else {1})
+    assert (root / "usr/bin/hello").read_text() == ("hello 2" if live == 2 else "hello 1")
+    assert nix_fingerprint(root) == nix
+    onix("sync", "--yes", "--root", root, check=True)  # the next run gets there
+    assert (root / "usr/bin/hello").read_text() == "hello 2"
+    check_consistent(root, {2, 3})
+
+
+@pytest.mark.parametrize("step", STAGE_POINTS)
+def test_crash_sync_boot(root: Path, make_stone, tmp_path: Path, step: str) -> None:
+    sync_root(root, make_stone, tmp_path)
+    crash(root, ["sync", "--yes", "--boot"],
+          f"{'*' if step in IMPORT_POINTS else 'sync'}:{step}")
+    check_consistent(root, {1})  # /usr is never touched by a staged sync
+    assert (root / "usr/bin/hello").read_text() == "hello 1"
+    staged = onix_json("status", "--root", root)["staged"]
+    assert (staged is not None) == (step == "done"), staged
+    if staged:
+        assert read_state_id(root / f".onix/states/{staged['state']}/usr") == staged["state"]
