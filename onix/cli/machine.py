@@ -150,8 +150,10 @@ def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
         else:
             out.print(f"[bold]{r['name']}[/] not installed")
         for a in r["available"]:
+            mark = {"upgrade": " [green](update: onix sync)[/]", "downgrade": " (older)",
+                    "installed": " (installed)"}.get(a.get("compared", ""), "")
             out.print(f"available: {a['version']}-{a['release']} from {a['repo']} "
-                      f"({human_bytes(a['size'])}) {a['location']}")
+                      f"({human_bytes(a['size'])}) {a['location']}{mark}")
 
     run(lambda: api.info(root, name), human, as_json=json)
 

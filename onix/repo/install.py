@@ -93,6 +93,16 @@ def plan_install(paths: RootPaths, names: list[str], *,
                            explicit=explicit)
 
 
+def _compared(a, row: dict | None) -> str:
+    """How an offered version stands to the installed one: upgrade, installed, downgrade
+    ("" when nothing is installed)."""
+    if row is None:
+        return ""
+    from onix.repo.sync import compare_installed
+
+    return {1: "upgrade", 0: "installed", -1: "downgrade"}[compare_installed(a, row)]
+
+
 @dataclass
 class StoneInfo:
     name: str
@@ -119,7 +129,8 @@ def info(paths: RootPaths, name: str) -> StoneInfo:
     offered: list[dict] = []
     if config.configs(paths):
         try:
-            offered = [a.as_dict() for a in config.info(paths, name)]
+            offered = [{**a.as_dict(), "compared": _compared(a, row)}
+                       for a in config.info(paths, name)]
         except OnixError:
             if mine is None:
                 raise
