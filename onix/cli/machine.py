@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onix import api
-from onix.cli.options import DryRun, Json, NoWait, Root, Verbose
+from onix.cli.options import DryRun, Json, NoWait, Root, Verbose, Yes
 from onix.cli.output import (
     console,
     format_status,
@@ -18,7 +18,7 @@ from onix.cli.output import (
     progress,
     run,
 )
-from onix.cli.preview import print_preview
+from onix.cli.preview import confirm_first, print_preview
 
 commands = typer.Typer()
 
@@ -59,9 +59,11 @@ def print_switch(r: dict) -> None:
 def install(targets: Annotated[list[str], typer.Argument(
                 metavar="STONE...", help="Stone names (from repositories), provider strings "
                 "such as 'binary(rg)', or .stone files.")],
-            dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
-            no_wait: NoWait = False) -> None:
+            yes: Yes = False, dry_run: DryRun = False, root: Root = Path("/"),
+            json: Json = False, no_wait: NoWait = False) -> None:
     """Install or replace stones, with their dependencies; one transaction, one new state."""
+    if not dry_run:
+        confirm_first(lambda: api.install(root, targets, dry_run=True), yes=yes, as_json=json)
     run(lambda: api.install(root, targets, dry_run=dry_run, wait=not no_wait,
                             progress=progress(json)), print_result, as_json=json)
 
@@ -70,16 +72,18 @@ def install(targets: Annotated[list[str], typer.Argument(
 def remove(names: Annotated[list[str], typer.Argument(help="Installed stone names.")],
            keep_orphans: Annotated[bool, typer.Option(
                "--keep-orphans", help="Keep dependencies nothing asked for any more.")] = False,
-           dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
-           no_wait: NoWait = False) -> None:
+           yes: Yes = False, dry_run: DryRun = False, root: Root = Path("/"),
+           json: Json = False, no_wait: NoWait = False) -> None:
     """Remove stones by name, and dependencies only they needed; one new state."""
+    if not dry_run:
+        confirm_first(lambda: api.remove(root, names, orphans=not keep_orphans, dry_run=True),
+                      yes=yes, as_json=json)
     run(lambda: api.remove(root, names, orphans=not keep_orphans, dry_run=dry_run,
                            wait=not no_wait, progress=progress(json)), print_result, as_json=json)
 
 
 @commands.command()
-def sync(yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply the plan without "
-                                           "asking.")] = False,
+def sync(yes: Yes = False,
          dry_run: DryRun = False,
          no_refresh: Annotated[bool, typer.Option("--no-refresh", help="Plan from the cached "
                                                   "indexes; do not fetch them again.")] = False,
@@ -169,9 +173,11 @@ def rollback(to: Annotated[int | None, typer.Option("--to", help="State id to go
 
 @commands.command()
 def prune(keep: Annotated[int, typer.Option("--keep", help="Newest states to keep.")] = 3,
-          dry_run: DryRun = False, root: Root = Path("/"), json: Json = False,
-          no_wait: NoWait = False) -> None:
+          yes: Yes = False, dry_run: DryRun = False, root: Root = Path("/"),
+          json: Json = False, no_wait: NoWait = False) -> None:
     """Remove old states (never active or pinned ones) and store content nothing uses."""
+    if not dry_run:
+        confirm_first(lambda: api.prune(root, keep=keep, dry_run=True), yes=yes, as_json=json)
 
     def human(r: dict) -> None:
         if r.get("dry_run"):

@@ -15,3 +15,5 @@ NoWait = Annotated[bool, typer.Option("--no-wait",
 StateId = Annotated[int, typer.Argument(metavar="ID")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="List every path.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Go ahead without showing the plan "
+                                   "and asking (on a terminal).")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from onix.cli.output import console, human_bytes, print_lines
 
@@ -72,3 +74,22 @@ def ask(question: str) -> bool:
 
 def is_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def confirm_first(plan: Callable[[], Any], *, yes: bool, as_json: bool) -> None:
+    """On a terminal, show the plan a command would carry out and ask before it does
+    (moss and apt do); `--yes`, `--json` and a run without a terminal go straight on."""
+    if yes or as_json or not is_terminal():
+        return
+    from onix.cli.output import run
+
+    data = run(plan, print_preview, as_json=False)
+    if data.get("empty"):
+        raise SystemExit(0)
+    if not ask("Apply this plan?"):
+        from onix.cli.output import fail
+        from onix.core.errors import OnixError
+
+        raise SystemExit(fail(OnixError("not confirmed; nothing changed",
+                                        hint="add --yes to go ahead without asking"),
+                              as_json=False))
