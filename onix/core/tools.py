@@ -55,6 +55,11 @@ PROGRAMS: dict[str, str] = {
     "setpriv": "util-linux",
     "nix-build": "nix-bin",
     "nix-store": "nix-bin",
+    # transaction triggers (machine/triggers.py): a private mount and PID namespace, the
+    # overlay over the new /usr, the chroot into it
+    "unshare": "util-linux",
+    "mount": "mount",
+    "chroot": "coreutils",
     # s6: the services of the live state
     "s6-svc": "s6",
     "s6-svstat": "s6",
@@ -67,16 +72,13 @@ FOR_TESTS: dict[str, str] = {
     "ld": "binutils",
     "cpio": "cpio",
     "bootctl": "systemd-boot",
-    "chroot": "coreutils",
     "truncate": "coreutils",
     "cat": "coreutils",
     "id": "coreutils",
     "rm": "coreutils",
     "find": "findutils",
     "xargs": "findutils",
-    "mount": "mount",
     "umount": "mount",
-    "unshare": "util-linux",
     "kill": "procps",
     "getent": "libc-bin",
     "nix": "nix-bin",
