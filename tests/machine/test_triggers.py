@@ -315,3 +315,17 @@ def test_crash_around_the_trigger_step(root: Path, tool, make_stone, step: str) 
     onix("install", new, "--root", root, check=True)
     assert (root / "usr/share/things.index").read_text() == "a\nb\n"
     check_consistent(root, {2, 3})
+
+
+def test_the_busybox_recipe_declares_a_valid_trigger() -> None:
+    """The first real user: recipes/busybox.yaml writes depmod.json in its install step."""
+    import yaml
+    from conftest import REPO
+
+    script = yaml.safe_load((REPO / "recipes/busybox.yaml").read_text())["install"]
+    body = script.split("triggers/depmod.json <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    t = triggers.parse(body.encode(), name="depmod", where="recipes/busybox.yaml")
+    assert t.run[0] == "/usr/bin/busybox"
+    assert t.watches("lib/modules/6.1.0-56-cloud-amd64/kernel/drivers/block/virtio_blk.ko")
+    assert t.may_write("lib/modules/6.1.0-56-cloud-amd64/modules.dep.bb")
+    assert not t.may_write("lib/modules/6.1.0-56-cloud-amd64/modules.dep")  # the kernel's
