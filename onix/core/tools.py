@@ -60,6 +60,7 @@ PROGRAMS: dict[str, str] = {
     "unshare": "util-linux",
     "mount": "mount",
     "chroot": "coreutils",
+    "timeout": "coreutils",
     # s6: the services of the live state
     "s6-svc": "s6",
     "s6-svstat": "s6",

@@ -77,11 +77,13 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 # function of the new /usr, not of whoever ran onix).
 ENV = {"PATH": "/usr/bin:/usr/sbin", "HOME": "/", "LC_ALL": "C", "TZ": "UTC"}
 
-# Runs as PID 1 of the new namespaces (unshare --fork): mounts, then becomes the trigger.
-# Paths come as arguments, never pasted into the script.
+# Runs as PID 1 of the new namespaces (unshare -f): mounts, then becomes `timeout`, whose
+# child is the trigger; when PID 1 exits, the kernel kills whatever the trigger left
+# running. Paths come as arguments, never pasted into the script. Short options only:
+# a guest runs this with busybox's unshare, mount, chroot and timeout.
 NAMESPACE_SCRIPT = r"""set -e
-root=$1 lower=$2 upper=$3 work=$4 mount=$5 chroot=$6
-shift 6
+root=$1 lower=$2 upper=$3 work=$4 mount=$5 chroot=$6 timeout=$7 seconds=$8
+shift 8
 "$mount" --bind "$root" "$root"
 "$mount" -o remount,bind,ro "$root"
 "$mount" -t overlay onix-trigger -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root/usr"
@@ -89,7 +91,7 @@ shift 6
 "$mount" -t proc proc "$root/proc"
 for d in null zero full random urandom; do "$mount" --bind "/dev/$d" "$root/dev/$d"; done
 cd /
-exec "$chroot" "$root" "$@"
+exec "$timeout" -s KILL "$seconds" "$chroot" "$root" "$@"
 """
 
 
@@ -320,18 +322,22 @@ def _skeleton(scratch: Path) -> Path:
 
 def _execute(s: Session, t: Trigger, *, root: Path, lower: Path, upper: Path, work: Path,
              log: Path) -> None:
-    argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--kill-child", proc.which("sh"), "-c", NAMESPACE_SCRIPT, "onix-trigger",
-            root, lower, upper, work, proc.which("mount"), proc.which("chroot"), *t.run]
+    argv = ["unshare", "-m", "--propagation", "private", "-p", "-f", proc.which("sh"), "-c",
+            NAMESPACE_SCRIPT, "onix-trigger", root, lower, upper, work, proc.which("mount"),
+            proc.which("chroot"), proc.which("timeout"), str(int(TIMEOUT)), *t.run]
     live = s.live_state()
     hint = (f"the new state was not made{f'; state {live} stays active' if live else ''}; "
             "fix or remove the stone that ships the trigger")
     with open(log, "wb") as out:
         try:
-            r = proc.run(argv, check=False, output=out, env=ENV, timeout=TIMEOUT, umask=0o022)
-        except OnixError as e:  # the timeout; proc.run has killed it (and --kill-child the rest)
+            r = proc.run(argv, check=False, output=out, env=ENV, timeout=TIMEOUT + 60,
+                         umask=0o022)
+        except OnixError as e:  # the backstop: `timeout` inside did not end it
             raise OnixError(f"trigger {t.name} ({' '.join(t.run)}): {e.message}",
                             path=t.where, hint=hint) from None
+    if r.returncode == 124:  # coreutils timeout, after its SIGKILL
+        raise OnixError(f"trigger {t.name} did not finish within {TIMEOUT:.0f} s",
+                        path=t.where, hint=hint)
     if r.returncode != 0:
         last = log.read_bytes().decode(errors="replace").strip().splitlines()[-TAIL_LINES:]
         raise OnixError(f"trigger {t.name} failed with exit status {r.returncode}: "
