@@ -11,7 +11,11 @@ Schema (version 2)
                   status: pending (journalled, not yet live), active, archived
     state_stones  which stones make up a state, and whether each was asked for
                   by name (explicit) or pulled in as a dependency; `onix remove`
-                  drops dependencies no explicit stone needs any more (schema 2)
+                  drops dependencies no explicit stone needs any more (schema 2).
+                  What a state's triggers wrote is one more row here, pointing at
+                  a stone row named TRIGGER_OUTPUTS (no stone file behind it; see
+                  triggers.py): its layout counts for verify, prune and diff, but
+                  it is not an installed stone
     transactions  the journal: kind, from/to state, step ("journal" while
                   running — prune also records "trash" — and "end" once
                   closed), status running|done|undone, detail, and the /nix
@@ -61,6 +65,9 @@ from onix.core.paths import RootPaths
 from onix.machine.layout import Entry
 
 SCHEMA_VERSION = 2
+# The stone row holding a state's trigger outputs. '@' is outside the characters a stone
+# name may use (stone.py), so no real stone can ever be mistaken for it.
+TRIGGER_OUTPUTS = "@triggers"
 
 metadata = MetaData()
 
@@ -317,9 +324,15 @@ class Database:
         row = c.execute(select(states_t).where(states_t.c.status == "active")).mappings().first()
         return dict(row) if row else None
 
-    def state_stone_ids(self, c: Connection, state_id: int) -> list[int]:
-        return list(c.execute(select(state_stones_t.c.stone_id)
-                              .where(state_stones_t.c.state_id == state_id)).scalars())
+    def state_stone_ids(self, c: Connection, state_id: int, *,
+                        with_outputs: bool = False) -> list[int]:
+        """The stones installed in a state; with_outputs adds its trigger-outputs row."""
+        q = (select(state_stones_t.c.stone_id)
+             .join(stones_t, stones_t.c.id == state_stones_t.c.stone_id)
+             .where(state_stones_t.c.state_id == state_id))
+        if not with_outputs:
+            q = q.where(stones_t.c.name != TRIGGER_OUTPUTS)
+        return list(c.execute(q).scalars())
 
     def state_implicit(self, c: Connection, state_id: int) -> set[int]:
         """Stones of a state that were pulled in as dependencies, not asked for."""
@@ -351,6 +364,15 @@ class Database:
                                                 "explicit": s not in implicit}
                                                for s in stone_ids])
 
+    def add_outputs(self, c: Connection, state_id: int, stone_id: int, *, fstx: str,
+                    layout_digest: str, files: int, nbytes: int) -> None:
+        """Join a trigger-outputs row to a pending state, whose name and totals now count
+        what its triggers wrote."""
+        c.execute(insert(state_stones_t).values(state_id=state_id, stone_id=stone_id,
+                                                explicit=False))
+        c.execute(update(states_t).where(states_t.c.id == state_id).values(
+            fstx=fstx, layout_digest=layout_digest, files=files, bytes=nbytes))
+
     def set_status(self, c: Connection, state_id: int, status: str) -> None:
         c.execute(update(states_t).where(states_t.c.id == state_id).values(status=status))
 
@@ -363,15 +385,21 @@ class Database:
         c.execute(update(states_t).where(states_t.c.id == state_id).values(pinned=pinned))
 
     def delete_state(self, c: Connection, state_id: int) -> None:
+        outputs = [r["id"] for r in self.stones(c, self.state_stone_ids(
+            c, state_id, with_outputs=True)) if r["name"] == TRIGGER_OUTPUTS]
         c.execute(delete(state_stones_t).where(state_stones_t.c.state_id == state_id))
         c.execute(delete(states_t).where(states_t.c.id == state_id))
+        # Trigger outputs have no stone file a later install could reuse: their row goes
+        # with the last state that has it (the objects stay for prune's gc to collect).
+        unused = set(self.unused_stones(c))
+        self.delete_stones(c, [i for i in outputs if i in unused])
 
     def state_layout(self, c: Connection, state_id: int) -> list[Entry]:
         """The merged layout of a state, straight from the database (no tree walk)."""
         from onix.machine.layout import merge
 
         by_stone: dict[str, list[Entry]] = {}
-        for s in self.stones(c, self.state_stone_ids(c, state_id)):
+        for s in self.stones(c, self.state_stone_ids(c, state_id, with_outputs=True)):
             by_stone[s["name"]] = self.stone_layout(c, s["id"])
         return merge(by_stone)
 

@@ -35,7 +35,8 @@ def _has_column(con: sqlite3.Connection, table: str, column: str) -> bool:
 
 
 def state_stones(con: sqlite3.Connection, state_id: int) -> list[dict]:
-    """The stones of a state, by name, each with `explicit` and `installed_size`."""
+    """The stones of a state, by name, each with `explicit` and `installed_size` (not the
+    `@triggers` row of what its triggers wrote: no stone, see triggers.py)."""
     cols = ", ".join(f"s.{c}" for c in STONE_COLUMNS)
     explicit = "ss.explicit" if _has_column(con, "state_stones", "explicit") else "1"
     rows = con.execute(
@@ -43,7 +44,7 @@ def state_stones(con: sqlite3.Connection, state_id: int) -> list[dict]:
         "(SELECT COALESCE(SUM(l.size), 0) FROM layout l WHERE l.stone_id = s.id "
         " AND l.kind = 'file') AS installed_size "
         "FROM state_stones ss JOIN stones s ON s.id = ss.stone_id "
-        "WHERE ss.state_id = ? ORDER BY s.name", (state_id,)).fetchall()
+        "WHERE ss.state_id = ? AND s.name NOT LIKE '@%' ORDER BY s.name", (state_id,)).fetchall()
     return [{**dict(r), "explicit": bool(r["explicit"])} for r in rows]
 
 

@@ -14,6 +14,7 @@ Steps of a transaction that builds a new state (install, remove):
     import    stream stones into store/.tmp, hash every blob, admit, record
     journal   pending state row + running journal row, /nix fingerprint
     blit      build .onix/staging/usr by hardlinking from the store
+    trigger   run the stones' triggers over it; record what they wrote (triggers.py)
     stateid   write usr/.stateID and usr/lib/os-release into staging
     sync      syncfs, so the tree we swap in is on disk
     exchange  renameat2(RENAME_EXCHANGE) staging/usr <-> /usr   (the commit point)
@@ -46,13 +47,13 @@ from onix.boot import plane as boot
 from onix.core import faults, fsutil
 from onix.core.errors import ConflictError, StateError
 from onix.core.paths import RootPaths, read_state_id
-from onix.machine import blit, follow, importer, ownership
+from onix.machine import blit, follow, importer, ownership, triggers
 from onix.machine.candidates import Candidate, unmet_dependencies
 from onix.machine.layout import FILE, Entry, canonical_digest, merge
 from onix.machine.session import Session
 
-BUILD_STEPS = ("import", "journal", "blit", "stateid", "sync", "exchange", "archive", "links",
-               "activate", "done")
+BUILD_STEPS = ("import", "journal", "blit", "trigger", "stateid", "sync", "exchange", "archive",
+               "links", "activate", "done")
 ACTIVATE_STEPS = ("journal", "exchange", "archive", "links", "activate", "done")
 NEW_STATE_KINDS = ("install", "remove", "sync")
 
@@ -167,6 +168,11 @@ def build_state(s: Session, *, kind: str, stone_ids: list[int], entries: list[En
     mark_txn(paths)
     faults.point(kind, "blit")
     blit.blit(s, entries, paths.staging_usr)
+    faults.point(kind, "trigger")
+    ran = triggers.run(s, state_id=state_id, usr=paths.staging_usr, entries=entries)
+    if ran is not None:  # what the triggers wrote is part of the state, and of its name
+        fstx = fstx_of(state_id, ran.layout_digest)
+        triggers.record(s, ran, state_id=state_id, fstx=fstx)
     faults.point(kind, "stateid")
     blit.write_generated(paths.staging_usr, state_id, fstx)
     checks.check_state(s, usr=paths.staging_usr, fstx=fstx)  # before it can become live
