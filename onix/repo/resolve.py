@@ -388,6 +388,8 @@ class _Resolver:
                 and c in self._candidates(c.name)]
         if free:
             return _provider_order(dep, free)[0]
+        if dep in self.needs and dep not in self.kept and dep not in self.chosen:
+            raise self._unsatisfiable(dep)  # the stone of that name, at no version that fits
         if not cands:
             raise ConflictError(f"nothing provides {dep} needed by {needed_by.name}",
                                 path=needed_by.name, hint=MISSING_HINT)
