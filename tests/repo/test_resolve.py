@@ -408,3 +408,37 @@ def test_orphans_follow_versioned_dependencies_by_name():
     assert orphans(selection=selection, explicit={"app"}) == {"lib-compat", "other"}
     selection["app"] = meta(depends=["lib"])
     assert orphans(selection=selection, explicit={"app"}) == {"other"}
+
+
+# -- the transaction's final check, and stones on read ---------------------------------
+
+
+def test_unmet_dependencies_honour_versions():
+    from onix.machine.candidates import unmet_dependencies
+
+    sel = {"mesa": {**meta("25.0.7", depends=["libdrm2 >= 2.4.121", LIBC]), "provides": []},
+           "libdrm2": meta("2.4.114-1+b1"), "glibc": meta(provides=[LIBC], as_json=True)}
+    assert unmet_dependencies(sel) == [
+        "mesa needs libdrm2 >= 2.4.121 (libdrm2 2.4.114-1+b1-1 is in the selection)"]
+    sel["libdrm2"] = meta("2.4.123-1~bpo12+1")
+    assert unmet_dependencies(sel) == []
+    sel["x"] = meta(depends=["glibc >= 1"], provides=["libdrm2"])
+    del sel["libdrm2"]
+    assert unmet_dependencies(sel) == ["mesa needs libdrm2 >= 2.4.121"]
+
+
+def test_a_stone_whose_depends_do_not_parse_is_refused_on_read(tmp_path, make_stone,
+                                                               monkeypatch):
+    from onix.core.errors import StoneError
+    from onix.machine import stone
+
+    with pytest.raises(StoneError, match=re.escape("'hello >>= 1' does not parse")):
+        make_stone("bad", {"bin/x": "x"}, depends=["hello >>= 1"])
+    assert not list(tmp_path.glob("bad-*.stone"))
+    # one written by something that did not check (an older onix, a hand-made file)
+    monkeypatch.setattr(stone, "check_depends", lambda deps, *, where: deps)
+    path = make_stone("bad", {"bin/x": "x"}, depends=["hello >>= 1"])
+    monkeypatch.undo()
+    with pytest.raises(StoneError) as e:
+        stone.Stone(path)
+    assert e.value.path == str(path) and "'hello >>= 1' does not parse" in e.value.message
