@@ -430,9 +430,11 @@ def pack_stone(src: Path, out: Path, *, name: str, version: str, release: int = 
                level: int = 6) -> Any:
     """Pack a DESTDIR (usr/ only) into a stone; the same tree gives the same bytes."""
     from onix.machine.stone import StoneMeta, pack
+    from onix.repo.versions import canonical_deps
 
     meta = StoneMeta(name=name, version=version, release=release, arch=arch, summary=summary,
-                     license=license, provides=sorted(provides), depends=sorted(depends))
+                     license=license, provides=sorted(provides),
+                     depends=canonical_deps(list(depends), where="--depends"))
     return pack(src, out, meta, level=level)
 
 

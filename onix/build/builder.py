@@ -169,7 +169,7 @@ def build(recipe_path: Path, *, out: Path, cache: Path | None = None, jobs: int 
             with clock.step("closure"):
                 more, closure_records = closure_stones(
                     recipe=recipe, install=work.install, cache=source_cache,
-                    work=work.root / "closure", say=clock.say)
+                    work=work.root / "closure", say=clock.say, own=stones)
             stones += more
         with clock.step("pack"):
             results, manifest = _pack(

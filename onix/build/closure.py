@@ -23,8 +23,19 @@ suite as the default release: a library only the suite has (libdrm2 >= 2.4.121 f
 Debian's declarations only propose: `perl`, `curl` or `lsb-base` in nix-bin's Depends
 are dropped because no ELF file asks for them. A need nothing proposes is an error
 naming the soname and the file that needs it. Each kept package becomes its own stone
-(name = the Debian package, version = its Debian version without epoch), so two
-recipes needing glibc produce the same, byte-identical libc6 stone.
+(name = the Debian package, version = its Debian version without epoch, release 1), so
+two recipes needing glibc produce the same, byte-identical libc6 stone.
+
+Versions: Debian's versioned relations between the packages of the closure become
+constraints on the stones (`constraints()`): a kept package's Depends/Pre-Depends on
+another kept one, and the seeds' on kept ones (those go on the recipe's main stone, where
+the seeds' files are). Of alternatives `a | b` the first that the closure kept counts.
+`libdrm2 (>= 2.4.121)` becomes `libdrm2 >= 2.4.121`; `<<`/`>>` become `<`/`>`. The epoch
+is dropped as it is from the stone's version; a version with a Debian revision
+(`2.4.123-1`) gets the stone release `-1` appended (`libdrm2 >= 2.4.123-1-1`), so the
+revision stays part of the compared version instead of reading as a release. Each
+constraint is checked against the version the closure kept; one Debian itself says is
+unmet is an error, one only the dropped epoch breaks is left out (and logged).
 
 This is scaffolding, like every Debian repack: it is how the quarry gets a runnable
 guest before these libraries are built from source.
@@ -68,6 +79,8 @@ class DebPackage:
     tree: Path            # holds usr/ only
     depends: list[str]    # Debian Depends + Pre-Depends, first alternative, names only
     dropped: list[str] = field(default_factory=list)
+    relations: str = ""   # Debian Pre-Depends and Depends as the package list has them
+    constraints: list[str] = field(default_factory=list)  # on other kept packages' stones
 
     @property
     def stone_version(self) -> str:
@@ -79,6 +92,7 @@ class Closure:
     packages: list[DebPackage]                       # kept, sorted by name
     rejected: list[str]                              # proposed by Depends, not needed
     satisfied: dict[str, str]                        # need → package providing it
+    seed_constraints: list[str] = field(default_factory=list)  # seeds' on kept stones
 
 
 def package_info(name: str, *, version: str | None = None,
@@ -216,8 +230,10 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
     provided: dict[str, str] = {}
     seen = set(exclude) | set(seeds)
     queue: list[str] = []
+    seed_relations = []
     for seed in seeds:
-        queue += _first_alternatives(_relations(package_info(seed, apt=apt)))
+        seed_relations.append((seed, _relations(package_info(seed, apt=apt))))
+        queue += _first_alternatives(seed_relations[-1][1])
     kept: list[DebPackage] = []
     offers: dict[str, set[str]] = {}  # kept package → what it provides
     rejected: list[str] = []
@@ -253,7 +269,8 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
             shutil.rmtree(ptree)
             continue
         pkg = DebPackage(name=name, version=info["Version"], sha256=info["SHA256"], tree=ptree,
-                         depends=_first_alternatives(_relations(info)), dropped=dropped)
+                         depends=_first_alternatives(_relations(info)), dropped=dropped,
+                         relations=_relations(info))
         kept.append(pkg)
         offers[name] = set(found.provides)
         for d in found.depends:
@@ -272,8 +289,74 @@ def resolve(*, tree: Path, seeds: Iterable[str], cache: Path, work: Path,
                                                  if len(missing) > 1 else ""),
                         path=str(tree), hint="add the package that ships it as a "
                         "debian-binary upstream of the recipe, or build it as a stone")
+    versions = {k.name: k.version for k in kept}
+    for k in kept:
+        k.constraints = constraints(k.relations, versions, who=f"{k.name} {k.version}")
+    seed_constraints = sorted({c for seed, rel in seed_relations
+                               for c in constraints(rel, versions, who=seed)})
     return Closure(packages=sorted(kept, key=lambda p: p.name), rejected=sorted(rejected),
-                   satisfied=dict(sorted(provided.items())))
+                   satisfied=dict(sorted(provided.items())),
+                   seed_constraints=_tightest(seed_constraints))
+
+
+DEB_OPS = {">=": ">=", "<=": "<=", "=": "=", ">>": ">", "<<": "<", ">": ">=", "<": "<="}
+_RELATION = re.compile(r"(?P<name>[a-z0-9][a-z0-9+.-]*)(?::[a-z0-9-]+)?\s*"
+                       r"(?:\(\s*(?P<op>>=|<=|>>|<<|=|>|<)\s*(?P<version>[^)\s]+)\s*\))?"
+                       r"\s*(?:\[[^]]*\])?\s*(?:<[^>]*>)?\s*\Z")
+
+
+def stone_constraint(name: str, op: str, debian_version: str) -> str:
+    """Debian's `name (op version)` as an onix constraint on the repacked stone (module
+    doc: epoch dropped, `-1` appended to a version with a Debian revision)."""
+    version = debian_version.split(":", 1)[-1]
+    if "-" in version:
+        version += "-1"
+    return f"{name} {DEB_OPS[op]} {version}"
+
+
+def constraints(relation: str, kept: dict[str, str], *, who: str) -> list[str]:
+    """The versioned relations of `relation` (Depends text) on packages the closure kept
+    (name → Debian version), as onix constraints, sorted; the first kept alternative of
+    `a | b` counts. Raises OnixError when Debian's own relation is unmet by what was kept."""
+    from onix.repo.versions import compare_versions, parse_dep
+
+    out = set()
+    for part in relation.split(","):
+        for alt in part.split("|"):
+            m = _RELATION.match(alt.strip())
+            if m is None or m["name"] not in kept:
+                continue
+            if m["op"]:
+                have = kept[m["name"]]
+                c = compare_versions(have, m["version"])
+                op = DEB_OPS[m["op"]]
+                if not {"=": c == 0, "<": c < 0, "<=": c <= 0, ">": c > 0, ">=": c >= 0}[op]:
+                    raise OnixError(f"{who} needs {m['name']} ({m['op']} {m['version']}) but "
+                                    f"the closure found {m['name']} {have}", path=who,
+                                    hint="the package lists mix suites: run apt-get update, or "
+                                    "set the recipe's suite so the closure reads that list")
+                text = stone_constraint(m["name"], m["op"], m["version"])
+                if parse_dep(text, where=who).allows(have.split(":", 1)[-1], 1):
+                    out.add(text)
+                else:  # only the dropped epoch orders these two: no constraint is better
+                    log.info("%s: %s left out (it depends on the epoch)", who, text)
+            break
+    return sorted(out)
+
+
+def _tightest(deps: list[str]) -> list[str]:
+    """Of several `NAME >= V` on one name (several seeds say it), the highest only."""
+    from onix.repo.versions import compare_versions, parse_dep
+
+    best: dict[str, tuple[str, str]] = {}
+    rest = []
+    for text in deps:
+        d = parse_dep(text, where="closure")
+        if d.op != ">=" or d.version is None:
+            rest.append(text)
+        elif d.name not in best or compare_versions(d.version, best[d.name][0]) > 0:
+            best[d.name] = (d.version, text)
+    return sorted(rest + [t for _, t in best.values()])
 
 
 def _file_of(need: str) -> str:

@@ -30,7 +30,7 @@ Format (docs/recipes.md is the user-facing description)::
         sha256: …                  # required, of the .deb
         suite: bookworm-backports  # optional: through a private list (sources.py)
     builddeps: [musl-tools]        # Debian packages the host needs
-    rundeps: [busybox]             # added to the main stone's depends
+    rundeps: [busybox, "libdrm2 >= 2.4.120"]  # added to the main stone's depends
     closure: debian                # optional: pull the Debian library closure
     environment: {KEY: value}
     setup/build/install/check: |   # bash -euo pipefail scripts
@@ -510,12 +510,19 @@ def _upstream(node: yaml.Node, r: _Reader) -> Upstream:
 
 
 def _rundeps(node: yaml.Node, r: _Reader, recipe: Recipe) -> list[str]:
-    """Dependency strings, with the name macros a split's name may use (%(name)-libs)."""
+    """Dependency strings, with the name macros a split's name may use (%(name)-libs),
+    each parsed (a name, a provider, or `NAME OP VERSION`) and kept in canonical form."""
+    from onix.repo.versions import parse_dep
+
     out = []
     for dep, dnode in zip(r.strings(node, "rundeps"), node.value, strict=True):
         _check_macros(dep, dnode, r, NAME_MACROS, dnode.start_mark.line + 1)
-        out.append(expand(dep, {"name": recipe.name, "version": recipe.version,
-                                "release": str(recipe.release)}, where=r.at(dnode)))
+        text = expand(dep, {"name": recipe.name, "version": recipe.version,
+                            "release": str(recipe.release)}, where=r.at(dnode))
+        try:
+            out.append(str(parse_dep(text, where=r.at(dnode))))
+        except OnixError as e:
+            raise r.fail(dnode, f"rundeps: {e.message}", e.hint or "") from None
     return out
 
 

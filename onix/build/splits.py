@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +133,12 @@ def _split_stones(recipe: Recipe, install: Path,
 
 
 def closure_stones(*, recipe: Recipe, install: Path, cache: Path, work: Path,
-                   say: Callable[[str], None]) -> tuple[list[Planned], list[dict]]:
+                   say: Callable[[str], None],
+                   own: Sequence[Planned] = ()) -> tuple[list[Planned], list[dict]]:
     """`closure: debian`: one stone per Debian package that provides a library the
-    recipe's files need (onix.build.closure decides, by ELF analysis), and manifest records."""
+    recipe's files need (onix.build.closure decides, by ELF analysis), and manifest records.
+    Debian's versioned relations become constraints: between the closure's stones, and
+    the seeds' on the recipe's main stone among `own` (closure.constraints)."""
     seeds = [u.ref for u in recipe.upstreams if u.kind == "debian-binary"]
     suite = next((u.suite for u in recipe.upstreams if u.suite), None)  # one at most
     apt = sources.closure_apt(cache, suite) if suite else ()
@@ -149,11 +152,18 @@ def closure_stones(*, recipe: Recipe, install: Path, cache: Path, work: Path,
                          f"{recipe.name} needs (scaffolding)",
                          license=f"see /usr/share/doc/{p.name}/copyright",
                          provides=sorted(a.provides),
-                         depends=sorted(d for d in a.depends if d not in a.provides))
+                         depends=sorted({*(d for d in a.depends if d not in a.provides),
+                                         *p.constraints}))
         planned.append(Planned(meta=meta, tree=p.tree, entries=walk(p.tree),
-                                reasons={d: sorted(a.reasons.get(d, [])) for d in meta.depends}))
+                                reasons={d: sorted(a.reasons.get(d, []) or
+                                                   [f"debian: {p.name} Depends"])
+                                         for d in meta.depends}))
         records.append({"kind": "debian-closure", "ref": p.name, "version": p.version,
                         "file": None, "sha256": p.sha256})
+    for main in (o for o in own if o.meta.name == recipe.name):
+        main.meta.depends = sorted({*main.meta.depends, *found.seed_constraints})
+        for c in found.seed_constraints:
+            main.reasons.setdefault(c, ["debian: the seeds' Depends"])
     return planned, records
 
 

@@ -64,16 +64,32 @@ def open_candidates(files: list[Path]) -> Iterator[list[Candidate]]:
 
 
 def unmet_dependencies(selection: dict[str, dict]) -> list[str]:
-    """Depends no stone of the selection provides; a stone provides its own name."""
+    """Depends no stone of the selection meets: a stone provides its own name and its
+    `provides`; a versioned one (`libdrm2 >= 2.4.120`) needs the stone of that name at a
+    version that meets it."""
+    from onix.repo.versions import parse_dep
+
+    def strings(value: object) -> list[str]:
+        return json.loads(value) if isinstance(value, str) else list(value or [])
+
     provided: set[str] = set()
     for name, meta in selection.items():
         provided.add(name)
-        provided.update(json.loads(meta["provides"]) if isinstance(meta["provides"], str)
-                        else meta["provides"])
+        provided.update(strings(meta["provides"]))
     out = []
     for name, meta in sorted(selection.items()):
-        deps = json.loads(meta["depends"]) if isinstance(meta["depends"], str) else meta["depends"]
-        out.extend(f"{name} needs {d}" for d in deps if d not in provided)
+        for raw in strings(meta["depends"]):
+            dep = parse_dep(raw, where=f"stone {name}")
+            if not dep.constrained:
+                if dep.name not in provided:
+                    out.append(f"{name} needs {dep}")
+                continue
+            have = selection.get(dep.name)
+            if have is None:
+                out.append(f"{name} needs {dep}")
+            elif not dep.allows(have.get("version"), have.get("release")):
+                out.append(f"{name} needs {dep} ({dep.name} {have.get('version')}-"
+                           f"{have.get('release')} is in the selection)")
     return out
 
 

@@ -17,7 +17,8 @@ On-disk format, version 1 (all integers little-endian)
         checksum     32  blake3 of the stored bytes
 
     meta     zstd(JSON object): name, version, release, arch, summary, license,
-             provides[], depends[]
+             provides[], depends[] (each a name, a provider string or a versioned
+             constraint `NAME OP VERSION`, canonical: see onix/repo/versions.py)
     layout   zstd(JSON array), one record per path, sorted by path:
              [path relative to /usr, "file"|"dir"|"symlink", mode, uid, gid,
               size, blake3 hex (files) or link target (symlinks) or ""]
@@ -210,6 +211,8 @@ class Stone:
         if not all(c.isascii() and (c.isalnum() or c in "-_.+") for c in meta.name):
             raise StoneError(f"stone name {meta.name!r} has characters outside [A-Za-z0-9-_.+]",
                              path=self.path, hint="rebuild the stone")
+        # canonical from here on: the index and the download check compare these strings
+        meta.depends = check_depends(meta.depends, where=str(self.path))
         return meta
 
     def _read_layout(self) -> list[Entry]:
@@ -387,10 +390,29 @@ def scan_tree(usr: Path) -> list[Entry]:
     return sorted(entries, key=lambda e: e.path)
 
 
+def check_depends(depends: list[str], *, where: str) -> list[str]:
+    """The meta's depends, each parsed (onix.repo.versions grammar: a name, a provider
+    string, or `NAME OP VERSION`), in canonical form; one that does not parse is refused
+    naming `where` (the stone's path)."""
+    from onix.core.errors import OnixError
+    from onix.repo.versions import parse_dep
+
+    out = []
+    for d in depends:
+        try:
+            out.append(str(parse_dep(d, where=where)))
+        except OnixError as e:
+            raise StoneError(f"metadata {e.message}", path=where, hint=e.hint) from None
+    return out
+
+
 def pack(src: Path, out: Path, meta: StoneMeta, *, level: int = 6,
          progress: Callable[[int], None] | None = None) -> dict:
-    """Pack DESTDIR `src` (which must hold only usr/) into a stone at `out`."""
+    """Pack DESTDIR `src` (which must hold only usr/) into a stone at `out`; its depends
+    are written canonically (`hello>=1` → `hello >= 1`), one that does not parse is
+    refused before anything is written."""
     src = Path(src)
+    meta.depends = sorted(set(check_depends(meta.depends, where=str(out))))
     if not (src / "usr").is_dir():
         raise StoneError("no usr/ directory to pack", path=src,
                          hint="pass a DESTDIR whose payload is under usr/")

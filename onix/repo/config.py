@@ -363,6 +363,7 @@ def available(paths: RootPaths, *, fetch: bool = False) -> list[Available]:
                              arch=e["arch"], summary=e["summary"], license=e["license"],
                              provides=tuple(e["provides"]), depends=tuple(e["depends"]),
                              file=e["file"], sha256=e["sha256"], size=e["size"],
+                             installed_size=e.get("installed_size", 0),
                              location=transport.join(conf.uri, e["file"]))
                    for e in idx["stones"])
     return out

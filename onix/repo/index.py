@@ -9,8 +9,11 @@ On-disk format
          "stones": [{"name", "version", "release", "arch", "summary", "license",
                      "provides": [...], "depends": [...],
                      "file": <stone file name, relative to index.json>,
-                     "sha256": <hex of the whole stone file>, "size": <bytes>}, ...]}
-        stones sorted by (name, version, release, file)
+                     "sha256": <hex of the whole stone file>, "size": <bytes>,
+                     "installed_size": <bytes of the stone's files once installed>}, ...]}
+        stones sorted by (name, version, release, file); depends are canonical
+        dependency strings (versions.parse_dep: `libdrm2 >= 2.4.120`), each parsed on
+        every read; an index without installed_size (older onix) reads as 0
     <dir>/index.json.sig   keys.py signature over the exact bytes of index.json
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from onix.core.errors import OnixError
 from onix.core.fsutil import atomic_write, sha256_file
 from onix.repo import keys, transport
+from onix.repo.versions import canonical_deps, parse_dep
 
 INDEX_FILE = "index.json"
 SIG_FILE = "index.json.sig"
@@ -79,6 +83,7 @@ def write_index(*, directory: Path, key: Path, name: str | None = None) -> Index
         with Stone(p) as s:
             s.check_content()  # a corrupt stone must not get a signed sha256
             meta = s.meta
+            installed_size = s.describe()["installed_size"]
         ident = (meta.name, meta.version, meta.release, meta.arch)
         if ident in seen:
             raise OnixError(f"{seen[ident]} and {p.name} are both {meta.name} "
@@ -90,8 +95,9 @@ def write_index(*, directory: Path, key: Path, name: str | None = None) -> Index
         stones.append({"name": meta.name, "version": meta.version, "release": meta.release,
                        "arch": meta.arch, "summary": meta.summary, "license": meta.license,
                        "provides": sorted(set(meta.provides)),
-                       "depends": sorted(set(meta.depends)),
-                       "file": p.name, "sha256": sha256, "size": size})
+                       "depends": canonical_deps(meta.depends, where=str(p)),
+                       "file": p.name, "sha256": sha256, "size": size,
+                       "installed_size": installed_size})
     stones.sort(key=lambda e: (e["name"], e["version"], e["release"], e["file"]))
     index = {"format": INDEX_FORMAT, "name": name, "stones": stones}
     data = _canonical(index)
@@ -147,8 +153,16 @@ def parse_index(data: bytes, *, where: str) -> dict:
               and e["name"] != "" and e["version"] != ""
               and len(e["sha256"]) == 64 and not e["sha256"].strip("0123456789abcdef")
               and _plain_file_name(e["file"]))
-        if not ok:
+        size = e.get("installed_size", 0) if ok else 0
+        if not ok or not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise _bad_index(where, f"stone entry {i} is malformed")
+        for d in e["depends"]:
+            try:
+                parse_dep(d, where=where)
+            except OnixError:
+                raise _bad_index(where, f"stone entry {i} ({e['name']} {e['version']}-"
+                                 f"{e['release']}) has a dependency that does not parse: "
+                                 f"{d!r}") from None
     return index
 
 

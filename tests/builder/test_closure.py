@@ -106,3 +106,54 @@ def test_a_need_no_relation_proposes_is_looked_up_by_file_name():
         "ld-linux-x86-64.so.2"
     assert closure.shipping("libgcc_s.so.1") == ["libgcc-s1"]
     assert closure.shipping("no-such-library.so.42") == []
+
+
+# -- Debian's versioned relations as constraints on the repacked stones ----------------
+
+
+KEPT = {"libdrm2": "2.4.123-1~bpo12+1", "libc6": "2.36-9+deb12u10",
+        "libxau6": "1:1.0.9-1", "libllvm15": "1:15.0.6-4+b1"}
+
+
+def test_versioned_relations_on_kept_packages_become_constraints():
+    got = closure.constraints(
+        "libc6 (>= 2.34), libdrm2 (>= 2.4.121), libxau6 (>= 1:1.0.9), perl (>= 5), "
+        "libfoo1 | libllvm15 (>= 1:15.0.0), libdrm-amdgpu1 (>= 2.4.121), libc6:any (<< 2.37), "
+        "libdrm2", KEPT, who="mesa")
+    # the first alternative the closure kept counts; packages it dropped give nothing;
+    # epochs go as they go from the stone versions; << and >> are onix's < and >
+    assert got == ["libc6 < 2.37", "libc6 >= 2.34", "libdrm2 >= 2.4.121",
+                   "libllvm15 >= 15.0.0", "libxau6 >= 1.0.9"]
+
+
+def test_a_constraint_compares_right_against_the_repacked_stone_version():
+    from onix.repo.versions import parse_dep
+
+    stone = KEPT["libdrm2"]  # the stone's version: Debian's without the epoch, release 1
+    # a Debian revision stays part of the compared version (the stone release is appended)
+    assert closure.stone_constraint("libdrm2", ">=", "2.4.123-1~bpo12+1") == \
+        "libdrm2 >= 2.4.123-1~bpo12+1-1"
+    assert parse_dep("libdrm2 >= 2.4.123-1~bpo12+1-1", where="t").allows(stone, 1)
+    assert not parse_dep(closure.stone_constraint("libdrm2", ">=", "2.4.123-1"),
+                         where="t").allows(stone, 1)  # 1~bpo12+1 is older than 1
+    assert parse_dep(closure.stone_constraint("libdrm2", "=", "1:2.4.123-1~bpo12+1"),
+                     where="t").allows(stone, 1)
+    assert not parse_dep("libdrm2 >= 2.4.121", where="t").allows("2.4.114-1+b1", 1)
+
+
+def test_a_relation_the_closure_does_not_meet_is_an_error_naming_it():
+    with pytest.raises(OnixError) as e:
+        closure.constraints("libdrm2 (>= 2.4.124)", KEPT, who="libgl1-mesa-dri")
+    assert e.value.message == ("libgl1-mesa-dri needs libdrm2 (>= 2.4.124) but the closure "
+                               "found libdrm2 2.4.123-1~bpo12+1")
+
+
+def test_one_constraint_per_name_from_several_seeds():
+    assert closure._tightest(["libdrm2 >= 2.4.99", "libdrm2 >= 2.4.121", "libc6 >= 2.34",
+                              "libc6 < 3"]) == ["libc6 < 3", "libc6 >= 2.34",
+                                                "libdrm2 >= 2.4.121"]
+
+
+def test_a_relation_only_the_epoch_orders_is_left_out():
+    # Debian: 1:0.9 >= 5 (the epoch wins); without epochs 0.9 < 5, so no constraint
+    assert closure.constraints("oldlib (>= 5)", {"oldlib": "1:0.9-1"}, who="x") == []

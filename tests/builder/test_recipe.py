@@ -148,3 +148,26 @@ def test_a_nul_in_a_recipe_is_one_error_line_with_its_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if not ln.endswith(": load")]
     assert len(lines) == 1, r.stderr
     assert f"{p}:6" in lines[0]
+
+
+# -- rundeps carry version constraints -----------------------------------------------
+
+
+def test_rundeps_constraints_are_parsed_and_kept_canonical(tmp_path):
+    r = write(tmp_path / "r.yaml", BASE + 'rundeps: ["libdrm2>=2.4.120", busybox, '
+              '"binary(sh)"]\npackages:\n  - name: "%(name)-libs"\n    paths: [usr/lib/*]\n'
+              '    rundeps: ["%(name) = 1.0.0-1"]\n')
+    recipe = load(r)
+    assert recipe.rundeps == ["libdrm2 >= 2.4.120", "busybox", "binary(sh)"]
+    assert recipe.packages[0].rundeps == ("demo = 1.0.0-1",)
+
+
+@pytest.mark.parametrize("dep", ["libdrm2 >>= 2.4.120", "libdrm2 >= ", "pkgconfig(x) >= 1",
+                                 "a b"])
+def test_a_rundep_that_does_not_parse_names_its_line_and_field(tmp_path, dep):
+    r = write(tmp_path / "r.yaml", BASE + f"rundeps:\n  - busybox\n  - '{dep}'\n")
+    e = error_of(r)
+    assert isinstance(e, RecipeError)
+    assert e.path == f"{r}:8", e.line()
+    assert e.message.startswith("rundeps: dependency") and repr(dep) in e.message
+    assert "OP one of = < <= > >=" in e.hint

@@ -1,12 +1,16 @@
 """Mesa through the graphics bridge, across a rollback (validation scenario 4, without a VM).
 
-Two stone sets from a local signed repository: recipes/mesa.yaml (Mesa 22.3.6, bookworm)
-and recipes/mesa-25.yaml (Mesa 25.0.7, bookworm-backports), each with its Debian library
-closure (glibc, libLLVM-15, libdrm, …). Into one scratch root, with onix's own library
-API (repo.add/available/fetch, transaction.install/rollback):
+Two stone sets, each a local signed repository: recipes/mesa.yaml (Mesa 22.3.6,
+bookworm) and recipes/mesa-25.yaml (Mesa 25.0.7, bookworm-backports), each with its
+Debian library closure (glibc, libLLVM-15, libdrm, …). Into one scratch root, by name,
+as a user would (api.install with names: the resolver picks the versions):
 
-  state 1: the 22.3.6 set; `onix nix seed --root R` makes /run/opengl-driver
-  state 2: the 25.0.7 set (libdrm2 and friends replaced by their backports versions)
+  state 1: with the bookworm repository configured, `mesa`: Mesa 22.3.6 and bookworm's
+           libdrm2; `onix nix seed --root R` makes /run/opengl-driver
+  state 2: the backports repository added too, `mesa=25.0.7` alone: its constraint
+           (`libdrm2 >= …`, from Debian's Depends through closure: debian) moves the
+           installed libdrm2 (and the other libdrm libraries) to the backports versions;
+           without versioned dependencies Mesa 25 kept bookworm's libdrm2
   rollback to state 1
 
 A Nix-style "GUI app" (onix/validate/fixtures/gui-app: egl-frame, with glvnd's dispatcher
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -30,13 +35,13 @@ from importlib.resources import as_file
 from pathlib import Path
 
 import pytest
-from conftest import onix
+from conftest import onix, snapshot
 
 from onix import api
 from onix.core import tools
+from onix.core.errors import ConflictError
 from onix.core.paths import RootPaths
 from onix.repo import config as repo_config
-from onix.repo import fetch as repo_fetch
 from onix.repo import index as repo_index
 from onix.repo import keys
 from onix.validate.compose import GUI_APP
@@ -63,8 +68,10 @@ def _manifests(out: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def mesa_repo(module_work: Path) -> tuple[Path, Path, dict[str, list[tuple[str, str]]]]:
-    """(repository dir, public key, {mesa version: [(stone name, version), …]})."""
+def mesa_repo(module_work: Path) -> tuple[dict[str, Path], Path,
+                                         dict[str, list[tuple[str, str]]]]:
+    """({mesa version: repository dir}, public key, {mesa version: [(stone name,
+    version), …]})."""
     out = Path(os.environ.get("ONIX_MESA_STONES", REPO / "stones"))
     if not all(m.is_file() for m in _manifests(out).values()):
         import urllib.request
@@ -83,10 +90,12 @@ def mesa_repo(module_work: Path) -> tuple[Path, Path, dict[str, list[tuple[str, 
             t = time.monotonic()
             build(REPO / "recipes" / recipe, out=out)
             print(f"\nbuilt {recipe} (Mesa {v}) in {time.monotonic() - t:.0f} s")
-    repodir = module_work / "repo"
-    repodir.mkdir()
+    key, pub = keys.generate(out=module_work / "key", comment="mesa test repository")
+    repodirs: dict[str, Path] = {}
     sets: dict[str, list[tuple[str, str]]] = {}
     for v, manifest in _manifests(out).items():
+        repodir = repodirs[v] = module_work / f"repo-{v}"
+        repodir.mkdir()
         m = json.loads(manifest.read_text())
         sets[v] = []
         for s in m["stones"]:
@@ -98,17 +107,16 @@ def mesa_repo(module_work: Path) -> tuple[Path, Path, dict[str, list[tuple[str, 
                     shutil.copy2(out / s["file"], dest)
             version = s["file"][len(s["name"]) + 1:].rsplit("-", 2)[0]
             sets[v].append((s["name"], version))
-    key, pub = keys.generate(out=module_work / "key", comment="mesa test repository")
-    repo_index.write_index(directory=repodir, key=key, name="mesa")
-    return repodir, pub, sets
+        repo_index.write_index(directory=repodir, key=key, name=f"mesa-{v}")
+    return repodirs, pub, sets
 
 
-def _install_set(root: Path, wanted: list[tuple[str, str]]):
-    by = {(a.name, a.version): a for a in repo_config.available(RootPaths.of(root))}
-    missing = [w for w in wanted if w not in by]
-    assert not missing, f"the repository lacks {missing}"
-    files = [repo_fetch.fetch(RootPaths.of(root), by[w]) for w in wanted]
-    return api.install(root, files, dependencies=[n for n, _ in wanted if n != "mesa"])
+def _installed(root: Path) -> dict[str, str]:
+    """name → version of the live state's stones."""
+    from onix.repo.install import live_selection
+
+    rows, _explicit = live_selection(RootPaths.of(root))
+    return {n: r["version"] for n, r in rows.items()}
 
 
 def _add_app(root: Path) -> Path:
@@ -135,12 +143,16 @@ def _opengl(root: Path) -> str:
 
 
 def test_the_app_follows_mesa_across_install_and_rollback(mesa_repo, tmp_path):
-    repodir, pub, sets = mesa_repo
+    repodirs, pub, sets = mesa_repo
     root = tmp_path / "root"
     root.mkdir()
-    api.repo_add(root, name="mesa", uri=str(repodir), public_key=str(pub))
+    api.repo_add(root, name="bookworm", uri=str(repodirs["22.3.6"]), public_key=str(pub))
 
-    old = _install_set(root, sets["22.3.6"])
+    libdrm = {v: dict(stones)["libdrm2"] for v, stones in sets.items()}
+    assert libdrm["22.3.6"] != libdrm["25.0.7"], libdrm  # bookworm's, backports'
+    old = api.install(root, ["mesa"])
+    assert _installed(root)["mesa"] == "22.3.6"
+    assert _installed(root)["libdrm2"] == libdrm["22.3.6"]
     onix("nix", "seed", "--root", root, check=True)
     assert os.readlink(root / "run" / "opengl-driver").startswith("/run/onix/opengl-driver-")
     app = _add_app(root)
@@ -154,8 +166,32 @@ def test_the_app_follows_mesa_across_install_and_rollback(mesa_repo, tmp_path):
     assert first["probe"] == "ok"
     assert _opengl(root) == "coherent"
 
-    new = _install_set(root, sets["25.0.7"])
+    # Mesa 25 alone, without the backports libraries: one line, before anything is fetched
+    only = tmp_path / "mesa-25-only"
+    only.mkdir()
+    os.link(repodirs["25.0.7"] / "mesa-25.0.7-1-x86_64.stone", only / "mesa.stone")
+    repo_index.write_index(directory=only, key=pub.with_suffix(".key"), name="only")
+    api.repo_add(root, name="only", uri=str(only), public_key=str(pub))
+    def tree() -> dict:  # a read leaves SQLite's -shm and an empty -wal as it likes
+        return {k: v for k, v in snapshot(root).items() if not k.endswith(("-shm", "-wal"))}
+
+    before = tree()
+    with pytest.raises(ConflictError) as e:
+        api.install(root, ["mesa=25.0.7"])
+    assert re.fullmatch(r"mesa 25\.0\.7 needs (libdrm[-a-z0-9]*) >= [0-9.]+; the "
+                        r"repositories offer [^;]+; \1 \S+ is installed", e.value.message), \
+        e.value.line()
+    assert tree() == before
+    api.repo_remove(root, name="only")
+
+    api.repo_add(root, name="backports", uri=str(repodirs["25.0.7"]), public_key=str(pub))
+    mesa25 = next(a for a in repo_config.available(RootPaths.of(root))
+                  if a.name == "mesa" and a.version == "25.0.7")
+    assert any(d.startswith("libdrm2 >= ") for d in mesa25.depends), mesa25.depends
+    new = api.install(root, ["mesa=25.0.7"])  # by name: the constraint brings libdrm2
     assert new.to_state != old.to_state
+    now = _installed(root)
+    assert now["mesa"] == "25.0.7" and now["libdrm2"] == libdrm["25.0.7"], now
     second = _run_app(root, app)
     print(f"Mesa 25.0.7: {second}")
     assert "Mesa 25.0.7" in second["version"], second

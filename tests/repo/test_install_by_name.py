@@ -175,3 +175,92 @@ def test_a_provider_string_with_a_slash_is_not_taken_for_a_file(root, tmp_path, 
     r = onix("install", interp, "--root", root)
     assert r.returncode == 0, r.stderr
     assert (root / "usr/lib/ld-musl-x86_64.so.1").exists()
+
+
+# -- versioned dependencies, written on the command line -----------------------------
+
+
+def test_a_versioned_depends_round_trips_and_install_honours_it(root, tmp_path, signer):
+    """`onix stone pack --depends 'hello >= 1'` stores the constraint (not a name), the
+    index carries it, and install by name picks a hello that meets it; `hello=1.0`
+    downgrades on request; a bad constraint is refused with the value in the message."""
+    d = tmp_path / "vers"
+    d.mkdir()
+    for version in ("0.9", "1.0", "2.0"):
+        src = tmp_path / f"hello-{version}"
+        (src / "usr/bin").mkdir(parents=True)
+        (src / "usr/bin/hello").write_text(version)
+        onix("stone", "pack", src, "-o", d / f"hello-{version}.stone", "--name", "hello",
+             "--version", version, check=True)
+    src = tmp_path / "motd"
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "usr/bin/motd").write_text("motd")
+    onix("stone", "pack", src, "-o", d / "motd.stone", "--name", "motd", "--version", "1",
+         "--depends", "hello>=1", "--depends", "binary(sh)", check=True)
+    meta = onix_json("stone", "inspect", d / "motd.stone")["meta"]
+    assert meta["depends"] == ["binary(sh)", "hello >= 1"]  # canonical, sorted
+
+    r = onix("stone", "pack", src, "-o", tmp_path / "bad.stone", "--name", "motd",
+             "--version", "1", "--depends", "hello >>= 1")
+    assert r.returncode != 0 and not (tmp_path / "bad.stone").exists()
+    [line] = r.stderr.strip().splitlines()
+    assert "--depends" in line and "'hello >>= 1'" in line and "does not parse" in line
+
+    src = tmp_path / "sh"
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "usr/bin/sh").write_text("sh")
+    onix("stone", "pack", src, "-o", d / "sh.stone", "--name", "sh", "--version", "1",
+         "--provides", "binary(sh)", check=True)
+    repo_index.write_index(directory=d, key=signer[0], name="vers")
+    entry = next(e for e in json.loads((d / "index.json").read_bytes())["stones"]
+                 if e["name"] == "motd")
+    assert entry["depends"] == ["binary(sh)", "hello >= 1"] and entry["installed_size"] == 4
+
+    onix("repo", "add", "vers", d, "--key", signer[1], "--root", root, check=True)
+    onix("install", "hello=0.9", "--root", root, check=True)
+    assert (root / "usr/bin/hello").read_text() == "0.9"
+    # motd needs hello >= 1: the installed 0.9 moves forward to the best that meets it
+    r = onix_json("install", "motd", "--root", root)
+    assert r["changed"] and (root / "usr/bin/hello").read_text() == "2.0"
+    assert onix_json("info", "motd", "--root", root)["installed"]["depends"] == [
+        "binary(sh)", "hello >= 1"]
+    # an explicit NAME=VERSION may go back, as long as what is installed still fits
+    onix("install", "hello=1.0", "--root", root, check=True)
+    assert (root / "usr/bin/hello").read_text() == "1.0"
+    before = snapshot(root)
+    r = onix("install", "hello=0.9", "--root", root)
+    assert r.returncode != 0
+    [line] = r.stderr.strip().splitlines()
+    assert "moving hello to 0.9-1 would leave motd without hello >= 1" in line
+    r = onix("install", "hello>=3", "--root", root)
+    assert r.returncode != 0
+    [line] = r.stderr.strip().splitlines()
+    assert "hello >= 3 was asked for; the repositories offer 0.9, 1.0, 2.0" in line
+    assert snapshot(root) == before
+
+
+def test_an_index_dependency_that_does_not_parse_is_refused_naming_the_index(
+        root, deps_repo, signer):
+    from conftest import resign
+
+    from onix.core.paths import RootPaths
+    from onix.repo import config
+
+    def old_format(index):  # an index an older onix wrote: no installed_size
+        for e in index["stones"]:
+            del e["installed_size"]
+
+    resign(deps_repo, signer[0], old_format)
+    onix("repo", "add", "deps", deps_repo, "--key", signer[1], "--root", root, check=True)
+    assert {a.installed_size for a in config.available(RootPaths.of(root))} == {0}
+
+    def bad(index):
+        index["stones"][0]["depends"] = ["libcore >>= 1"]
+
+    resign(deps_repo, signer[0], bad)
+    before = snapshot(root)
+    r = onix("repo", "update", "--root", root)
+    assert r.returncode != 0
+    [line] = r.stderr.strip().splitlines()
+    assert f"{deps_repo}/index.json" in line and "'libcore >>= 1'" in line
+    assert snapshot(root) == before
