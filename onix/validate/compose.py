@@ -122,7 +122,7 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
         add_fixtures(root, keydir=Path(fixtures_keydir or root.parent))
         sets = mesa_sets(repo)
         if sets:
-            add_mesa(root, repo, sets)
+            add_mesa(root, repo, sets, keydir=Path(fixtures_keydir or root.parent))
     return result
 
 
@@ -229,8 +229,19 @@ def _glvnd_from_stone(stone: Path, dest: Path) -> None:
         raise OnixError("could not read glvnd out of the mesa stone", path=stone)
 
 
-def add_mesa(root: Path, repo: Path, sets: dict[str, list[str]]) -> str:
-    """Scenario 4's fixtures (see MESA_AT); returns the app's store path."""
+def add_mesa(root: Path, repo: Path, sets: dict[str, list[str]], *, keydir: Path) -> str:
+    """Scenario 4's fixtures (see MESA_AT); returns the app's store path.
+
+    Each set is a signed repository of its own (signed with the test repository's key,
+    whose public half is MESA_AT/key.pub), so the guest installs Mesa by name and its
+    versioned dependencies choose the libraries: `mesa22` is configured here with
+    priority 10 (above the image's own repository, whose stones the guest cannot fetch);
+    the scenario adds `mesa25` itself before `onix install mesa=25.0.7`.
+    """
+    from onix import api
+    from onix.core.paths import RootPaths
+    from onix.repo import config, index
+
     root, repo = Path(root), Path(repo)
     srv = root / MESA_AT
     for d, files in sets.items():
@@ -242,7 +253,13 @@ def add_mesa(root: Path, repo: Path, sets: dict[str, list[str]]) -> str:
             else:
                 shutil.copyfile(repo / f, srv / d / f)
                 os.chmod(srv / d / f, 0o644)
-        (srv / d / "files").write_text("".join(f"{f}\n" for f in files))
+        index.write_index(directory=srv / d, key=keydir / "test-repo.key", name=f"mesa{d}")
+    shutil.copyfile(keydir / "test-repo.pub", srv / "key.pub")
+    api.repo_add(root, name="mesa22", uri=str(srv / "22"),
+                 public_key=str(keydir / "test-repo.pub"), priority=10)
+    conf = config.config_path(RootPaths.of(root), "mesa22")
+    conf.write_text("".join(f"uri = /{MESA_AT}/22\n" if ln.startswith("uri =") else ln
+                            for ln in conf.read_text().splitlines(keepends=True)))
     scratch = root.parent / ".gui-app"
     try:
         mesa22 = next(f for f in sets["22"] if f.startswith("mesa-"))

@@ -290,10 +290,11 @@ def _mesa(repo: Path | None = None) -> Scenario:
     plan = f"""\
 # 4. mesa-rollback: Mesa 22.3.6, then 25.0.7, then onix rollback; the Nix app follows
 boot 1
-step install-22       onix install {mesa}/22/*.stone
+step install-22       onix install mesa=22.3.6 && onix info libdrm2 | grep -q '^libdrm2 2.4.114'
 {_app('app-22', '22.3.6')}
 step coherent-22      {COHERENT}
-step install-25       onix install {mesa}/25/*.stone
+step add-mesa25       onix repo add mesa25 {mesa}/25 --key "$(cat {mesa}/key.pub)" --priority 10
+step install-25       onix install mesa=25.0.7 && onix info libdrm2 | grep -q '^libdrm2 2.4.123'
 {_app('app-25', '25.0.7')}
 step coherent-25      {COHERENT}
 step rollback         onix rollback > /run/rb 2>&1; rc=$?; cat /run/rb; test $rc = 0 && grep -qx '/nix: untouched' /run/rb
