@@ -70,10 +70,14 @@ import stat
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onix.core import faults, fsutil, safepath
 from onix.core.errors import OnixError
 from onix.core.paths import RootPaths
+
+if TYPE_CHECKING:
+    from onix.machine.session import Session
 
 FACTORY = "share/factory/etc"  # below usr/
 RECORD = ".onix/etc"  # below the root
@@ -284,10 +288,10 @@ def normalise(path: str) -> str:
             break
     else:
         if p.startswith("/"):
-            raise OnixError(f"{path} is not below /etc", path=Path(path),
+            raise OnixError("is not below /etc", path=Path(path),
                             hint="name a file below /etc (onix etc status lists them)")
     if not safepath.clean_rel(p):
-        raise OnixError(f"{path} is not a plain path below /etc", path=Path(path),
+        raise OnixError("is not a plain path below /etc", path=Path(path),
                         hint="name a file below /etc (onix etc status lists them)")
     return p
 
@@ -526,15 +530,15 @@ def merge(paths: RootPaths, *, usr: Path | None = None) -> Report:
     return report
 
 
-def reset(paths: RootPaths, path: str, *, usr: Path | None = None) -> dict:
+def reset(s: Session, path: str) -> dict:
     """Throw a local edit away: /etc/<path> becomes the declared default again (or goes,
     if no state declares it any more), FILE.onix-new and the conflict go."""
+    paths = s.paths
     root = paths.root
     rel = normalise(path)
-    new = declared(usr or paths.usr).get(rel)
+    new = declared(paths.usr).get(rel)
     if new is None and rel not in recorded(paths):
-        raise OnixError(f"/etc/{rel} is not a file the live state declares",
-                        path=root / "etc" / rel,
+        raise OnixError("is not a file the live state declares", path=Path(f"/etc/{rel}"),
                         hint="onix etc status lists the files onix merges")
     _check_dirs(root, [rel])
     record = _record(root, rel)
@@ -627,8 +631,8 @@ def diff(paths: RootPaths, path: str | None = None, *, usr: Path | None = None) 
     out = []
     for p, new, record in _plans(paths, usr, only=only):
         if only is not None and new is None and not record.bases:
-            raise OnixError(f"/etc/{p.rel} is not a file the live state declares",
-                            path=paths.root / "etc" / p.rel,
+            raise OnixError("is not a file the live state declares",
+                            path=Path(f"/etc/{p.rel}"),
                             hint="onix etc status lists the files onix merges")
         want = new.data if new else b""
         have = p.local if p.local is not None else b""
