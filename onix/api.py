@@ -450,3 +450,29 @@ def inspect_stone(path: Path, *, check: bool = True, files: bool = False) -> dic
         if files:
             d["layout"] = [e.as_record() for e in s.layout]
         return d
+
+
+# -- /etc: the declared defaults and the local edits beside them ---------------------------
+
+
+def etc_status(root: Root) -> list[dict]:
+    """Every file the live state declares below /etc (and every one onix still records):
+    clean, edited (its keys), conflict, missing, pending or not declared any more."""
+    from onix.machine import etc
+
+    return etc.status(RootPaths.of(root))
+
+
+def etc_diff(root: Root, path: str | None = None) -> list[dict]:
+    """Local /etc files against the declared defaults: per key and a unified diff."""
+    from onix.machine import etc
+
+    return etc.diff(RootPaths.of(root), path)
+
+
+def etc_reset(root: Root, path: str, *, wait: bool = True) -> dict:
+    """Write the declared default over a local edit (and drop FILE.onix-new)."""
+    from onix.machine import etc
+
+    with session(root, wait=wait, create=False) as s:
+        return etc.reset(s, path)

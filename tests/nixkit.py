@@ -174,7 +174,7 @@ def integration_stone(dest: Path, *, name: str = "onix-nix-integration",
     src = Path(tempfile.mkdtemp(prefix="src-", dir=dest))
     tree = src / "tree"
     shutil.copytree(INTEGRATION, tree, symlinks=True)
-    conf = tree / "usr/share/onix/nix/nix.conf"
+    conf = tree / "usr/share/factory/etc/nix/nix.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     declared = conf.read_text() if conf.exists() else ""
     conf.write_text(declared + (DATA / "nix-test.conf").read_text())

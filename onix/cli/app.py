@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from onix.cli import boot, listing, machine, nix, repo, state, stone, validate
+from onix.cli import boot, etc, listing, machine, nix, repo, state, stone, validate
 
 app = typer.Typer(help="ONIX machine plane: stones, states, rollback.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -22,6 +22,7 @@ app.add_typer(listing.group, name="list")
 app.add_typer(stone.group, name="stone")
 app.add_typer(boot.group, name="boot")
 app.add_typer(nix.group, name="nix")
+app.add_typer(etc.group, name="etc")
 app.add_typer(repo.key_group, name="key")
 app.add_typer(repo.repo_group, name="repo")
 app.add_typer(validate.image_group, name="image")

@@ -44,24 +44,41 @@ def format_status(r: dict, *, verbose: bool = False) -> list[str]:
     if r["boot"]["esp"] is not None:
         lines.append(f"boot entry: {r['boot_entry'] or 'none (loader.conf names no default)'}")
     nix = r.get("nix")
+    etc = r.get("etc")
     if nix is not None:
         daemon = nix["daemon"] if nix["daemon"] == "healthy" else \
             f"{nix['daemon']} ({nix['daemon_reason']})"
         lines.append(f"nix daemon: {daemon}")
-        d = nix["drift"]
-        n = len(d["overrides"])
-        what = f"{n} local override{'s' if n != 1 else ''}" if n else "none"
-        if d["missing"]:
-            what += f"; {', '.join(d['missing'])} missing (onix nix seed)"
-        lines.append(f"etc drift: {what}")
-        if verbose:
-            lines.extend(f"  nix.conf: {k}" for k in d["overrides"])
-        lines.extend(f"  error: {e}" for e in d["errors"])
+    if etc is not None or nix is not None:
+        lines.extend(_etc_drift(etc or {"overrides": [], "conflicts": [], "missing": []},
+                                verbose=verbose))
+    if nix is not None:
+        lines.extend(f"  error: {e}" for e in nix["drift"]["errors"])
         lines.append(f"opengl: {nix['opengl']}")
     pinned = f" (pinned: {', '.join(map(str, r['pinned']))})" if r["pinned"] else ""
     lines.append(f"states: {r['states']}{pinned}")
     lines.append(f"store: {human_bytes(r['store_bytes'])}")
     lines.extend(f"note: {n}" for n in r["notes"])
+    return lines
+
+
+def _etc_drift(d: dict, *, verbose: bool) -> list[str]:
+    """`etc drift:` counted per key (an edited key = value file is one override per key
+    the user changed; any other edited file is one), then with -v each key or file."""
+    parts = []
+    for kind, word in (("overrides", "local override"), ("conflicts", "conflict")):
+        if d[kind]:
+            n = len(d[kind])
+            parts.append(f"{n} {word}{'s' if n != 1 else ''}")
+    what = ", ".join(parts) or "none"
+    if d["missing"]:
+        what += f"; {', '.join(d['missing'])} missing (the next onix command writes it, " \
+            "or onix etc reset PATH)"
+    lines = [f"etc drift: {what}"]
+    if verbose:
+        lines.extend(f"  {k} (local override)" for k in d["overrides"])
+        lines.extend(f"  {k} (conflict: the new default is in "
+                     f"{k.split(': ')[0]}.onix-new)" for k in d["conflicts"])
     return lines
 
 

@@ -1,10 +1,13 @@
 """The planes that follow the live state: the Nix plane's seams and the s6 services.
 
 After every change of the live state (a transaction, a recovery, a boot into an older
-entry) the declared /etc/nix defaults, the graphics bridge, the GC roots and the
-service scan directory are brought in line with it. The state is committed by then, so
-a failure here is a warning, recorded as lagging (`seams_synced_tx`) and retried by the
-next command; `onix nix seed` and `onix services --sync` redo it by hand.
+entry) the GC roots, the build users, the graphics bridge, the declared /etc defaults
+(machine/etc.py's 3-way merge of usr/share/factory/etc) and the service scan directory
+are brought in line with it. The state is committed by then, so a failure here is a
+warning, recorded as lagging (`seams_synced_tx`) and retried by the next command;
+`onix nix seed` and `onix services --sync` redo it by hand. What the /etc merge has to
+say (keys applied beside a local edit, a conflict written to FILE.onix-new) is a warning
+too, but not a failure: it does not make the seams lag.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from onix.machine.session import Session
 def check_seams(usr: Path) -> None:
     """Before a state becomes live: its service definitions load (names, dependencies,
     no cycles, no symlinks) and its declared nix.conf is one Nix would accept."""
+    from onix.machine import etc
     from onix.nix import seed as nix_seed
     from onix.services import definitions
 
     if (usr / definitions.DEFINITIONS).is_dir():
         definitions.load_definitions(usr)
-    declared = nix_seed.declared(usr).get("nix.conf")
+    declared = etc.declared(usr).get(nix_seed.NIX_CONF)  # refuses a symlink among them
     if declared is not None:
-        _, errors = nix_seed.parse_conf(declared.decode(errors="replace"),
-                                        where=f"usr/{nix_seed.DECLARED_DIR}/nix.conf")
+        _, errors = nix_seed.parse_conf(declared.data.decode(errors="replace"),
+                                        where=f"usr/{declared.source}")
         if errors:
-            raise StateError(errors[0], path=usr / nix_seed.DECLARED_DIR / "nix.conf",
+            raise StateError(errors[0], path=usr / declared.source,
                              hint="fix the stone's declared defaults")
 
 
@@ -39,15 +43,36 @@ def follow_live(s: Session, warnings: list[str]) -> dict:
 
     out: dict = {}
     before = len(warnings)
+    news: list[str] = []
     out["nix"] = nix_plane.after_change(s, warnings)
+    out["etc"] = _etc_follow(s, warnings, news)
     out["services"] = _services_follow(s, warnings)
-    if "/etc/nix/nix.conf" in out["nix"].get("seed", []):
+    if "/etc/nix/nix.conf" in (out["etc"] or {}).get("changed", []):
         # The daemon reads nix.conf once: new defaults mean nothing until it restarts.
         restart_service(s, "nix-daemon", warnings)
     with s.db.write() as c:  # "" = lagging: status says so, the next command retries
         s.db.set_meta(c, META_SEAMS_SYNCED,
                       str(s.db.last_done_tx(c)) if len(warnings) == before else "")
+    warnings.extend(news)
     return out
+
+
+def _etc_follow(s: Session, warnings: list[str], news: list[str]) -> dict | None:
+    """The /etc merge for the live state (machine/etc.py). A file it could not merge is
+    a failure (warning, lagging); its report on the others goes to `news`."""
+    from onix.machine import etc
+    from onix.nix import seed as nix_seed
+
+    try:
+        nix_seed.migrate_seeded(s)  # a root an older onix seeded: once
+        report = etc.merge(s.paths)
+    except (OnixError, OSError) as e:
+        warnings.append(f"etc: {e.line() if isinstance(e, OnixError) else e}; "
+                        "the next onix command retries (onix etc status shows the files)")
+        return None
+    warnings.extend(f"etc: {line}; the next onix command retries" for line in report.errors)
+    news.extend(report.messages)
+    return report.as_dict()
 
 
 META_SEAMS_SYNCED = "seams_synced_tx"  # last transaction the Nix seams and services follow
@@ -106,13 +131,12 @@ def seed_now(s: Session) -> dict:
     from onix.nix import plane as nix_plane
     from onix.nix import seed as nix_seed
 
-    report = nix_seed.seed_session(s, runtime=True)
-    report.pop("seeded", None)
+    report = nix_seed.seed_session(s, runtime=True, etc_files=True)
     after = nix_plane.after_change(s)
-    after.pop("seed", None)  # the same /etc step, already in "changed"
+    after.pop("seed", None)  # the same accounts step, already in "changed"
     report.update(after)
+    warnings: list[str] = [f"etc: {line}" for line in report["etc"]["errors"]]
     if "/etc/nix/nix.conf" in report["changed"]:
-        warnings: list[str] = []
         restart_service(s, "nix-daemon", warnings)  # it reads nix.conf only once
-        report["warnings"] = warnings
+    report["warnings"] = warnings + report["etc"]["messages"]
     return report

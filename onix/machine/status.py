@@ -87,7 +87,9 @@ def status(paths: RootPaths) -> dict:
         notes.append(f"database marks {db_active} active, but /usr is state {live}")
     boot, boot_notes = _boot(paths, info, live)
     notes.extend(boot_notes)
-    nix, nix_notes = _nix(paths, st["fstx"] if st else None)
+    etc, rows, etc_notes = _etc(paths)
+    notes.extend(etc_notes)
+    nix, nix_notes = _nix(paths, st["fstx"] if st else None, rows)
     notes.extend(nix_notes)
     if st is not None and info["meta"].get("seams_synced_tx") not in (None, str(
             info["last_done"])) and not info["running"]:
@@ -98,6 +100,7 @@ def status(paths: RootPaths) -> dict:
         "boot_entry": boot.get("default"),
         "boot": boot,
         "nix": nix,
+        "etc": etc,
         "initialized": True,
         "active_state": live,
         "active_fstx": st["fstx"] if st else None,
@@ -181,7 +184,22 @@ def _boot(paths: RootPaths, info: dict, live: int | None) -> tuple[dict, list[st
     return out, notes
 
 
-def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
+def _etc(paths: RootPaths) -> tuple[dict | None, list[dict], list[str]]:
+    """The /etc drift, per key (machine/etc.py: stdlib only, plain file reads), and its
+    rows for the Nix lines; None when no state declares a file and nothing is recorded."""
+    from onix.machine import etc
+
+    try:
+        rows = etc.status(paths)
+    except (OnixError, OSError) as e:
+        return None, [], [f"etc: {e.line() if isinstance(e, OnixError) else e}"]
+    if not rows:
+        return None, [], []
+    return etc.drift_of(rows), rows, []
+
+
+def _nix(paths: RootPaths, fstx: str | None,
+         rows: list[dict]) -> tuple[dict | None, list[str]]:
     """The Nix plane's seams, each computed: daemon handshake, /etc drift, graphics bridge."""
     from onix.nix import accounts as nix_accounts
     from onix.nix import bridge as nix_bridge
@@ -197,6 +215,6 @@ def _nix(paths: RootPaths, fstx: str | None) -> tuple[dict | None, list[str]]:
         daemon, reason = nix_daemon.daemon_health(paths)
     else:
         daemon, reason = "not set up", "no /nix yet (onix nix seed, then start nix-daemon)"
-    d = nix_seed.drift(paths, usr=paths.usr)
+    d = nix_seed.drift(paths, usr=paths.usr, rows=rows)
     return {"daemon": daemon, "daemon_reason": reason, "drift": d.as_dict(),
             "opengl": nix_bridge.opengl_status(paths, fstx=fstx, usr=paths.usr)}, notes

@@ -11,10 +11,15 @@ What `seed()` lays down (paths inside the root):
         a rollback never re-owns the store. Other lines are kept byte for byte; an
         existing nixbld with other ids is an error (Nix's store is chgrp'ed to it).
     /etc/nix/nix.conf, /etc/profile.d/nix.sh
-        materialised from the state's declared defaults (usr/share/onix/nix/nix.conf and
-        nix.sh) with a header. The blake3 of what onix last wrote is kept in the meta
-        table (nix_seeded); a file that still has exactly that content is updated when
-        the declared defaults change, a file edited locally is kept and reported as drift.
+        ordinary declared /etc defaults: the stone ships them as
+        usr/share/factory/etc/nix/nix.conf and usr/share/factory/etc/profile.d/nix.sh, and
+        machine/etc.py merges them into /etc like every factory file (3-way, per key for
+        nix.conf; local edits survive, new keys arrive beside them). `seed()` runs that
+        merge; after a state change machine/follow.py runs it on its own. They carry no
+        `# Managed by onix` header any more: a header cannot be written into every format
+        a factory file may have, and `onix etc status` says what onix manages. A root an
+        older onix seeded has the meta key nix_seeded (blake3 of what it wrote);
+        `migrate_seeded()` turns it into the merge's record once and deletes it.
     /nix/store (1775 root:nixbld), /nix/var/nix/{profiles,gcroots}/per-user,
     /nix/var/nix/daemon-socket (0755)
         only with `runtime=True` (`onix nix seed`): what Nix's installer creates and Nix
@@ -47,30 +52,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onix.core import fsutil, safepath
-from onix.core.errors import StateError
+from onix.core.errors import OnixError, StateError
 from onix.core.paths import RootPaths
+from onix.machine import etc
 from onix.machine.session import Session
 from onix.nix import accounts
 
-DECLARED_DIR = "share/onix/nix"  # relative to usr/
-MATERIALISED = {"nix.conf": "etc/nix/nix.conf", "nix.sh": "etc/profile.d/nix.sh"}
-META_SEEDED = "nix_seeded"  # JSON {etc path: blake3 of what onix last wrote}
+NIX_CONF = "nix/nix.conf"  # below /etc, as machine/etc.py names its files
+NIX_SH = "profile.d/nix.sh"
+LEGACY_DIR = "share/onix/nix"  # below usr/: where states before the factory move declared them
+META_SEEDED = "nix_seeded"  # an older onix's JSON {etc path: [blake3 of what it wrote]}
 
 
-def header(name: str) -> str:
-    return (f"# Managed by onix (onix nix seed) from /usr/{DECLARED_DIR}/{name}, the declared\n"
+def _legacy_header(name: str) -> str:
+    """The header an older onix put above its copy (only to recognise that copy)."""
+    return (f"# Managed by onix (onix nix seed) from /usr/{LEGACY_DIR}/{name}, the declared\n"
             "# defaults. Local edits are kept and reported as drift by onix status;\n"
             "# onix never overwrites them. Delete this file to get the defaults back.\n")
-
-
-def declared(usr: Path) -> dict[str, bytes]:
-    """The state's declared defaults by name (nix.conf, nix.sh), read without symlinks."""
-    out: dict[str, bytes] = {}
-    for name in MATERIALISED:
-        rel = f"{DECLARED_DIR}/{name}"
-        if safepath.is_regular(usr, rel):
-            out[name] = safepath.read_regular(usr, rel)
-    return out
 
 
 def _b3(data: bytes) -> str:
@@ -79,38 +77,57 @@ def _b3(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def materialise(root: Path, usr: Path, seeded: dict, *,
-                remember=None) -> tuple[list[str], dict]:
-    """Write the declared defaults to /etc where nobody edited them. Returns (changed, seeded)."""
-    changed: list[str] = []
-    seeded = dict(seeded)
-    safepath.check_dirs(root, *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()})
-    for name, data in declared(usr).items():
-        rel = MATERIALISED[name]
-        dest = root / rel
-        content = header(name).encode() + data
-        try:
-            current: bytes | None = fsutil.read_nofollow(dest)
-        except FileNotFoundError:
-            current = None
-        if current == content:
-            seeded[rel] = [_b3(content)]
+def migrate_seeded(s: Session) -> list[str]:
+    """Turn an older onix's nix_seeded hashes into the /etc merge's record, once.
+
+    An untouched copy (its hash is listed) is its own base, header and all, so the merge
+    replaces it with the new default. For an edited copy the base is the declared file of
+    whichever retained state onix wrote it from (the one whose header + content has a
+    listed hash), without the header, so the edit is kept and the merge is per key.
+    Returns the /etc paths given a base.
+    """
+    with s.db.read() as c:
+        raw = s.db.get_meta(c, META_SEEDED)
+    if raw is None:
+        return []
+    try:
+        seeded = json.loads(raw)
+    except ValueError:
+        seeded = {}
+    trees = [s.paths.usr]
+    if s.paths.states.is_dir():
+        trees += [p / "usr" for p in sorted(s.paths.states.iterdir())]
+    adopted: list[str] = []
+    for etc_rel, known in (seeded.items() if isinstance(seeded, dict) else ()):
+        known = {known} if isinstance(known, str) else set(known)
+        rel = etc_rel.removeprefix("etc/")
+        if rel not in etc.LEGACY:
             continue
-        known = seeded.get(rel) or []
-        known = [known] if isinstance(known, str) else known
-        ours = current is None or _b3(current) in known
-        if not ours:
-            continue  # a local edit: kept, and drift() reports it
-        # Remember the new content as ours before it is written (and the old until it is
-        # gone): a crash between the two must not make onix's own file look edited.
-        seeded[rel] = [*known[-1:], _b3(content)]
-        if remember is not None:
-            remember(seeded)
-        fsutil.mkdirs(dest.parent)
-        fsutil.atomic_write(dest, content, mode=0o644)
-        seeded[rel] = [_b3(content)]
-        changed.append(f"/{rel}")
-    return changed, seeded
+        base = _adoptable(s.paths.root, rel, known, trees)
+        if base is not None:
+            etc.adopt(s.paths, rel, base)
+            adopted.append(f"/etc/{rel}")
+    with s.db.write() as c:  # after the record: a crash before this just redoes it
+        s.db.delete_meta(c, META_SEEDED)
+    return adopted
+
+
+def _adoptable(root: Path, rel: str, known: set[str], trees: list[Path]) -> bytes | None:
+    try:
+        local = safepath.read_regular(root, f"etc/{rel}")
+    except (FileNotFoundError, OnixError):
+        local = None
+    if local is not None and _b3(local) in known:
+        return local
+    name = rel.rsplit("/", 1)[-1]
+    for usr in trees:
+        try:
+            data = safepath.read_regular(usr, etc.LEGACY[rel])
+        except (FileNotFoundError, OnixError):
+            continue
+        if _b3(_legacy_header(name).encode() + data) in known:
+            return data
+    return None
 
 
 RUNTIME_DIRS = ("nix/var", "nix/var/log", "nix/var/log/nix", "nix/var/log/nix/drvs",
@@ -144,51 +161,49 @@ def seed_runtime(root: Path) -> list[str]:
 
 
 def seed(paths: RootPaths, *, usr: Path | None = None, runtime: bool = True,
-         seeded: dict | None = None, remember=None) -> dict:
+         etc_files: bool = True) -> dict:
     """Lay down the Nix plane's machine-side seams (see the module docstring).
 
-    Without a database (a test or an image build), `seeded` carries what onix last
-    wrote to /etc; the session-level callers keep it in the meta table.
+    With etc_files, the /etc merge of every declared default (machine/etc.py) comes
+    first: it refuses a symlinked /etc directory before anything is written. Works on a
+    root without a database (a test, an image being composed): the merge's record is
+    files below the root.
     """
     root = paths.root
     usr = usr or paths.usr
     # Every directory this may write through is checked before the first write.
-    safepath.check_dirs(root, "etc", *{rel.rsplit("/", 1)[0] for rel in MATERIALISED.values()},
-               *(RUNTIME_DIRS if runtime else ()))
-    changed = accounts.seed_accounts(root)
-    files, seeded_now = materialise(root, usr, seeded or {}, remember=remember)
-    changed += files
+    safepath.check_dirs(root, "etc", *(RUNTIME_DIRS if runtime else ()))
+    report = etc.merge(paths, usr=usr) if etc_files else None
+    changed = list(report.changed) if report else []
+    changed += accounts.seed_accounts(root)
     if runtime:
         changed += seed_runtime(root)
-    return {"changed": changed, "seeded": seeded_now}
+    return {"changed": changed, "etc": report.as_dict() if report else None}
 
 
-def seed_session(s: Session, *, runtime: bool) -> dict:
-    """seed() inside a mutating session: remembers what was written in the meta table."""
-    with s.db.read() as c:
-        raw = s.db.get_meta(c, META_SEEDED)
-    def remember(seeded: dict) -> None:
-        with s.db.write() as c:
-            s.db.set_meta(c, META_SEEDED, json.dumps(seeded, sort_keys=True))
-
-    report = seed(s.paths, usr=s.paths.usr, runtime=runtime,
-                  seeded=json.loads(raw) if raw else {}, remember=remember)
-    remember(report["seeded"])
-    return report
+def seed_session(s: Session, *, runtime: bool, etc_files: bool = False) -> dict:
+    """seed() inside a mutating session. The /etc merge only with etc_files (`onix nix
+    seed`): after a state change machine/follow.py runs it on its own, for every state,
+    not only those that declare Nix."""
+    if etc_files:
+        migrate_seeded(s)
+    return seed(s.paths, usr=s.paths.usr, runtime=runtime, etc_files=etc_files)
 
 
 def declares_nix(usr: Path) -> bool:
-    return (usr / DECLARED_DIR).is_dir()
+    return (usr / etc.FACTORY / "nix").is_dir() or (usr / LEGACY_DIR).is_dir()
 
 
 @dataclass
 class Drift:
-    overrides: list[str] = field(default_factory=list)  # keys that differ from the defaults
+    overrides: list[str] = field(default_factory=list)  # nix.conf keys the user changed
     errors: list[str] = field(default_factory=list)  # lines Nix would reject
     missing: list[str] = field(default_factory=list)  # /etc files the defaults need
+    conflicts: list[str] = field(default_factory=list)  # keys waiting in nix.conf.onix-new
 
     def as_dict(self) -> dict:
-        return {"overrides": self.overrides, "errors": self.errors, "missing": self.missing}
+        return {"overrides": self.overrides, "errors": self.errors, "missing": self.missing,
+                "conflicts": self.conflicts}
 
 
 def parse_conf(text: str, *, where: str) -> tuple[dict[str, str], list[str]]:
@@ -214,33 +229,31 @@ def parse_conf(text: str, *, where: str) -> tuple[dict[str, str], list[str]]:
     return values, errors
 
 
-def drift(paths: RootPaths, *, usr: Path | None = None) -> Drift:
-    """How /etc/nix/nix.conf differs from the state's declared defaults, key by key."""
-    root = paths.root
-    usr = usr or paths.usr
+def drift(paths: RootPaths, *, usr: Path | None = None,
+          rows: list[dict] | None = None) -> Drift:
+    """The Nix files' share of the /etc drift (machine/etc.py's rows, per key for
+    nix.conf), and the lines of /etc/nix/nix.conf that Nix would reject."""
     out = Drift()
-    try:
-        want_raw = (usr / DECLARED_DIR / "nix.conf").read_bytes()
-    except OSError:
-        return out
-    want, _ = parse_conf(want_raw.decode(errors="replace"), where="declared nix.conf")
-    try:
-        have_raw = (root / MATERIALISED["nix.conf"]).read_bytes()
-    except FileNotFoundError:
-        out.missing.append("/etc/nix/nix.conf")
-        return out
-    have, out.errors = parse_conf(have_raw.decode(errors="replace"), where="/etc/nix/nix.conf")
-    out.overrides = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-    try:
-        hook_want = header("nix.sh").encode() + (usr / DECLARED_DIR / "nix.sh").read_bytes()
-        hook_have = (root / MATERIALISED["nix.sh"]).read_bytes()
-        if hook_have != hook_want:
-            out.overrides.append("/etc/profile.d/nix.sh (edited)")
-    except FileNotFoundError:
-        if (usr / DECLARED_DIR / "nix.sh").is_file():
-            out.missing.append("/etc/profile.d/nix.sh")
-    except OSError:
-        pass
+    if rows is None:
+        rows = etc.status(paths, usr=usr)
+    by_path = {r["path"]: r for r in rows if r["source"] is not None}
+    conf, hook = by_path.get(f"/etc/{NIX_CONF}"), by_path.get(f"/etc/{NIX_SH}")
+    if conf is not None:
+        out.overrides = list(conf["overrides"])
+        out.conflicts = list(conf["conflicts"])
+        if conf["state"] == "missing":
+            out.missing.append(conf["path"])
+        else:
+            try:
+                have = safepath.read_regular(paths.root, f"etc/{NIX_CONF}")
+            except (OSError, OnixError):
+                have = b""
+            _, out.errors = parse_conf(have.decode(errors="replace"), where=conf["path"])
+    if hook is not None:
+        if hook["state"] == "missing":
+            out.missing.append(hook["path"])
+        elif hook["conflicts"]:
+            out.conflicts.append(hook["path"])
+        elif hook["overrides"]:
+            out.overrides.append(f"{hook['path']} (edited)")
     return out
-
-

@@ -13,8 +13,9 @@ add_mesa).
 
 /etc basics: passwd, group and shadow with root (uid 0) and alice (uid 1000, home
 /home/alice, for the Nix profile scenarios; both without a password), hostname,
-/etc/profile (sources /etc/profile.d/*.sh, where onix-nix-integration's nix.sh is
-materialised). The nixbld group and users are added by the transaction's Nix seam.
+/etc/profile (sources /etc/profile.d/*.sh, where the /etc merge puts
+onix-nix-integration's declared nix.sh). The nixbld group and users are added by the
+transaction's Nix seam.
 
 A composed root is read-only by convention once cached (onix/validate/image.py): to
 change an image, clone it (`clone_root`), change the clone with onix
@@ -51,9 +52,9 @@ MESA_AT = "srv/onix-mesa"
 MESA_SETS = {"22": "22.3.6", "25": "25.0.7"}  # dir -> Mesa version (manifest mesa-V-1)
 GUI_APP = FIXTURES / "gui-app"
 GUI_APP_NAME = "egl-frame-1.0"
-# Offline Nix for the guest (no network): a local edit of /etc/nix/nix.conf, which onix
-# keeps and reports as drift (docs/nix-plane.md); the same words fixtures/nix/nix-test.conf
-# appends in the namespace tests.
+# Offline Nix for the guest (no network): a local edit of /etc/nix/nix.conf, which the
+# /etc merge keeps key by key and reports as drift (docs/etc.md); the same words
+# fixtures/nix/nix-test.conf appends in the namespace tests.
 NIX_OFFLINE = ("\n# -- onix image build (fixtures): offline Nix for validation --\n"
                "substituters =\n"
                f"flake-registry = /{NIX_FIXTURES_AT}/registry.json\n")
@@ -117,7 +118,7 @@ def compose_root(root: Path, *, repo: Path, key: Path, stones: list[str], hostna
     api.repo_add(root, name="local", uri=str(Path(repo).absolute()), public_key=str(key))
     result = api.install(root, list(stones))
     with api.session(root, create=False) as s:
-        nix_seed.seed_session(s, runtime=True)
+        nix_seed.seed_session(s, runtime=True, etc_files=True)
     if fixtures:
         add_fixtures(root, keydir=Path(fixtures_keydir or root.parent))
         sets = mesa_sets(repo)
@@ -135,7 +136,8 @@ def add_fixtures(root: Path, *, keydir: Path) -> None:
       the path the guest sees;
     * /srv/onix-nix: fixtures/nix (the flake `nixpkgs` whose ripgrep is a tiny script,
       and registry.json naming it), the global flake registry of the guest's Nix;
-    * /etc/nix/nix.conf: NIX_OFFLINE appended (a local edit: onix keeps it).
+    * /etc/nix/nix.conf: NIX_OFFLINE appended (a local edit: the /etc merge keeps its
+      keys and applies the image's later defaults beside them).
     """
     from onix import api
     from onix.core.paths import RootPaths

@@ -112,7 +112,7 @@ def test_seeded_plane_is_what_nix_reads(machine: Path) -> None:
     """nix_seed.seed's accounts and nix.conf are what nix-daemon and clients use; onix
     outside the namespace sees the daemon through R/nix; the harness adds nothing to R/etc."""
     assert nix_accounts.check_accounts(machine) == []
-    clean = {"overrides": [], "errors": [], "missing": []}
+    clean = {"overrides": [], "errors": [], "missing": [], "conflicts": []}
     assert nix_seed.drift(RootPaths.of(machine)).as_dict() == clean
     assert nix_seed.seed(RootPaths.of(machine))["changed"] == []  # idempotent
     etc_before = snapshot(machine / "etc")
@@ -290,10 +290,10 @@ def test_new_declared_nix_conf_restarts_the_daemon(plane: NixPlane, machine: Pat
     from nixkit import DATA, INTEGRATION
 
     pid = plane.wait_ready(10)
-    conf = ((INTEGRATION / "usr/share/onix/nix/nix.conf").read_text()
+    conf = ((INTEGRATION / "usr/share/factory/etc/nix/nix.conf").read_text()
             + (DATA / "nix-test.conf").read_text() + "max-jobs = 3\n")
     stone = integration_stone(tmp_path, version="2.0",
-                              extra={"share/onix/nix/nix.conf": conf})
+                              extra={"share/factory/etc/nix/nix.conf": conf})
     r = onix("install", "--root", machine, stone, check=True)
     assert "warning" not in r.stdout + r.stderr, r.stdout + r.stderr
     assert plane.wait_ready(10, not_pid=pid) != pid  # restarted for the new nix.conf
@@ -332,5 +332,5 @@ def test_nix_seed_that_rewrites_nix_conf_restarts_the_daemon(plane: NixPlane,
     r = onix_json("nix", "seed", "--root", machine)
     assert "/etc/nix/nix.conf" in r["changed"] and r["warnings"] == []
     assert plane.wait_ready(10, not_pid=pid) != pid
-    clean = {"overrides": [], "errors": [], "missing": []}
+    clean = {"overrides": [], "errors": [], "missing": [], "conflicts": []}
     assert nix_seed.drift(RootPaths.of(machine)).as_dict() == clean

@@ -25,16 +25,17 @@ from onix.nix import bridge as nix_bridge
 from onix.nix import daemon as nix_daemon
 from onix.nix import seed as nix_seed
 
-DECLARED = REPO / "stones/onix-nix-integration/usr/share/onix/nix"
+FACTORY = REPO / "stones/onix-nix-integration/usr/share/factory/etc"
 
 
 @pytest.fixture
 def nix_stone(make_stone):
     def make(*, conf: str | None = None, version: str = "1.0") -> Path:
         return make_stone("onix-nix-integration", {
-            "share/onix/nix/nix.conf": conf if conf is not None else
-            (DECLARED / "nix.conf").read_text(),
-            "share/onix/nix/nix.sh": (DECLARED / "nix.sh").read_text()}, version=version)
+            "share/factory/etc/nix/nix.conf": conf if conf is not None else
+            (FACTORY / "nix/nix.conf").read_text(),
+            "share/factory/etc/profile.d/nix.sh": (FACTORY / "profile.d/nix.sh").read_text()},
+            version=version)
     return make
 
 
@@ -108,29 +109,35 @@ def test_runtime_dirs_have_the_installers_modes(root: Path) -> None:
 def test_declared_defaults_materialised_edits_kept_and_reported(root: Path, nix_stone) -> None:
     api.install(root, [nix_stone()])
     conf = root / "etc/nix/nix.conf"
-    text = conf.read_text()
-    assert text.startswith("# Managed by onix") and "build-users-group = nixbld" in text
-    assert (root / "etc/profile.d/nix.sh").read_text().endswith((DECLARED / "nix.sh").read_text())
+    assert conf.read_text() == (FACTORY / "nix/nix.conf").read_text()  # verbatim, no header
+    assert (root / "etc/profile.d/nix.sh").read_text() == \
+        (FACTORY / "profile.d/nix.sh").read_text()
     assert nix_seed.drift(RootPaths.of(root)).overrides == []
     assert not (root / "nix").exists()  # a transaction never writes inside /nix
     # New defaults replace an unedited file ...
     api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = false\n"
                                          "max-jobs = 4\n", version="2.0")])
-    assert "max-jobs = 4" in conf.read_text()
-    # ... but a local edit is kept through later transactions, and counted.
+    assert conf.read_text() == "build-users-group = nixbld\nsandbox = false\nmax-jobs = 4\n"
+    # ... a local edit is kept, merged per key: sandbox was not touched here, so it
+    # follows the new default; max-jobs was, and the new default drops it: a conflict.
     conf.write_text(conf.read_text().replace("max-jobs = 4", "max-jobs = 16") + "cores = 2\n")
-    edited = conf.read_text()
-    api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = true\n",
-                                         version="3.0")])
-    assert conf.read_text() == edited
+    r = api.install(root, [nix_stone(conf="build-users-group = nixbld\nsandbox = true\n",
+                                     version="3.0")])
+    assert conf.read_text() == "build-users-group = nixbld\nsandbox = true\nmax-jobs = 16\n" \
+        "cores = 2\n"
+    assert (root / "etc/nix/nix.conf.onix-new").read_text() == \
+        "build-users-group = nixbld\nsandbox = true\n"
+    assert "etc: /etc/nix/nix.conf: 1 key changed beside your edit; 1 conflict (max-jobs) " \
+        "→ /etc/nix/nix.conf.onix-new" in r.warnings
     d = nix_seed.drift(RootPaths.of(root))
-    assert d.overrides == ["cores", "max-jobs", "sandbox"]
+    assert (d.overrides, d.conflicts) == (["cores"], ["max-jobs"])
     st = onix_json("status", "--root", root)
-    assert st["nix"]["drift"]["overrides"] == ["cores", "max-jobs", "sandbox"]
+    assert st["nix"]["drift"]["overrides"] == ["cores"]
+    assert st["etc"]["conflicts"] == ["/etc/nix/nix.conf: max-jobs"]
     lines = onix("status", "--root", root, check=True).stdout.splitlines()
-    assert "etc drift: 3 local overrides" in lines
+    assert "etc drift: 1 local override, 1 conflict" in lines
     verbose = onix("status", "--root", root, "--verbose", check=True).stdout.splitlines()
-    assert "  nix.conf: max-jobs" in verbose
+    assert "  /etc/nix/nix.conf: cores (local override)" in verbose
 
 
 def test_syntax_error_in_nix_conf_is_reported_with_its_line(root: Path, nix_stone) -> None:
