@@ -56,7 +56,8 @@ def history(limit: Annotated[int | None, typer.Option("--limit", "-n",
         print_table(("tx", "when", "asked", "change", "took", "result"),
                     [(str(r["id"]), r["started"].replace("T", " ")[:19],
                       r["command"] or r["kind"],
-                      (f"{r['from_state']} → {r['to_state']}"
+                      (f"{r['from_state'] if r['from_state'] is not None else '-'} → "
+                       f"{r['to_state']}"
                        + (" (staged)" if r["staged"] else "")
                        if r["to_state"] is not None else "") + f"  {r['summary']}",
                       f"{r['seconds']:.2f}s" if r["seconds"] is not None else "",
