@@ -147,7 +147,8 @@ def info(name: str, root: Root = Path("/"), json: Json = False) -> None:
         if mine:
             out.print(f"[bold]{mine['name']}[/] {mine['version']}-{mine['release']} installed"
                       + (" (explicit)" if mine["explicit"] else " (as a dependency)"))
-            out.print(f"  {mine['summary']}  [dim]{mine['license']}[/]")
+            if mine["summary"] or mine["license"]:
+                out.print(f"  {mine['summary']}  [dim]{mine['license']}[/]".rstrip())
             for k in ("provides", "depends"):
                 if mine[k]:
                     out.print(f"  {k}: {', '.join(mine[k])}")
