@@ -1,9 +1,11 @@
 """The Nix plane's seams after every change of the live state.
 
 `after_change` runs each seam on its own, GC roots first (gcroots.py), then the
-declared /etc defaults (seed.py) and the graphics bridge (bridge.py): a problem in /etc
-must never leave a store path the live /usr links to unrooted. Health for `onix status`
-is daemon.py, seed.drift and bridge.opengl_status; the build users are accounts.py.
+build users (seed.py; the declared /etc files are merged by machine/etc.py, which
+machine/follow.py runs for every state) and the graphics bridge (bridge.py): a problem
+in /etc must never leave a store path the live /usr links to unrooted. Health for
+`onix status` is daemon.py, seed.drift and bridge.opengl_status; the build users are
+accounts.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from onix.nix import bridge, gcroots, seed
 
 
 def after_change(s: Session, warnings: list[str] | None = None) -> dict:
-    """After a transaction, rollback or prune: GC roots, /etc defaults, the bridge.
+    """After a transaction, rollback or prune: GC roots, the build users, the bridge.
 
     Each seam on its own, GC roots first: a problem in /etc must never leave a store
     path the live /usr links to unrooted. A failing seam adds a warning (or, without a
