@@ -313,6 +313,27 @@ def boot_set_default(root: Root, state_id: int, *, once: bool = False,
         return menu.set_default(s, state_id, once=once, esp_dir=esp_dir, xbootldr=xbootldr)
 
 
+def boot_kargs(root: Root) -> dict:
+    """The live state's kernel arguments, each with the file it comes from (reads only)."""
+    from onix.boot import kargs
+
+    return kargs.listing(RootPaths.of(root))
+
+
+def boot_kargs_change(root: Root, *, add: Sequence[str] = (), remove: Sequence[str] = (),
+                      dry_run: bool = False, wait: bool = True) -> dict:
+    """Add or remove kernel arguments (etc/kernel/cmdline.d/onix-kargs.conf), then sync
+    the entries; with dry_run, each entry's options before and after, nothing written."""
+    from onix.boot import kargs
+
+    paths = RootPaths.of(root)
+    kargs.check_args(paths, add=add, remove=remove)
+    if dry_run:
+        return kargs.preview(paths, add=add, remove=remove)
+    with session(root, wait=wait, create=False) as s:
+        return kargs.change(s, add=add, remove=remove)
+
+
 # -- the Nix plane and services ------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """A state's boot inputs, read from its tree and never through a symlink.
 
 The kernel (`usr/lib/kernel/<kver>/vmlinuz`), the kernel command line (root=, the
-snippets in usr/lib/kernel/cmdline.d and etc/kernel/cmdline.d, onix.fstx=), the
+snippets in usr/lib/kernel/cmdline.d and etc/kernel/cmdline.d, the words
+`onix boot kargs` adds or drops in etc/kernel/cmdline.d/onix-kargs.conf, onix.fstx=), the
 entry's title from os-release, and content digests for the files onix copies to the
 ESP. The plane (plane.py) and the checks (checks.py) read them the same way.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from onix.core import fsutil, safepath
@@ -19,6 +21,21 @@ from onix.core.paths import RootPaths
 
 KERNEL_DIR = "lib/kernel"  # relative to usr/
 CMDLINE_DIRS = ("usr/lib/kernel/cmdline.d", "etc/kernel/cmdline.d")  # relative to the root
+# `onix boot kargs add|remove` writes this one file (see kargs.py), read last.
+KARGS_FILE = "onix-kargs.conf"
+KARGS_REL = f"{CMDLINE_DIRS[1]}/{KARGS_FILE}"
+ONIX = "onix"  # the source of the words onix adds itself
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One word of a kernel command line and the file it comes from, as the state sees it
+    (`/usr/lib/kernel/cmdline.d/50-os.conf`), or ONIX with why onix adds it itself."""
+
+    word: str
+    source: str
+    why: str = ""
+    managed: bool = False  # onix-kargs.conf's: `onix boot kargs remove` takes it out again
 
 
 def state_usr(paths: RootPaths, state_id: int, live: int | None) -> Path:
@@ -63,22 +80,56 @@ def conf_files(base: Path, rel_dir: str) -> dict[str, Path]:
     return out
 
 
-def _snippets(root: Path, usr: Path, kver: str | None = None) -> list[str]:
-    """Kernel command-line tokens: the kernel's own usr/lib/kernel/<kver>/*.cmdline, then
-    cmdline.d from /usr and /etc (a file in /etc overrides the one of its name in /usr)."""
-    tokens: list[str] = []
+def _snippet_args(root: Path, usr: Path, kver: str | None,
+                  own: str | None) -> tuple[list[Arg], list[Arg]]:
+    """The snippets' words with their files, and the words onix-kargs.conf drops.
+
+    In order: the kernel's own usr/lib/kernel/<kver>/*.cmdline, then cmdline.d from /usr
+    and /etc (a file in /etc overrides the one of its name in /usr), sorted by file name,
+    then the words onix-kargs.conf adds. Its `-WORD` lines drop WORD from all the others.
+    `own` stands in for onix-kargs.conf's text (None: read it from the root).
+    """
+    args: list[Arg] = []
     if kver is not None:
         with suppress(FileNotFoundError, NotADirectoryError):
             for name in sorted(p.name for p in (usr / KERNEL_DIR / kver).iterdir()):
                 p = _regular(usr, f"{KERNEL_DIR}/{kver}/{name}") \
                     if name.endswith(".cmdline") else None
                 if p is not None:
-                    tokens.extend(cmdline_tokens(p))
-    files = {**conf_files(usr, "lib/kernel/cmdline.d"),
-             **conf_files(root, "etc/kernel/cmdline.d")}
+                    args += [Arg(w, f"/usr/{KERNEL_DIR}/{kver}/{name}") for w in cmdline_tokens(p)]
+    files = {name: (f"/usr/lib/kernel/cmdline.d/{name}", path)
+             for name, path in conf_files(usr, "lib/kernel/cmdline.d").items()}
+    # onix-kargs.conf is not a snippet: it edits the others, and masks no /usr file.
+    files.update({name: (f"/{CMDLINE_DIRS[1]}/{name}", path)
+                  for name, path in conf_files(root, CMDLINE_DIRS[1]).items()
+                  if name != KARGS_FILE})
     for name in sorted(files):
-        tokens.extend(cmdline_tokens(files[name]))
-    return tokens
+        source, path = files[name]
+        args += [Arg(w, source) for w in cmdline_tokens(path)]
+    added, dropped = parse_kargs(read_kargs(root) if own is None else own)
+    gone = set(dropped)
+    return ([a for a in args if a.word not in gone]
+            + [Arg(w, f"/{KARGS_REL}", managed=True) for w in added],
+            [a for a in args if a.word in gone])
+
+
+def parse_kargs(text: str | None) -> tuple[list[str], list[str]]:
+    """onix-kargs.conf as (words it adds, words it drops): `-WORD` drops WORD."""
+    added: list[str] = []
+    dropped: list[str] = []
+    for line in (text or "").splitlines():
+        for w in line.split("#", 1)[0].split():
+            if w.startswith("-") and len(w) > 1:
+                dropped.append(w[1:])
+            elif w != "-":
+                added.append(w)
+    return added, dropped
+
+
+def read_kargs(root: Path) -> str | None:
+    """The text of <root>/etc/kernel/cmdline.d/onix-kargs.conf, None without one."""
+    p = _regular(root, KARGS_REL)
+    return None if p is None else fsutil.read_nofollow(p).decode(errors="replace")
 
 
 def cmdline_tokens(path: Path) -> list[str]:
@@ -109,20 +160,38 @@ def root_device() -> str | None:
     return source if source.startswith("/dev/") else None
 
 
-def kernel_options(*, root: Path, usr: Path, fstx: str, kver: str | None = None) -> str:
-    """root= first, then rw, the snippets in order (see _snippets), onix.fstx= last."""
-    tokens = [t for t in _snippets(root, usr, kver) if not t.startswith("onix.fstx=")]
-    roots = [t for t in tokens if t.startswith(("root=", "onix.root="))]
-    rest = [t for t in tokens if t not in roots]
+def command_line(*, root: Path, usr: Path, fstx: str | None, kver: str | None = None,
+                 own: str | None = None, need_root: bool = True) -> tuple[list[Arg], list[Arg]]:
+    """An entry's words with where each comes from, and the words onix-kargs.conf drops.
+
+    root= first, then rw, the snippets in order (see _snippet_args), onix.fstx= last
+    (none when fstx is None). Without a root= anywhere: the running system's root device,
+    else a BootError, or (need_root=False, for listing) no root= at all.
+    """
+    kept, dropped = _snippet_args(root, usr, kver, own)
+    kept = [a for a in kept if not a.word.startswith("onix.fstx=")]
+    roots = [a for a in kept if a.word.startswith(("root=", "onix.root="))]
+    rest = [a for a in kept if not a.word.startswith(("root=", "onix.root="))]
     if not roots:
         dev = root_device() if root == Path("/") else None
-        if dev is None:
+        if dev is not None:
+            roots = [Arg(f"root={dev}", ONIX, why="the device mounted on /")]
+        elif need_root:
             raise BootError("no root= for the boot entries", path=root / CMDLINE_DIRS[1],
                             hint="write a .conf there with e.g. root=UUID=… (or LABEL=…)")
-        roots = [f"root={dev}"]
-    if "ro" not in rest and "rw" not in rest:
-        rest.insert(0, "rw")  # the initrd exchanges /usr on the root for an older entry
-    return " ".join([*roots, *rest, f"onix.fstx={fstx}"])
+    if not any(a.word in ("ro", "rw") for a in rest):
+        # the initrd exchanges /usr on the root for an older entry
+        rest.insert(0, Arg("rw", ONIX, why="neither ro nor rw is given"))
+    tail = [] if fstx is None else [Arg(f"onix.fstx={fstx}", ONIX,
+                                        why="the state this entry boots")]
+    return [*roots, *rest, *tail], dropped
+
+
+def kernel_options(*, root: Path, usr: Path, fstx: str, kver: str | None = None,
+                   own: str | None = None) -> str:
+    """An entry's `options` line (see command_line); `own` stands in for onix-kargs.conf."""
+    return " ".join(a.word for a in command_line(root=root, usr=usr, fstx=fstx, kver=kver,
+                                                 own=own)[0])
 
 
 def pretty_name(usr: Path, fstx: str) -> str:

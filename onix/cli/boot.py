@@ -99,3 +99,83 @@ def boot_set_default(state_id: StateId,
 
     run(lambda: api.boot_set_default(root, state_id, once=once, esp_dir=esp, xbootldr=xbootldr,
                                      wait=not no_wait), human, as_json=json)
+
+
+kargs_group = typer.Typer(help="Kernel arguments of the boot entries: list, add, remove.",
+                          no_args_is_help=True)
+group.add_typer(kargs_group, name="kargs")
+
+KArgs = Annotated[list[str], typer.Argument(
+    metavar="ARG", help="Kernel arguments, each one word (console=ttyS0 quiet).")]
+KDryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Show each entry's options before and after; change nothing.")]
+
+
+@kargs_group.command("list")
+def kargs_list(root: Root = Path("/"), json: Json = False) -> None:
+    """The live state's kernel arguments, each with the file it comes from."""
+
+    def human(r: dict) -> None:
+        out = console()
+        state = f"state {r['state']} ({r['fstx']})" if r["fstx"] else "no live state"
+        out.print(f"{state}, entry {r['entry'] or 'none'}")
+        width = max([len(a["arg"]) for a in (*r["args"], *r["removed"])] or [0])
+        for a in r["args"]:
+            where = f"onix: {a['why']}" if a["source"] == "onix" else a["source"]
+            out.print(f"  {a['arg']:{width}}  {where}" + (" (added)" if a["managed"] else ""))
+        if r["removed"]:
+            out.print(f"removed by {r['file']}:")
+            for a in r["removed"]:
+                out.print(f"  {a['arg']:{width}}  {a['source'] or '(matches nothing now)'}")
+        if r["root_missing"]:
+            out.print("[yellow]no root=: the boot entries cannot be written[/] (onix boot "
+                      "kargs add root=UUID=…)")
+        elif r["in_sync"] is False:
+            out.print(f"[yellow]the entry on $BOOT says otherwise[/] (onix boot sync writes "
+                      f"the above): {r['entry_options']}")
+
+    run(lambda: api.boot_kargs(root), human, as_json=json)
+
+
+def _print_kargs(r: dict) -> None:
+    out = console()
+    would = "would " if r["dry_run"] else ""
+    for key, verb in (("added", "add"), ("removed", "remove")):
+        if r[key]:
+            out.print(f"{would}{verb if would else key} {' '.join(r[key])}")
+    for u in r["unchanged"]:
+        out.print(f"nothing to do: {u['arg']} is {u['why']}")
+    if not r["changed"]:
+        return
+    for e in r["entries"]:
+        out.print(f"  {e['entry']} (state {e['state']})")
+        out.print(f"    [red]- {e['before']}[/]")
+        out.print(f"    [green]+ {e['after']}[/]")
+    if r["entries_unchanged"]:
+        n = r["entries_unchanged"]
+        out.print(f"  {n} other entr{'y' if n == 1 else 'ies'} unchanged")
+    if r["dry_run"]:
+        out.print(f"[dim]dry run: {r['file']} and the entries are as they were[/]")
+    elif r["sync"] is None:
+        out.print(f"[dim]{r['file']} written; no ESP found, the next onix boot sync writes "
+                  "the entries[/]")
+    else:
+        s = r["sync"]
+        out.print(f"[dim]{r['file']} written; boot sync: {len(s['written'])} written, "
+                  f"{len(s['removed'])} removed[/]")
+
+
+@kargs_group.command("add")
+def kargs_add(args: KArgs, dry_run: KDryRun = False, root: Root = Path("/"),
+              json: Json = False, no_wait: NoWait = False) -> None:
+    """Add kernel arguments to every boot entry (etc/kernel/cmdline.d/onix-kargs.conf)."""
+    run(lambda: api.boot_kargs_change(root, add=args, dry_run=dry_run, wait=not no_wait),
+        _print_kargs, as_json=json)
+
+
+@kargs_group.command("remove")
+def kargs_remove(args: KArgs, dry_run: KDryRun = False, root: Root = Path("/"),
+                 json: Json = False, no_wait: NoWait = False) -> None:
+    """Remove kernel arguments from every boot entry, wherever they come from."""
+    run(lambda: api.boot_kargs_change(root, remove=args, dry_run=dry_run, wait=not no_wait),
+        _print_kargs, as_json=json)
