@@ -161,3 +161,28 @@ def test_bad_arguments_are_refused_with_the_root_unchanged(two: Path, args: list
 def test_ro_replaces_the_implicit_rw(two: Path) -> None:
     api.boot_kargs_change(two, add=["ro"])
     assert options(two)[2].startswith("root=LABEL=onixroot console=ttyS0 splash quiet ro ")
+
+
+def test_without_an_esp_the_file_is_written_for_the_next_sync(installed: Path) -> None:
+    r = api.boot_kargs(installed)
+    assert r["state"] == 1 and r["entry"] is None and r["root_missing"]
+    assert [a["arg"] for a in r["args"]] == ["rw", f"onix.fstx={r['fstx']}"]
+    p = onix("boot", "kargs", "add", "quiet", "--root", installed)
+    assert p.returncode == 0, p.stderr
+    assert "no ESP found, the next onix boot sync writes the entries" in p.stdout
+    assert (installed / KARGS).read_text().splitlines()[-1] == "quiet"
+    assert [a["arg"] for a in api.boot_kargs(installed)["args"]][-2] == "quiet"
+
+
+def test_a_symlinked_cmdline_dir_is_refused_and_nothing_written_outside(
+        two: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    d = two / "etc/kernel/cmdline.d"
+    for f in d.iterdir():
+        f.rename(outside / f.name)
+    d.rmdir()
+    d.symlink_to(outside)
+    before = snapshot(outside)
+    assert_clean_failure(two, ["boot", "kargs", "add", "quiet2"], match="is a symlink")
+    assert snapshot(outside) == before
