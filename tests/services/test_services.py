@@ -15,12 +15,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import snapshot
 
+import onix
 from onix import api
 from onix.core.errors import OnixError
 from onix.services import definitions, live
@@ -31,6 +33,9 @@ pytestmark = pytest.mark.skipif(shutil.which("s6-svscan") is None,
                                 reason="s6 is not installed (apt-get install s6)")
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "services"
+# Stage 2 (the onix-stage2 service) runs `onix services --up`: this onix, this code.
+STAGE2_ENV = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+              "PYTHONPATH": str(Path(onix.__file__).resolve().parents[1])}
 T = 5.0  # reconcile timeout for services that do come up
 
 
@@ -102,7 +107,7 @@ class SvScan:
 
     def start(self) -> SvScan:
         self.scandir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ONIX_TEST_OUT": str(self.out)}
+        env = {**os.environ, "ONIX_TEST_OUT": str(self.out), **STAGE2_ENV}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(["s6-svscan", str(self.scandir)], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -389,24 +394,32 @@ def test_without_svscan_files_are_laid_down_and_start_later(tmp_path, root, scan
     assert r.supervised is False and r.ok
     assert r.started == ["logged", "lone", "ticker", "web"]
     for n in r.started:
-        assert (scandir / n / "run").is_file() and not (scandir / n / "down").exists()
+        # down: s6-svscan supervises it but does not start it; stage 2 does, in order
+        assert (scandir / n / "run").is_file() and (scandir / n / "down").exists()
         assert "status laid" in (scandir / n / definitions.MARKER).read_text()
         assert not (scandir / n / "supervise").exists()
+    stage2 = scandir / definitions.STAGE2
+    assert not (stage2 / "down").exists() and "onix services --up --root" in \
+        (stage2 / "run").read_text()
     rows = services.list_services(root=root, usr=usr)
     assert {x["state"] for x in rows} == {"not supervised"} and not rows[0]["svscan"]
+    assert {x["status"] for x in rows} == {"laid"}
+    assert definitions.STAGE2 not in {x["name"] for x in rows}
     # no svscan, a definition changes and one goes: still only files
     usr2 = make_usr(tmp_path / "s2", ["ticker", "web", "lone"])
     (defdir(usr2, "lone") / "run").write_text("#!/bin/sh\necho lone2 >> \"$ONIX_TEST_OUT/order\""
                                                "\nexec sleep 100000\n")
     r = reconcile(root, usr2, 2)
     assert r.supervised is False and r.stopped == ["logged"] and r.restarted == ["lone"]
-    assert not (scandir / "logged").exists()
-    # s6-svscan starts: it brings up what was laid down
+    assert r.unchanged == ["ticker", "web"]  # laid, still waiting for stage 2
+    assert not (scandir / "logged").exists() and (scandir / "lone" / "down").exists()
+    # s6-svscan starts: stage 2 brings up what was laid down, web after ticker is ready
     s6().start()
+    wait_until(lambda: s6drv.svstat(stage2)["exitcode"] == 0 and not
+               s6drv.svstat(stage2)["up"], timeout=30, what="stage 2 to finish")
+    assert sorted(order_lines(out)) == ["lone2", "ticker start v1", "web start v1 ticker=ready"]
     for n in ("ticker", "web", "lone"):
-        wait_until(lambda n=n: pid(scandir, n), what=f"{n} to come up")
-    wait_until(lambda: "lone2" in order_lines(out), what="the new lone")
-    wait_until(lambda: s6drv.svstat(scandir / "ticker")["ready"], what="ticker ready")
+        assert pid(scandir, n) and "status up" in (scandir / n / definitions.MARKER).read_text()
     pids = {n: pid(scandir, n) for n in ("ticker", "web", "lone")}
     r = reconcile(root, usr2, 2)
     assert r.supervised and r.unchanged == ["lone", "ticker", "web"] and r.ok, r.as_dict()
@@ -435,7 +448,9 @@ def test_readiness_timeout_is_reported_and_others_start(tmp_path, root, scandir,
     assert s6drv.svstat(scandir / "stuck")["up"] and pid(scandir, "needs-stuck") is None
     assert "status failed" in (scandir / "stuck" / definitions.MARKER).read_text()
     assert "status held" in (scandir / "needs-stuck" / definitions.MARKER).read_text()
-    assert not (scandir / "needs-stuck" / "down").exists()  # a boot would start it
+    assert (scandir / "needs-stuck" / "down").exists()  # held back, even from s6-svscan
+    assert "reason not started: it depends on stuck" in \
+        (scandir / "needs-stuck" / definitions.MARKER).read_text()
     # fixed in the next state: stuck is retried, needs-stuck started after it
     usr2 = make_usr(tmp_path / "s2", ["lone", "ticker", "web"])
     shutil.copytree(DATA / "lone", defdir(usr2, "stuck"))
