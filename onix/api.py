@@ -350,13 +350,19 @@ def nix_check(*, user: str = "nobody") -> dict:
     return check.check(user=user)
 
 
-def services(root: Root, *, sync: bool = False, wait: bool = True,
+def services(root: Root, *, sync: bool = False, up: bool = False, wait: bool = True,
              warn: Callable[[str], None] | None = None) -> list[dict]:
     """The live state's services and what s6 says of each; with sync, first reconcile
-    the scan directory with the live state (what a boot service runs)."""
+    the scan directory with the live state (what a boot runs before s6-svscan); with
+    up, first wait for s6-svscan and start what was laid down before it ran, in
+    dependency order (stage 2: what the onix-stage2 service runs; no lock)."""
     from onix.services import reconcile as svc
 
     paths = RootPaths.of(root)
+    if up:
+        for f in svc.up(root=paths.root).failed:
+            if warn:
+                warn(f"service {f['name']} did not come up: {f['reason']}")
     if sync:
         with session(paths.root, wait=wait, create=False) as s:
             live = read_state_id(s.paths.usr)

@@ -44,7 +44,10 @@ def nix_check(user: Annotated[str, typer.Option("--user", help="Build as this us
 def services_cmd(root: Root = Path("/"), json: Json = False,
                  sync: Annotated[bool, typer.Option(
                      "--sync", help="First reconcile the scan directory with the live state "
-                     "(what a boot service runs: /run starts empty).")] = False,
+                     "(what a boot runs before s6-svscan: /run starts empty).")] = False,
+                 up: Annotated[bool, typer.Option(
+                     "--up", help="Stage 2 of a boot: wait for s6-svscan, then start the "
+                     "services laid down before it ran, in dependency order.")] = False,
                  no_wait: NoWait = False) -> None:
     """The live state's s6 services and what s6-svstat says of each."""
 
@@ -55,6 +58,10 @@ def services_cmd(root: Root = Path("/"), json: Json = False,
         for r in rows:
             where = "" if r.get("in_state") else " (not in the live state)"
             state = r.get("error") or r.get("text") or r.get("state")
-            out.print(f"{r['name']:20} {state}{where}")
+            if r.get("status") in ("failed", "held", "laid") and not r.get("error"):
+                why = f": {r['reason']}" if r.get("reason") else ""
+                state = f"{state} [{r['status']}{why}]"
+            out.print(f"{r['name']:20} {state}{where}", markup=False)
 
-    run(lambda: api.services(root, sync=sync, wait=not no_wait, warn=warn), human, as_json=json)
+    run(lambda: api.services(root, sync=sync, up=up, wait=not no_wait, warn=warn), human,
+        as_json=json)

@@ -20,6 +20,22 @@ every state has its own set (reconcile.py makes the live scan directory run them
         dependencies                        text: one service name per line; blank lines
                                             and lines starting with '#' are ignored. What
                                             s6-rc keeps in dependencies.d/, as one file.
+        type                                `longrun` (the default) or `oneshot`, as in s6-rc
+
+A oneshot (s6-rc's word) is a job that runs once and is then "up": its definition has
+`type` oneshot and an executable `up` (run in the service directory), and no `run`,
+`finish`, `notification-fd` or `log/`: onix adds a `run` and a `notification-fd` of
+its own (ONESHOT_RUN, below) when it reads the definition, so the live copy is an
+ordinary s6 service directory. s6-supervise runs it once (`s6-svc -O`); when `up`
+exits 0 the service notifies readiness and stays up (a sleeping process), so that
+`s6-svwait -U`, `s6-svstat` and the services that depend on it see a oneshot that has
+run; when `up` fails the service goes down with its exit status and is not run again
+until something starts it (a reconcile, or `s6-svc -u`). Stopping it just ends the
+sleep: s6-rc's `down` script has no place here, because `down` is the name of s6's own
+"do not start" file in a service directory.
+
+The name STAGE2 is onix's own service (live.py lays it down for stage 2, see
+reconcile.py): no definition may use it.
 
 A name is `[a-z0-9][a-z0-9._-]*` (at most 100 bytes). Only regular files and real
 directories may be in a definition: a symlink anywhere (the definition directory
@@ -55,6 +71,19 @@ DEFINITIONS = "lib/onix/services"  # relative to usr/
 MARKER = ".onix-service"  # the live copy's marker (live.py): a definition cannot ship one
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 RUNTIME = frozenset({"supervise", "event", "down"})  # s6's, at the top and in log/
+STAGE2 = "onix-stage2"  # reserved: onix's stage-2 service in the scan directory
+ONESHOT_FD = 3
+# What s6-supervise runs for a oneshot (the module docstring). fd 3 is closed for ./up,
+# so that nothing it starts can hold the readiness pipe open; `sleep` with a number
+# (not `infinity`) works with coreutils and busybox alike.
+ONESHOT_RUN = b"""#!/bin/sh
+# onix's run script of a oneshot: ./up once, then up and ready until stopped.
+# (onix/services/definitions.py writes it; the definition ships only ./up.)
+s6-svc -O .
+./up 3>&- || exit
+echo >&3
+exec sleep 2147483647 3>&-
+"""
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,7 @@ class Definition:
     has_log: bool
     hash: str
     log_hash: str  # "-" without a logger
+    oneshot: bool = False  # type oneshot: "up" once ./up has run successfully
 
 
 def valid_name(name: str) -> bool:
@@ -216,11 +246,50 @@ def _check_scripts(by: dict[str, Entry], base: Path) -> None:
                         path=base / "log", hint="ship log/run with mode 0755, or no log at all")
 
 
+def _is_oneshot(by: dict[str, Entry], base: Path) -> bool:
+    e = by.get("type")
+    if e is None:
+        return False
+    text = e.data.decode("utf-8", "replace").strip() if e.kind == "f" else ""
+    if text not in ("longrun", "oneshot"):
+        raise OnixError("type must say longrun or oneshot", path=base / "type",
+                        hint="write longrun or oneshot into it (s6-rc's words), or drop it "
+                        "for a longrun")
+    return text == "oneshot"
+
+
+def _oneshot_entries(by: dict[str, Entry], base: Path) -> list[Entry]:
+    """The run and notification-fd onix adds to a oneshot (its own files are checked)."""
+    if not _executable(by.get("up")):
+        raise OnixError("a oneshot needs an executable up file", path=base / "up",
+                        hint="ship up as a regular file with mode 0755 (it runs once)")
+    for rel in ("run", "finish", "notification-fd", "log"):
+        if rel in by:
+            raise OnixError(f"a oneshot ships up, not {rel}: onix writes its run script",
+                            path=base / rel, hint=f"remove {rel}, or make the service a "
+                            "longrun (no type file)")
+    return [Entry("run", "f", 0o755, ONESHOT_RUN),
+            Entry("notification-fd", "f", 0o644, f"{ONESHOT_FD}\n".encode())]
+
+
 def _read_definition(fd: int, name: str, base: Path) -> Definition:
     out: list[Entry] = []
     _walk(fd, base, "", out)
+    return from_entries(name, base, out)
+
+
+def from_entries(name: str, base: Path, entries: Iterable[Entry], *,
+                 live: bool = False) -> Definition:
+    """The Definition of these entries. With live, they are a live copy's (onix's own
+    run of a oneshot is in them already): the scripts are not checked again."""
+    out = list(entries)
     by = {e.rel: e for e in out}
-    _check_scripts(by, base)
+    oneshot = _is_oneshot(by, base)
+    if oneshot and not live:
+        out += _oneshot_entries(by, base)
+        by = {e.rel: e for e in out}
+    elif not live:
+        _check_scripts(by, base)
     deps: tuple[str, ...] = ()
     if "dependencies" in by:
         if by["dependencies"].kind != "f":
@@ -232,7 +301,8 @@ def _read_definition(fd: int, name: str, base: Path) -> Definition:
                       notification_fd=_int_file(by, "notification-fd", base),
                       log_notification_fd=_int_file(by, "log/notification-fd", base),
                       timeout_up=_ms_file(by, "timeout-up", base),
-                      has_log="log" in by, hash=content_hash(out), log_hash=_log_hash(out))
+                      has_log="log" in by, hash=content_hash(out), log_hash=_log_hash(out),
+                      oneshot=oneshot)
 
 
 def _open_top(usr: Path) -> int | None:
@@ -257,6 +327,9 @@ def _read_one(fd: int, top: Path, name: str) -> Definition:
     if not valid_name(name):
         raise OnixError(f"{name!r} is not a service name", path=base,
                         hint="name services [a-z0-9][a-z0-9._-]* (at most 100 bytes)")
+    if name == STAGE2:
+        raise OnixError(f"{STAGE2} is the name of onix's own stage-2 service", path=base,
+                        hint="rename the service")
     try:
         dfd = safepath.open_dirs(top, name, dir_fd=fd)
     except safepath.SymlinkError as e:

@@ -8,6 +8,8 @@ The scan directory is `<root>/run/service` unless given:
     <scandir>/<name>/supervise/, event/ s6-supervise's (also log/supervise, log/event)
     <scandir>/.<name>.onix-new          a copy being laid down (s6-svscan skips dot-names)
     <scandir>/.<name>.onix-removing     a removed service, until its supervisor is gone
+    <scandir>/onix-stage2/              stage 2 (reconcile.py): laid down with copies that
+                                        wait for it; no marker, never listed by scan()
 
 Copies, not symlinks to /usr: s6-supervise writes `supervise/` and `event/` into the
 service directory, and /usr is read-only and is exchanged whole by every transaction (a
@@ -23,20 +25,23 @@ The marker `.onix-service` is text, one `key value` per line:
     log-hash <blake3 hex>                its log/ part's hash ("-" without a logger)
     state <id>                           the state the copy came from
     status up|laid|pending|failed|held   see below
+    reason <text>                        why it is failed or held (absent otherwise)
     dir <relpath>                        every directory onix copied, then
     file <relpath>                       every file onix copied (so the next change
                                          removes exactly those, never what the
                                          service or its logger wrote into its dir)
 
 `up`: it came up (and ready, with notification-fd) when onix started it. `laid`: laid
-down while no s6-svscan ran on the scan directory (an image being built, a root not
-booted); s6-svscan starts it when it starts. `pending`: onix is changing it (a crash
-leaves this, and the next reconcile redoes the change). `failed`: it did not come up
-or get ready in time; it stays wanted up, so s6 keeps trying. `held`: not started
-because a dependency failed. pending, failed and held copies are restarted by the next
-reconcile even if their hash matches. A directory in the scan directory without a
-marker is not onix's and is never touched (a state that defines a service of that
-name is refused).
+down, with s6's `down` file, while no s6-svscan ran on the scan directory (at boot,
+before s6-svscan starts; an image being built); s6-svscan supervises it but does not
+start it: stage 2, or the next reconcile under s6-svscan, starts it in dependency
+order. `pending`: onix is changing it (a crash leaves this, and the next reconcile
+redoes the change). `failed`: it did not come up or get ready in time; it stays wanted
+up, so s6 keeps trying (a oneshot whose up failed is not run again). `held`: not
+started because a dependency failed; it keeps its `down` file. pending, failed and
+held copies are restarted by the next reconcile even if their hash matches. A
+directory in the scan directory without a marker is not onix's and is never touched (a
+state that defines a service of that name is refused).
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ from onix.core.fsutil import atomic_write, fsync_dir, remove_tree
 from onix.core.paths import SCANDIR
 from onix.services.definitions import (
     MARKER,
+    STAGE2,
     Definition,
     Entry,
     content_hash,
+    from_entries,
     is_log,
     ms,
     valid_name,
@@ -77,11 +84,14 @@ class Marker:
     status: str = "pending"
     dirs: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    reason: str = ""
 
     def encode(self) -> bytes:
         lines = [MARKER_VERSION, f"hash {self.hash or '-'}", f"log-hash {self.log_hash}",
                  f"state {self.state if self.state is not None else '-'}",
                  f"status {self.status}"]
+        if self.reason:
+            lines.append("reason " + " ".join(self.reason.split()))  # one line
         lines += [f"dir {d}" for d in self.dirs] + [f"file {f}" for f in self.files]
         return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
@@ -102,12 +112,14 @@ class Marker:
                 m.state = int(value) if value.isdigit() else None
             elif key == "status":
                 m.status = value if value in STATUSES else "pending"
+            elif key == "reason":
+                m.reason = value
             elif key in ("dir", "file") and safepath.clean_rel(value):
                 (m.dirs if key == "dir" else m.files).append(value)
         return m
 
     @classmethod
-    def of(cls, d: Definition, state_id: int, status: str) -> Marker:
+    def of(cls, d: Definition, state_id: int | None, status: str) -> Marker:
         return cls(hash=d.hash, log_hash=d.log_hash, state=state_id, status=status,
                    dirs=[e.rel for e in d.entries if e.kind == "d"],
                    files=[e.rel for e in d.entries if e.kind == "f"])
@@ -167,6 +179,15 @@ def live_hash(live: Path, d: Definition, *, log_only: bool = False) -> str | Non
     return content_hash(entries) if entries else "-"
 
 
+def copy_definition(lv: Live) -> Definition:
+    """A live copy read back as a definition: the files its marker lists (what onix
+    copied), as they are now. OnixError if one of them makes no sense any more."""
+    m = lv.marker or Marker()
+    entries = [got for rel in sorted({*m.dirs, *m.files})
+               if (got := read_rel(lv.path, rel)) is not None]
+    return from_entries(lv.name, lv.path, entries, live=True)
+
+
 def _read_marker(path: Path) -> Marker | None:
     """The marker of a live directory, None if it has none (not ours)."""
     try:
@@ -187,7 +208,7 @@ def scan(scandir: Path) -> dict[str, Live]:
     except (FileNotFoundError, NotADirectoryError):
         return out
     for name in names:
-        if name.startswith("."):
+        if name.startswith(".") or name == STAGE2:
             continue
         p = scandir / name
         st = os.stat(p, follow_symlinks=False)
@@ -277,13 +298,17 @@ def _pending(old: Marker, d: Definition) -> Marker:
                   files=sorted({*old.files, *(e.rel for e in d.entries if e.kind == "f")}))
 
 
-def change_in_place(lv: Live, d: Definition) -> None:
+def change_in_place(lv: Live, d: Definition, *, down: bool = False) -> None:
     """Give a live copy d's files. Its marker says pending meanwhile, so that a crash
-    halfway is redone by the next reconcile; the caller writes the final marker."""
+    halfway is redone by the next reconcile; the caller writes the final marker. With
+    down, the copy keeps (or gets) s6's `down` file; else it loses it."""
     old = lv.marker or Marker()
     write_marker(lv.path, _pending(old, d))
     _install_entries(lv.path, d, old)
-    remove_tree(lv.path / "down")
+    if down:
+        atomic_write(lv.path / "down", b"", mode=0o644)
+    else:
+        remove_tree(lv.path / "down")
 
 
 def lay_down(scandir: Path, d: Definition, marker: Marker, *, down: bool) -> Path:
@@ -297,6 +322,39 @@ def lay_down(scandir: Path, d: Definition, marker: Marker, *, down: bool) -> Pat
         atomic_write(tmp / "down", b"", mode=0o644)
     write_marker(tmp, marker)
     dest = scandir / d.name
+    os.rename(tmp, dest)
+    fsync_dir(scandir)
+    return dest
+
+
+def stage2_run(root: Path) -> bytes:
+    """The run script of onix's stage-2 service for the scan directory of root."""
+    import shlex
+
+    return f"""#!/bin/sh
+# ONIX stage 2 (onix/services/reconcile.py): the services of this scan directory were
+# laid down with s6's down file before s6-svscan ran; this brings them up in dependency
+# order, once (s6-svc -O), now that s6-svscan supervises them. Its exit status is
+# onix's: s6-svstat on this directory says how stage 2 ended.
+exec 2>&1
+s6-svc -O .
+exec onix services --up --root {shlex.quote(str(root))}
+""".encode()
+
+
+def lay_stage2(scandir: Path, root: Path) -> Path:
+    """Lay down onix's stage-2 service (no down file: s6-svscan starts it at once).
+    One that is there already (an earlier lay-down of this boot) gets the run file anew."""
+    dest = scandir / STAGE2
+    if dest.is_dir() and not dest.is_symlink():
+        atomic_write(dest / "run", stage2_run(root), mode=0o755)
+        return dest
+    tmp = scandir / f".{STAGE2}{NEW_SUFFIX}"
+    remove_tree(tmp)
+    os.mkdir(tmp, 0o755)
+    os.chmod(tmp, 0o755)  # not left to the umask
+    atomic_write(tmp / "run", stage2_run(root), mode=0o755)
+    remove_tree(dest)
     os.rename(tmp, dest)
     fsync_dir(scandir)
     return dest

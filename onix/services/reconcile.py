@@ -3,7 +3,8 @@
 After every transaction and rollback `reconcile()` makes the live scan directory match
 the state the way s6-rc-update would (s6-rc itself is not packaged): new services are
 started, removed ones stopped, changed ones (by content hash) restarted, unchanged ones
-left running, all in dependency order. `list_services()` is `onix services`.
+left running, all in dependency order. `up()` is stage 2 of a boot (`onix services
+--up`, below). `list_services()` is `onix services`.
 
 The package, in the order a reconcile uses it:
 
@@ -39,13 +40,16 @@ How reconcile changes things (with an s6-svscan running on the scan directory)
 5. New: written as `.<name>.onix-new` with a `down` file, fsynced, renamed into place,
    then one `s6-svscanctl -a`. The `down` file keeps s6-supervise from starting it on
    its own, so that onix starts it in dependency order; it is removed before
-   `s6-svc -u`.
+   `s6-svc -u`. Copies laid down before s6-svscan ran (marker `laid`) are started
+   with them.
 6. Start, in waves of dependency depth: every service of a wave gets `s6-svc -u`
    (its logger first), then one `s6-svwait -U` (with notification-fd) or `-u` per
-   service, all at once, each for its timeout-up or else `timeout` seconds. One that
-   does not make it is reported failed (with what s6-svstat says) and the others go
-   on; what depends on it is not started (held). It stays wanted up, so s6 keeps
-   trying, and the next reconcile restarts it.
+   service, all at once, each for its timeout-up or else `timeout` seconds; a oneshot
+   until its up script succeeded or failed. One that does not make it is reported
+   failed (with what s6-svstat says, and the reason in its marker) and the others go
+   on; what depends on it is not started (held, and it keeps its `down` file). A
+   failed longrun stays wanted up, so s6 keeps trying, and the next reconcile
+   restarts it.
 
 A service that will not stop is stopped with SIGKILL; if even that fails, a removed
 service is deleted anyway (and reported failed), a changed one keeps its old files and
@@ -53,12 +57,30 @@ is reported failed. One reconcile runs per scan directory at a time (flock on it
 If s6-svscan is missing but an orphaned s6-supervise still runs on a copy onix changes
 or removes, that service is stopped first.
 
-Without a running s6-svscan (`<scandir>/.s6-svscan/control` has no reader) only the
-file-system part is done: copies are laid down without `down` files (marker status
-`laid`), removed ones are deleted, and the report says `supervised: false`; then
-`started` and `restarted` name what s6-svscan will start with the new files. It starts
-everything when it starts, all at once: services must cope with a dependency not
-being ready yet (s6 restarts a run script that exits), exactly as they must at boot.
+Boot: stage 1 lays down, stage 2 starts (s6-linux-init's stages, s6-rc's order)
+------------------------------------------------------------------------------
+
+Without a running s6-svscan (`<scandir>/.s6-svscan/control` has no reader: at boot,
+before init execs s6-svscan; an image being built) only the file-system part is done:
+copies are laid down WITH s6's `down` file (marker status `laid`), changed ones get
+their new files and a `down` file, removed ones are deleted, and the report says
+`supervised: false`; `started` and `restarted` name what stage 2 will start. Were
+there no `down` files, s6-svscan would start every service at once when it starts,
+dependencies or not. In the root's own scan directory (`<root>/run/service`) the
+stage-2 service `onix-stage2` is laid down next to them (live.lay_stage2), without a
+`down` file and without dependencies, so s6-svscan starts it as soon as it runs: it
+runs once (`s6-svc -O`) `onix services --up --root <root>`, which is `up()`.
+
+`up()` waits until s6-svscan runs on the scan directory, then starts every copy
+marked `laid`, in the waves of step 6, reading dependencies, notification-fd and
+timeout-up from the live copies themselves (no state, no root lock: only the scan
+directory's flock, so a transaction's reconcile runs before or after it, not
+during). A dependency that is failed or held already, or not in the scan directory,
+holds its dependents. s6-linux-init's stage 2 (`rc.init`, running once s6-svscan is
+up, bringing the services up with s6-rc) is the model; here it is a supervised
+oneshot, so that whatever lays the services down also lays down what brings them up
+and `s6-svstat <scandir>/onix-stage2` says how it ended. A reconcile under s6-svscan
+starts `laid` copies too, so stage 2 finding nothing left to do is fine.
 """
 
 from __future__ import annotations
@@ -72,7 +94,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from onix.core.errors import OnixError
-from onix.core.fsutil import fsync_dir, mkdirs, remove_tree
+from onix.core.fsutil import atomic_write, fsync_dir, mkdirs, remove_tree
 from onix.services.definitions import Definition, levels, load_definitions, order, read_all
 from onix.services.live import (
     NEW_SUFFIX,
@@ -82,20 +104,34 @@ from onix.services.live import (
     Marker,
     change_in_place,
     check_scandir_path,
+    copy_definition,
     default_scandir,
     dependencies,
     lay_down,
+    lay_stage2,
     live_hash,
     scan,
     stop_timeout,
     write_marker,
 )
-from onix.services.s6 import S6, blank, came_up, supervised, svscan_running, svstat, wait_for
+from onix.services.s6 import (
+    ONCE,
+    S6,
+    blank,
+    came_up,
+    supervised,
+    svscan_running,
+    svstat,
+    wait_for,
+)
+
+UP_TIMEOUT = 60.0  # stage 2's wait for each service (a boot is slow; s6-rc has no limit)
+SVSCAN_TIMEOUT = 60.0  # how long stage 2 waits for s6-svscan to run on the scan directory
 
 
 @dataclass
 class Report:
-    state_id: int
+    state_id: int | None  # None: stage 2 (up()), which works from the live copies alone
     scandir: str
     supervised: bool
     started: list[str] = field(default_factory=list)
@@ -120,6 +156,7 @@ class Plan:
     recreate: list[str]  # changed, and the logger appears or disappears
     dependents: list[str]  # unchanged, but depend on a changed service: restarted too
     unchanged: list[str]
+    laid: list[str] = field(default_factory=list)  # unchanged, laid down, not started yet
 
 
 def _refuse_foreign(defs: dict[str, Definition], live: dict[str, Live]) -> None:
@@ -150,14 +187,14 @@ def plan(defs: dict[str, Definition], live: dict[str, Live]) -> Plan:
     _refuse_foreign(defs, live)
     new = sorted(n for n in defs if n not in live)
     removed = sorted(n for n, lv in live.items() if lv.ours and n not in defs)
-    changed, recreate, unchanged = [], [], []
+    changed, recreate, unchanged, laid = [], [], [], []
     for n in sorted(defs):
         lv = live.get(n)
         if lv is None:
             continue
         d, m = defs[n], lv.marker or Marker()
         if m.hash == d.hash and m.status not in RETRY and live_hash(lv.path, d) == d.hash:
-            unchanged.append(n)
+            (laid if m.status == "laid" else unchanged).append(n)
             continue
         changed.append(n)
         if (lv.path / "log").is_dir() != d.has_log:  # s6-svscan pipes only what it first saw
@@ -166,7 +203,7 @@ def plan(defs: dict[str, Definition], live: dict[str, Live]) -> Plan:
     hit = _dependents(defs, changed, unchanged)
     return Plan(new=new, removed=removed, changed=changed, recreate=recreate,
                 dependents=[n for n in unchanged if n in hit],
-                unchanged=[n for n in unchanged if n not in hit])
+                unchanged=[n for n in unchanged if n not in hit], laid=laid)
 
 
 @contextlib.contextmanager
@@ -228,6 +265,10 @@ def reconcile(*, root: Path, usr: Path, state_id: int, scandir: Path | None = No
         report.unchanged = list(p.unchanged)
         if s6 is None:
             _reconcile_files(scandir, defs, live, p, state_id, report, timeout)
+            if scandir == default_scandir(root) and any(
+                    lv.ours and lv.marker and lv.marker.status == "laid"
+                    for lv in scan(scandir).values()):
+                lay_stage2(scandir, root)
         else:
             _Pass(scandir, defs, live, p, state_id, report, s6, timeout).run()
     return report
@@ -235,7 +276,7 @@ def reconcile(*, root: Path, usr: Path, state_id: int, scandir: Path | None = No
 
 def _reconcile_files(scandir: Path, defs: dict[str, Definition], live: dict[str, Live],
                      p: Plan, state_id: int, report: Report, timeout: float) -> None:
-    """No s6-svscan: lay the files down; s6-svscan starts them when it starts.
+    """No s6-svscan: lay the files down, each with a `down` file; stage 2 starts them.
 
     If s6-svscan died and left a supervisor running on a copy onix changes or removes,
     that service is stopped first (and its supervisor told to exit if it goes away).
@@ -255,14 +296,15 @@ def _reconcile_files(scandir: Path, defs: dict[str, Definition], live: dict[str,
         d = defs[n]
         if n in p.recreate:
             remove_tree(live[n].path)
-            lay_down(scandir, d, Marker.of(d, state_id, "laid"), down=False)
+            lay_down(scandir, d, Marker.of(d, state_id, "laid"), down=True)
         else:
-            change_in_place(live[n], d)
+            change_in_place(live[n], d, down=True)
             write_marker(live[n].path, Marker.of(d, state_id, "laid"))
         report.restarted.append(n)
     report.unchanged += p.dependents  # nothing runs: nothing to restart
+    report.unchanged = sorted([*report.unchanged, *p.laid])  # still waiting for stage 2
     for n in order(p.new, {k: v.dependencies for k, v in defs.items()}):
-        lay_down(scandir, defs[n], Marker.of(defs[n], state_id, "laid"), down=False)
+        lay_down(scandir, defs[n], Marker.of(defs[n], state_id, "laid"), down=True)
         report.started.append(n)
     fsync_dir(scandir)
 
@@ -275,11 +317,12 @@ class _Pass:
     defs: dict[str, Definition]
     live: dict[str, Live]
     plan: Plan
-    state_id: int
+    state_id: int | None  # None (stage 2): each copy keeps its marker's state
     report: Report
     s6: S6
     timeout: float
     fail: dict[str, str] = field(default_factory=dict)  # name → why it is not running
+    unavailable: dict[str, str] = field(default_factory=dict)  # not started here, not up
     gone_fail: dict[str, str] = field(default_factory=dict)  # removed, though not stopped
     status: dict[str, str] = field(default_factory=dict)  # name → its marker's status
     stop_order: list[str] = field(default_factory=list)
@@ -297,7 +340,7 @@ class _Pass:
         self.drop_gone()
         for n in self.plan.changed:
             if n not in self.plan.recreate and n not in self.fail:
-                change_in_place(self.live[n], self.defs[n])  # marker pending first
+                change_in_place(self.live[n], self.defs[n], down=True)  # marker pending first
         self.lay_fresh()
         self.supervise()
         lv = levels(self.defs, self.deps)
@@ -360,7 +403,7 @@ class _Pass:
         for n in self.fresh:
             d = self.defs[n]
             lay_down(self.scandir, d, Marker.of(d, self.state_id, "pending"), down=True)
-        self.starting = set(self.fresh) | set(p.changed) | set(p.dependents)
+        self.starting = set(self.fresh) | set(p.changed) | set(p.dependents) | set(p.laid)
 
     def supervise(self) -> None:
         """Every service to start needs its s6-supervise: the fresh ones, and a copy that a
@@ -382,12 +425,16 @@ class _Pass:
         go: list[str] = []
         for n in batch:
             bad = [x for x in self.defs[n].dependencies if x in self.fail]
+            gone = [x for x in self.defs[n].dependencies if x in self.unavailable]
             if n in self.fail:
                 self.status[n] = "failed"
-            elif bad:
-                self.fail[n] = f"not started: it depends on {bad[0]}, which did not come up"
+            elif bad or gone:
+                self.fail[n] = (f"not started: it depends on {bad[0]}, which did not come up"
+                                if bad else f"not started: it depends on {gone[0]}, "
+                                f"{self.unavailable[gone[0]]}")
                 self.status[n] = "held"
-                remove_tree(self.scandir / n / "down")
+                # held back until a reconcile starts it after its dependency
+                atomic_write(self.scandir / n / "down", b"", mode=0o644)
             else:
                 go.append(n)
         return go
@@ -395,7 +442,8 @@ class _Pass:
     def _start_loggers(self, go: list[str]) -> None:
         """A service whose logger is not there is not started (s6-rc: the logger is a
         dependency of its service)."""
-        logs = [n for n in go if self.defs[n].has_log and n in self.log_stop | set(self.fresh)]
+        logs = [n for n in go if self.defs[n].has_log
+                and n in self.log_stop | set(self.fresh) | set(self.plan.laid)]
         for n in logs:
             if not self.s6.up(self.scandir / n / "log"):
                 self.fail.setdefault(n, "s6-svc -u failed on its logger")
@@ -415,10 +463,10 @@ class _Pass:
         go = [n for n in go if n not in self.fail]
         for n in go:
             remove_tree(self.scandir / n / "down")
-            if not self.s6.up(self.scandir / n):
+            if not self.s6.up(self.scandir / n, once=self.defs[n].oneshot):
                 self.fail.setdefault(n, "s6-svc -u failed")
-        self.s6.wait([(self.scandir / n, "-u" if self.defs[n].notification_fd is None
-                       else "-U", limit[n]) for n in go if n not in self.fail])
+        self.s6.wait([(self.scandir / n, self._flag(n), limit[n])
+                      for n in go if n not in self.fail])
         for n in batch:
             if n in self.fail and n not in self.status:
                 self.status[n] = "failed"
@@ -428,23 +476,40 @@ class _Pass:
             st = svstat(self.scandir / n)
             if came_up(st, self.defs[n].notification_fd is not None):
                 self.status[n] = "up"
+            elif self.defs[n].oneshot and st["up"] is False and st["wanted_up"] is False:
+                self.fail[n] = "its up script failed (" + (
+                    f"signal {st['signal']})" if st["signal"] else f"exit {st['exitcode']})")
+                self.status[n] = "failed"
             else:
-                what = "get ready" if st["up"] else "come up"
+                what = ("finish its up script" if self.defs[n].oneshot else
+                        "get ready" if st["up"] else "come up")
                 self.fail[n] = f"did not {what} within {limit[n]:g} s"
                 self.status[n] = "failed"
+
+    def _flag(self, n: str) -> str:
+        """How S6.wait waits for a service: a oneshot's run, else ready or up."""
+        d = self.defs[n]
+        return ONCE if d.oneshot else "-u" if d.notification_fd is None else "-U"
 
     def settle(self) -> None:
         """Markers say how each service ended; the report says it too."""
         for n in self.starting:
             sdir = self.scandir / n
+            status = self.status.get(n, "failed")
+            why = self.fail.get(n, "") if status != "up" else ""
+            old = self.live[n].marker if n in self.live else None
             if n in self.stuck:
-                write_marker(sdir, replace(self.live[n].marker or Marker(), status="failed"))
-            elif sdir.is_dir():
-                write_marker(sdir, Marker.of(self.defs[n], self.state_id,
-                                             self.status.get(n, "failed")))
+                write_marker(sdir, replace(old or Marker(), status="failed", reason=why))
+            elif not sdir.is_dir():
+                continue
+            elif self.state_id is None and old is not None:
+                write_marker(sdir, replace(old, status=status, reason=why))
+            else:
+                write_marker(sdir, replace(Marker.of(self.defs[n], self.state_id, status),
+                                           reason=why))
         fsync_dir(self.scandir)
         started = order(self.starting, self.deps)
-        new = self.plan.new
+        new = [*self.plan.new, *self.plan.laid]  # not running before: started, not restarted
         self.report.started = [n for n in started if n in new and self.status.get(n) == "up"]
         self.report.restarted = [n for n in started
                                  if n not in new and self.status.get(n) == "up"]
@@ -456,6 +521,52 @@ class _Pass:
             if n in self.fail and not any(f["name"] == n for f in self.report.failed):
                 self.report.failed.append({"name": n, "reason": self.fail[n],
                                            "svstat": svstat(self.scandir / n)["text"]})
+
+
+def up(*, root: Path, scandir: Path | None = None, timeout: float = UP_TIMEOUT,
+       svscan_timeout: float = SVSCAN_TIMEOUT) -> Report:
+    """Stage 2: once s6-svscan runs on the scan directory, start the copies laid down
+    before it ran, in dependency order (the module docstring). A service that does not
+    come up is reported in `failed` and its marker, not raised; OnixError if no
+    s6-svscan runs on the scan directory within `svscan_timeout` seconds."""
+    root = Path(root).absolute()
+    if scandir is None:
+        check_scandir_path(root)
+        scandir = default_scandir(root)
+    scandir = Path(scandir).absolute()
+    if not wait_for(lambda: svscan_running(scandir), time.monotonic() + svscan_timeout,
+                    poll=0.1):
+        raise OnixError(f"no s6-svscan runs on the scan directory after {svscan_timeout:g} s",
+                        path=scandir, hint=f"stage 2 starts what s6-svscan supervises: run "
+                        f"s6-svscan {scandir} first")
+    report = Report(state_id=None, scandir=str(scandir), supervised=True)
+    s6 = S6()
+    with _locked(scandir):
+        live = {n: lv for n, lv in scan(scandir).items() if lv.ours}
+        defs: dict[str, Definition] = {}
+        p = _Pass(scandir, defs, live, Plan([], [], [], [], [], []), None, report, s6,
+                  timeout)
+        for n, lv in live.items():
+            try:
+                defs[n] = copy_definition(lv)
+            except OnixError as e:
+                p.unavailable[n] = f"whose live copy is broken ({e.message})"
+        for n, lv in live.items():
+            status = (lv.marker or Marker()).status
+            if n not in defs:
+                continue
+            if status == "laid":
+                p.plan.laid.append(n)
+            elif status in ("failed", "held", "pending"):
+                p.unavailable[n] = f"which is {status}"
+        for d in defs.values():
+            for x in d.dependencies:
+                if x not in defs and x not in p.unavailable:
+                    p.unavailable[x] = "which is not in the scan directory"
+        p.plan.unchanged = sorted(n for n in defs if n not in p.plan.laid)
+        p.run()
+        report.unchanged = list(p.plan.unchanged)
+    return report
 
 
 def list_services(*, root: Path, usr: Path | None = None,
@@ -480,6 +591,8 @@ def list_services(*, root: Path, usr: Path | None = None,
                      "hash": d.hash if d else None, "live_hash": (m.hash or None) if m else None,
                      "hash_match": None, "from_state": m.state if m else None,
                      "status": m.status if m else None,
+                     "reason": (m.reason or None) if m else None,
+                     "type": ("oneshot" if d.oneshot else "longrun") if d else None,
                      "dependencies": list(d.dependencies) if d else [],
                      "logger": d.has_log if d else bool(lv and (lv.path / "log").is_dir()),
                      "error": errors[name].line() if name in errors else None,

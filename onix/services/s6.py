@@ -8,8 +8,10 @@ s6-svok checks), so no s6 program is run for it.
 
 The programs are run through onix.core.proc (declared in onix/core/tools.py, found on
 PATH): s6-svstat (`svstat()`, `fields()`), s6-svc (`restart()` and the `S6` methods),
-s6-svwait and s6-svscanctl (`S6`). `S6` finds s6-svc, s6-svwait and s6-svscanctl when it
-is made, so a missing one is an error before reconcile changes anything.
+s6-svwait and s6-svscanctl (`S6`). A oneshot (definitions.py) is waited for by polling
+s6-svstat instead of s6-svwait (`S6.wait`, flag ONCE). `S6` finds s6-svc, s6-svwait and
+s6-svscanctl when it is made, so a missing one is an error before reconcile changes
+anything.
 """
 
 from __future__ import annotations
@@ -53,27 +55,28 @@ def supervised(servicedir: Path) -> bool:
     return _listening(Path(servicedir) / "supervise" / "control")
 
 
-def wait_for(pred: Callable[[], bool], deadline: float) -> bool:
+def wait_for(pred: Callable[[], bool], deadline: float, *, poll: float = _POLL) -> bool:
     """Poll pred until it holds (True) or time.monotonic() reaches deadline (False)."""
     while True:
         if pred():
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(_POLL)
+        time.sleep(poll)
 
 
-def fields(servicedir: Path, *, timeout: float = 10) -> dict[str, str] | None:
-    """s6-svstat's SVSTAT_FIELDS of a service, as it prints them; None if it fails.
+def fields(servicedir: Path, *, timeout: float = 10,
+           names: tuple[str, ...] = SVSTAT_FIELDS) -> dict[str, str] | None:
+    """s6-svstat's fields `names` of a service, as it prints them; None if it fails.
 
     OnixError if s6-svstat is not installed or does not answer within `timeout`.
     """
-    r = proc.run(["s6-svstat", "-o", ",".join(SVSTAT_FIELDS), servicedir], check=False,
+    r = proc.run(["s6-svstat", "-o", ",".join(names), servicedir], check=False,
                  timeout=timeout)
     vals = (r.stdout or b"").decode(errors="replace").split()
-    if r.returncode != 0 or len(vals) != len(SVSTAT_FIELDS):
+    if r.returncode != 0 or len(vals) != len(names):
         return None
-    return dict(zip(SVSTAT_FIELDS, vals, strict=True))
+    return dict(zip(names, vals, strict=True))
 
 
 def blank(state: str, text: str) -> dict:
@@ -121,6 +124,10 @@ def restart(servicedir: Path) -> None:
         raise OnixError(r.stderr.decode(errors="replace").strip() or str(r.returncode))
 
 
+_ONCE_FIELDS = ("up", "wantedup", "ready", "updownsince")
+ONCE = "once"  # a wait flag of S6.wait(): a oneshot's run (see S6.up)
+
+
 class S6:
     """s6-svc, s6-svwait and s6-svscanctl, found once, run through onix.core.proc."""
 
@@ -128,6 +135,7 @@ class S6:
         self.svc = proc.which("s6-svc")
         self.svwait = proc.which("s6-svwait")
         self.svscanctl = proc.which("s6-svscanctl")
+        self._since: dict[Path, str] = {}  # a oneshot's updownsince before its start
 
     def stop(self, sdir: Path, timeout: float) -> bool:
         """Bring a supervised service down (finish done); SIGKILL if it takes too long."""
@@ -141,8 +149,24 @@ class S6:
         r = proc.run([self.svwait, "-D", "-t", "2000", sdir], check=False, timeout=10)
         return r.returncode == 0
 
-    def up(self, sdir: Path) -> bool:
+    def up(self, sdir: Path, *, once: bool = False) -> bool:
+        """s6-svc -u. With once (a oneshot, which s6-supervise runs once: s6-svc -O),
+        the time of its last change of state is noted first, so that wait() can tell
+        "it ran and failed" from "s6-supervise has not started it yet": both are down
+        and not wanted up."""
+        if once:
+            f = fields(sdir, names=_ONCE_FIELDS)
+            self._since[Path(sdir)] = f["updownsince"] if f else ""
         return proc.run([self.svc, "-u", sdir], check=False, timeout=10).returncode == 0
+
+    def _ran(self, sdir: Path) -> bool:
+        """A oneshot started by up(once=True) is ready, or has gone down for good."""
+        f = fields(sdir, names=_ONCE_FIELDS)
+        if f is None:
+            return False
+        if f["up"] == "true":
+            return f["ready"] == "true"
+        return f["wantedup"] == "false" and f["updownsince"] != self._since.get(Path(sdir))
 
     def exit(self, sdir: Path) -> None:
         """Tell s6-supervise to exit once the service is down (s6-svc -x)."""
@@ -150,11 +174,16 @@ class S6:
             proc.run([self.svc, "-x", sdir], check=False, timeout=10)
 
     def wait(self, items: list[tuple[Path, str, float]]) -> None:
-        """s6-svwait <flag> -t <limit> for each (dir, flag, seconds), all at once."""
+        """s6-svwait <flag> -t <limit> for each (dir, flag, seconds), all at once. The
+        flag ONCE waits for a oneshot: ready, or down for good (its up script failed),
+        which s6-svwait cannot tell (it would wait out the limit), so s6-svstat is polled."""
         from concurrent.futures import ThreadPoolExecutor
 
         def one(item: tuple[Path, str, float]) -> None:
             sdir, flag, limit = item
+            if flag == ONCE:
+                wait_for(lambda: self._ran(sdir), time.monotonic() + limit, poll=0.05)
+                return
             proc.run([self.svwait, flag, "-t", str(max(1, int(limit * 1000))), sdir],
                      check=False, timeout=limit + 5)
 

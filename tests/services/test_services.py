@@ -15,11 +15,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import snapshot
+from conftest import REPO, onix, onix_json, snapshot
 
 from onix import api
 from onix.core.errors import OnixError
@@ -31,6 +32,9 @@ pytestmark = pytest.mark.skipif(shutil.which("s6-svscan") is None,
                                 reason="s6 is not installed (apt-get install s6)")
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "services"
+# Stage 2 (the onix-stage2 service) runs `onix services --up`: this onix, this code.
+STAGE2_ENV = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+              "PYTHONPATH": str(REPO)}
 T = 5.0  # reconcile timeout for services that do come up
 
 
@@ -102,7 +106,7 @@ class SvScan:
 
     def start(self) -> SvScan:
         self.scandir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ONIX_TEST_OUT": str(self.out)}
+        env = {**os.environ, "ONIX_TEST_OUT": str(self.out), **STAGE2_ENV}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(["s6-svscan", str(self.scandir)], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -185,6 +189,13 @@ def test_definitions_hash_and_format(tmp_path: Path):
     assert definitions.load_definitions(usr2)["ticker"].hash != defs["ticker"].hash
     # no services directory: no services
     assert definitions.load_definitions(tmp_path / "empty" / "usr") == {}
+    # a oneshot ships up; onix adds the run script and notification-fd s6 needs
+    usr3 = make_usr(tmp_path / "c", ["base", "prep"])
+    prep = definitions.load_definitions(usr3)["prep"]
+    assert prep.oneshot and prep.notification_fd == definitions.ONESHOT_FD
+    files = {e.rel: e for e in prep.entries}
+    assert files["run"].data == definitions.ONESHOT_RUN and files["run"].mode & 0o100
+    assert set(files) == {"dependencies", "notification-fd", "run", "type", "up"}
 
 
 def test_marker_round_trip():
@@ -360,6 +371,19 @@ def _not_executable(usr: Path) -> None:
     os.chmod(defdir(usr, "web") / "run", 0o644)
 
 
+def _oneshot_with_run(usr: Path) -> None:
+    shutil.copytree(DATA / "broken", defdir(usr, "odd"))
+    shutil.copy2(DATA / "lone" / "run", defdir(usr, "odd") / "run")
+
+
+def _bad_type(usr: Path) -> None:
+    (defdir(usr, "web") / "type").write_text("daemon\n")
+
+
+def _reserved_name(usr: Path) -> None:
+    shutil.copytree(DATA / "lone", defdir(usr, definitions.STAGE2))
+
+
 @pytest.mark.parametrize("breaks, where, match", [
     (_symlinked_run, "web/run", "is a symlink to /bin/true"),
     (_unknown_dependency, "web/dependencies", "depends on nosuch"),
@@ -368,6 +392,9 @@ def _not_executable(usr: Path) -> None:
     (_symlinked_definition, "linked", "is a symlink"),
     (_symlink_in_data, "ticker/data/secret", "is a symlink to /etc/shadow"),
     (_not_executable, "web/run", "executable run"),
+    (_oneshot_with_run, "odd/run", "a oneshot ships up, not run"),
+    (_bad_type, "web/type", "type must say longrun or oneshot"),
+    (_reserved_name, definitions.STAGE2, "onix's own stage-2 service"),
 ])
 def test_bad_definitions_change_nothing(tmp_path, root, scandir, svscan, breaks, where, match):
     usr1 = make_usr(tmp_path / "s1", ["lone"])
@@ -389,24 +416,32 @@ def test_without_svscan_files_are_laid_down_and_start_later(tmp_path, root, scan
     assert r.supervised is False and r.ok
     assert r.started == ["logged", "lone", "ticker", "web"]
     for n in r.started:
-        assert (scandir / n / "run").is_file() and not (scandir / n / "down").exists()
+        # down: s6-svscan supervises it but does not start it; stage 2 does, in order
+        assert (scandir / n / "run").is_file() and (scandir / n / "down").exists()
         assert "status laid" in (scandir / n / definitions.MARKER).read_text()
         assert not (scandir / n / "supervise").exists()
+    stage2 = scandir / definitions.STAGE2
+    assert not (stage2 / "down").exists() and "onix services --up --root" in \
+        (stage2 / "run").read_text()
     rows = services.list_services(root=root, usr=usr)
     assert {x["state"] for x in rows} == {"not supervised"} and not rows[0]["svscan"]
+    assert {x["status"] for x in rows} == {"laid"}
+    assert definitions.STAGE2 not in {x["name"] for x in rows}
     # no svscan, a definition changes and one goes: still only files
     usr2 = make_usr(tmp_path / "s2", ["ticker", "web", "lone"])
     (defdir(usr2, "lone") / "run").write_text("#!/bin/sh\necho lone2 >> \"$ONIX_TEST_OUT/order\""
                                                "\nexec sleep 100000\n")
     r = reconcile(root, usr2, 2)
     assert r.supervised is False and r.stopped == ["logged"] and r.restarted == ["lone"]
-    assert not (scandir / "logged").exists()
-    # s6-svscan starts: it brings up what was laid down
+    assert r.unchanged == ["ticker", "web"]  # laid, still waiting for stage 2
+    assert not (scandir / "logged").exists() and (scandir / "lone" / "down").exists()
+    # s6-svscan starts: stage 2 brings up what was laid down, web after ticker is ready
     s6().start()
+    wait_until(lambda: s6drv.svstat(stage2)["exitcode"] == 0 and not
+               s6drv.svstat(stage2)["up"], timeout=30, what="stage 2 to finish")
+    assert sorted(order_lines(out)) == ["lone2", "ticker start v1", "web start v1 ticker=ready"]
     for n in ("ticker", "web", "lone"):
-        wait_until(lambda n=n: pid(scandir, n), what=f"{n} to come up")
-    wait_until(lambda: "lone2" in order_lines(out), what="the new lone")
-    wait_until(lambda: s6drv.svstat(scandir / "ticker")["ready"], what="ticker ready")
+        assert pid(scandir, n) and "status up" in (scandir / n / definitions.MARKER).read_text()
     pids = {n: pid(scandir, n) for n in ("ticker", "web", "lone")}
     r = reconcile(root, usr2, 2)
     assert r.supervised and r.unchanged == ["lone", "ticker", "web"] and r.ok, r.as_dict()
@@ -435,7 +470,9 @@ def test_readiness_timeout_is_reported_and_others_start(tmp_path, root, scandir,
     assert s6drv.svstat(scandir / "stuck")["up"] and pid(scandir, "needs-stuck") is None
     assert "status failed" in (scandir / "stuck" / definitions.MARKER).read_text()
     assert "status held" in (scandir / "needs-stuck" / definitions.MARKER).read_text()
-    assert not (scandir / "needs-stuck" / "down").exists()  # a boot would start it
+    assert (scandir / "needs-stuck" / "down").exists()  # held back, even from s6-svscan
+    assert "reason not started: it depends on stuck" in \
+        (scandir / "needs-stuck" / definitions.MARKER).read_text()
     # fixed in the next state: stuck is retried, needs-stuck started after it
     usr2 = make_usr(tmp_path / "s2", ["lone", "ticker", "web"])
     shutil.copytree(DATA / "lone", defdir(usr2, "stuck"))
@@ -520,3 +557,90 @@ def test_an_interrupted_reconcile_is_redone(tmp_path, root, scandir, svscan):
     assert r.ok and r.restarted == ["lone"] and r.unchanged == ["ticker"]
     assert pid(scandir, "lone") != old and "status up" in marker.read_text()
     assert sorted(p.name for p in scandir.iterdir()) == [".s6-svscan", "lone", "ticker"]
+
+
+# -- boot: laid down on a fresh scan directory, then s6-svscan, then stage 2 ----------------
+
+CHAIN = ["base", "prep", "mid", "top"]  # three longruns and a oneshot (prep), in that order
+
+
+def stage2_ended(scandir: Path) -> bool:
+    st = s6drv.svstat(scandir / definitions.STAGE2)
+    return st["state"] == "down" and st["wanted_up"] is False  # ran once, and ended
+
+
+def boot(root: Path, scandir: Path, s6) -> services.Report:
+    """What a boot does: /run starts empty, init lays the live state's services down
+    (onix services --sync), then execs s6-svscan, which starts onix-stage2 by itself."""
+    assert not scandir.exists()
+    r = reconcile(root, root / "usr", 1)
+    assert r.supervised is False and r.ok, r.as_dict()
+    s6().start()
+    wait_until(lambda: stage2_ended(scandir), timeout=60, what="stage 2 to end")
+    assert s6drv.svstat(scandir / definitions.STAGE2)["exitcode"] == 0
+    return r
+
+
+def chain_lines(out: Path) -> list[list[str]]:
+    return [ln.split() for ln in (out / "chain").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["boot", "live"])
+def test_a_chain_comes_up_in_dependency_order(root, scandir, out, s6, fresh):
+    usr = make_usr(root, CHAIN)
+    if fresh:
+        r = boot(root, scandir, s6)
+    else:  # reconciled into a scan directory that s6-svscan already supervises
+        s6().start()
+        r = reconcile(root, usr, 1)
+        assert r.supervised and r.ok, r.as_dict()
+    assert r.started == CHAIN
+    lines = chain_lines(out)
+    assert [ln[0] for ln in lines] == CHAIN  # each started once, in dependency order
+    times = [float(ln[2]) for ln in lines]
+    assert times == sorted(times)
+    # and each found its dependency up and ready (the oneshot prep: it had run)
+    assert [ln[3:] for ln in lines] == [[], ["base=ready"], ["prep=ready", "prep-done"],
+                                        ["mid=ready"]]
+    rows = {x["name"]: x for x in services.list_services(root=root)}
+    assert set(rows) == set(CHAIN)  # onix-stage2 is not one of the state's services
+    for n in CHAIN:
+        assert rows[n]["status"] == "up" and rows[n]["state"] == "up", rows[n]
+        assert rows[n]["reason"] is None and rows[n]["from_state"] == 1
+    assert rows["prep"]["type"] == "oneshot" and rows["prep"]["ready"] is True
+    assert rows["base"]["type"] == "longrun"
+    # a reconcile now finds nothing to do, and stopping the oneshot is just that
+    r = reconcile(root, usr, 1)
+    assert r.unchanged == sorted(CHAIN) and r.started == r.restarted == []
+
+
+def test_boot_holds_what_depends_on_a_service_that_does_not_come_up(tmp_path, root, scandir,
+                                                                    out, s6):
+    usr = make_usr(root, ["stuck", "broken", "lone"])
+    (defdir(usr, "stuck") / "timeout-up").write_text("1000\n")  # never ready: 1 s, then
+    for name, dep in (("needs-stuck", "stuck"), ("needs-broken", "broken"),
+                      ("needs-needs", "needs-stuck")):
+        shutil.copytree(DATA / "lone", defdir(usr, name))  # a copy of lone says "lone start"
+        (defdir(usr, name) / "dependencies").write_text(dep + "\n")
+    boot(root, scandir, s6)
+    assert order_lines(out).count("lone start") == 1  # lone; none of what depends on a failure
+    assert order_lines(out).count("broken start") == 1  # a failed oneshot is not run again
+    rows = {x["name"]: x for x in onix_json("services", "--root", root)}
+    assert rows["stuck"]["status"] == "failed" and rows["stuck"]["up"] is True
+    assert rows["stuck"]["reason"] == "did not get ready within 1 s"
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["up"] is False
+    assert rows["broken"]["reason"] == "its up script failed (exit 3)"
+    assert rows["broken"]["type"] == "oneshot"
+    for name, dep in (("needs-stuck", "stuck"), ("needs-broken", "broken"),
+                      ("needs-needs", "needs-stuck")):
+        assert rows[name]["status"] == "held" and rows[name]["up"] is False, rows[name]
+        assert rows[name]["reason"] == f"not started: it depends on {dep}, which did not " \
+            "come up"
+        assert (scandir / name / "down").exists()
+    assert rows["lone"]["status"] == "up" and rows["lone"]["up"] is True
+    human = onix("services", "--root", root, check=True).stdout
+    assert "[held: not started: it depends on stuck, which did not come up]" in human
+    assert "[failed: its up script failed (exit 3)]" in human
+    # stage 2 said so on its console too (s6-svscan's output)
+    log = (tmp_path / "svscan.log").read_text()
+    assert "warning: service stuck did not come up: did not get ready within 1 s" in log
