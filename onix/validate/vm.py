@@ -232,7 +232,8 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int,
     assert p.stdin and p.stdout and p.stderr
     to_qemu = p.stdin.fileno()
     os.set_blocking(to_qemu, False)  # a guest that stops reading must not stall the output
-    sel = selectors.DefaultSelector()
+    # poll, not epoll: epoll refuses a stdin that is a file or /dev/null (EPERM)
+    sel = selectors.PollSelector()
     sel.register(p.stdout, selectors.EVENT_READ, "out")
     sel.register(p.stderr, selectors.EVENT_READ, "err")
     reading = stdin_fd is not None  # stdin is registered
