@@ -140,8 +140,8 @@ def vm_run(
 ) -> None:
     """Boot IMAGE in QEMU with its serial console on this terminal.
 
-    Every key goes to the guest. Ctrl-] stops the VM at once, like pulling the plug;
-    `poweroff` in the guest ends it cleanly. See docs/validation.md.
+    Every key goes to the guest. Ctrl-] asks the guest to power off (a second Ctrl-]
+    kills QEMU at once); `poweroff` in the guest ends it too. See docs/validation.md.
     """
     from onix.validate import vm
 
@@ -149,11 +149,17 @@ def vm_run(
         sys.stderr.write(f"onix vm: {msg}\n")
         sys.stderr.flush()
 
-    ends = {"poweroff": "the guest powered off", "escape": "stopped with Ctrl-]",
-            "closed": "stopped: nobody reads the console any more"}
+    ends = {"poweroff": "the guest powered off", "escape": "Ctrl-]",
+            "closed": "nobody reads the console any more"}
 
     def human(r: dict) -> None:
-        say(f"{ends.get(r['ended'], 'stopped by ' + r['ended'])} after {r['seconds']:.0f} s")
+        how = ends.get(r["ended"], f"stopped by {r['ended']}")
+        if r["ended"] == "escape":
+            how += ": QEMU killed (the guest did not power off)" if r["killed"] else \
+                ": the guest powered off"
+        elif r["killed"]:
+            how += ": QEMU killed"
+        say(f"{how} after {r['seconds']:.0f} s")
 
     r = run(lambda: vm.run(image, ssh_port=ssh_port, memory=memory, cpus=cpus,
                            snapshot=snapshot, progress=say),

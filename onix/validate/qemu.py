@@ -28,6 +28,8 @@ in a per-machine copy of OVMF_VARS (`new_vars`), kept across boots like NVRAM.
     spawn(argv, **popen) / reap(p) / terminate(p)
         start a QEMU (own session, parent-death signal, known to cancel()), stop it
         (SIGTERM, then SIGKILL) and forget it.
+    ask(p, control, "poweroff"|"reboot", wait) -> bool
+        ask the guest over the control port (below); True if QEMU exited within `wait`.
 
     preflight()
         OnixError (one line: the tool or file, and the package to install) unless
@@ -243,7 +245,7 @@ def terminate(p: subprocess.Popen) -> None:
         p.wait()
 
 
-def _ask(p: subprocess.Popen, control: Path, what: str, wait: float) -> bool:
+def ask(p: subprocess.Popen, control: Path, what: str, wait: float) -> bool:
     """Ask the guest over the control port to `what` (poweroff, reboot); True if QEMU
     then exits within `wait` seconds (-no-reboot: a reboot ends it too).
 
@@ -313,7 +315,7 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
             m = want.search(text) if want else None
             if m:
                 how = "kill"
-                if stop != "kill" and _ask(p, control, stop, wait=max(10.0, timeout - took)):
+                if stop != "kill" and ask(p, control, stop, wait=max(10.0, timeout - took)):
                     how = stop
                 terminate(p)
                 return Boot(log=_read(log), log_path=log, seconds=took, ended="until",

@@ -14,12 +14,22 @@ host nor the outside; a DHCP lease and the forwarded SSH port work), a virtio NI
 
 The console: QEMU's serial port is on pipes, and `run` copies the bytes between them
 and the terminal, which it puts in raw mode (restored on every way out): every key,
-Ctrl-C included, goes to the guest, except Ctrl-] (0x1d, ESCAPE), which stops QEMU at
-once, like pulling the power cord; `poweroff` in the guest is the clean way out. When
-the guest powers off, QEMU exits 0 and so does `run`. The end of stdin (a pipe, or
-</dev/null for a machine reached only over SSH) is not an end: the VM keeps running.
-SIGTERM, SIGHUP (the terminal went away) and SIGINT (when stdin is not a terminal)
-stop QEMU; QEMU dies with `onix vm run` (qemu.spawn's parent-death signal).
+Ctrl-C included, goes to the guest, except Ctrl-] (0x1d, ESCAPE). When the guest
+powers off (`poweroff` typed in it), QEMU exits 0 and so does `run`.
+
+Ctrl-] powers the guest off cleanly: `run` asks it over the control port (the second
+serial port, the guest's ttyS1, which the ONIX guest's `control` listener reads, as the
+validation harness does: qemu.ask) and the console shows the shutdown. A guest that has
+not powered off after ASK_WAIT seconds (still in the firmware, or without the
+listener) is stopped: QEMU is killed, like pulling the plug. A second Ctrl-] kills it
+at once. Pulling the plug is not harmless: the guest's ESP (vfat) can lose the boot
+blessing's rename and loader.conf written in the last 30 s (seen: systemd-boot then
+found no entry at all), hence the clean way first.
+
+The end of stdin (a pipe, or </dev/null for a machine reached only over SSH) is not an
+end: the VM keeps running. SIGTERM, SIGHUP (the terminal went away) and SIGINT (when
+stdin is not a terminal) kill QEMU; QEMU dies with `onix vm run` (qemu.spawn's
+parent-death signal).
 
 NVRAM: IMAGE.vars next to the image, made from OVMF's empty store on the first run and
 kept, so systemd-boot's one-time entries (LoaderEntryOneShot) and the firmware's boot
@@ -57,6 +67,7 @@ from onix.validate.disk import ESP_TYPE, parse_size
 
 ESCAPE = 0x1D  # Ctrl-]
 GUEST_SSH = 22
+ASK_WAIT = 20.0  # seconds from Ctrl-] for the guest to power off before QEMU is killed
 MIN_MEMORY_MIB = 128
 _STDERR_KEEP = 4096  # bytes of QEMU's stderr kept for the error line
 
@@ -83,6 +94,7 @@ class Run:
     # "poweroff": QEMU exited by itself (the guest powered off); "escape": Ctrl-];
     # "closed": the console's reader went away; "SIGTERM", "SIGHUP", "SIGINT": a signal
     ended: str
+    killed: bool  # QEMU was stopped (SIGTERM) before the guest powered off
     status: int  # QEMU's exit status
     seconds: float
     argv: list[str] = field(default_factory=list)
@@ -166,15 +178,17 @@ def memory_mib(size: str | int) -> int:
 
 
 def run_argv(image: Path, *, vars_fd: Path, ssh_port: int | None = None, memory: int = 1024,
-             cpus: int = 2, snapshot: bool = False, accel_: str | None = None) -> list[str]:
+             cpus: int = 2, snapshot: bool = False, accel_: str | None = None,
+             control: Path | None = None) -> list[str]:
     """The QEMU command line of `onix vm run` (qemu.argv_for with the console on stdio,
-    reboots kept inside QEMU, and the restricted user network)."""
+    reboots kept inside QEMU, the restricted user network, the control port on
+    `control`)."""
     netdev = "user,id=net0,restrict=on"
     if ssh_port is not None:
         netdev += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH}"
     return qemu.argv_for(Path(image).absolute(), vars_fd=Path(vars_fd).absolute(),
                          serial="stdio", memory=memory, smp=cpus, accel_=accel_, reboot=True,
-                         snapshot=snapshot, netdev=netdev)
+                         snapshot=snapshot, netdev=netdev, control=control)
 
 
 @contextlib.contextmanager
@@ -225,10 +239,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int,
-             stderr_fd: int) -> tuple[str, bytes]:
-    """Copy the terminal to QEMU's serial port and back until QEMU is gone; how it ended
-    ("poweroff", "escape", "closed") and the tail of QEMU's stderr."""
+def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int, stderr_fd: int,
+             control: Path | None, ask_wait: float) -> tuple[str, bool, bytes]:
+    """Copy the terminal to QEMU's serial port and back until QEMU is gone: how it ended
+    ("poweroff", "escape", "closed"), whether QEMU had to be killed, QEMU's stderr tail.
+
+    The first Ctrl-] asks the guest to power off over the control port (in a thread,
+    while the console keeps showing its shutdown) and kills QEMU if it is still there
+    after `ask_wait` seconds; a second Ctrl-] kills it at once."""
     assert p.stdin and p.stdout and p.stderr
     to_qemu = p.stdin.fileno()
     os.set_blocking(to_qemu, False)  # a guest that stops reading must not stall the output
@@ -243,6 +261,8 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int,
     err_tail = b""
     open_outputs = 2
     ended = ""
+    killed = False
+    asking: threading.Thread | None = None
 
     def stop_reading() -> None:
         nonlocal reading
@@ -250,12 +270,31 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int,
             sel.unregister(stdin_fd)
             reading = False
 
-    def end(how: str) -> None:
-        nonlocal ended, stdin_fd
+    def kill(how: str) -> None:
+        nonlocal ended, killed, stdin_fd
         ended = ended or how
+        killed = killed or p.poll() is None
         stop_reading()
         stdin_fd = None
         qemu.terminate(p)
+
+    def power_off() -> None:
+        nonlocal killed
+        if not qemu.ask(p, control, "poweroff", wait=ask_wait):
+            killed = killed or p.poll() is None
+            qemu.terminate(p)
+
+    def escape() -> None:
+        nonlocal ended, asking, pending
+        if asking is not None or control is None:
+            kill("escape")
+            return
+        ended = "escape"
+        pending = b""  # keys typed after Ctrl-] are not the guest's
+        _write_all(stderr_fd, f"\nonix vm: asking the guest to power off (Ctrl-] again "
+                              f"stops it at once; in {ask_wait:g} s it is stopped)\n".encode())
+        asking = threading.Thread(target=power_off, name="onix-vm-poweroff", daemon=True)
+        asking.start()
 
     while open_outputs:
         for key, _events in sel.select(timeout=0.5):
@@ -285,12 +324,13 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int,
                     stdin_fd = None
                     continue
                 cut = data.find(bytes([ESCAPE]))
-                pending += data if cut < 0 else data[:cut]
-                if pending and not ended:
-                    stop_reading()
-                    sel.register(to_qemu, selectors.EVENT_WRITE, "to_qemu")
+                if not ended:
+                    pending += data if cut < 0 else data[:cut]
+                    if pending:
+                        stop_reading()
+                        sel.register(to_qemu, selectors.EVENT_WRITE, "to_qemu")
                 if cut >= 0:
-                    end("escape")
+                    escape()
             elif not data:
                 sel.unregister(key.fileobj)
                 open_outputs -= 1
@@ -298,18 +338,20 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int,
                 try:
                     _write_all(stdout_fd, data)
                 except BrokenPipeError:  # nobody reads the console any more
-                    end("closed")
+                    kill("closed")
             else:
                 err_tail = (err_tail + data)[-_STDERR_KEEP:]
-                if not ended:  # after Ctrl-], QEMU's "terminating on signal" is noise
+                if not killed:  # once killed, QEMU's "terminating on signal" is noise
                     _write_all(stderr_fd, data)
     p.wait()
-    return ended or "poweroff", err_tail
+    if asking is not None:
+        asking.join(timeout=10)
+    return ended or "poweroff", killed, err_tail
 
 
 def run(image: Path, *, ssh_port: int | None = None, memory: str | int = "1G", cpus: int = 2,
         snapshot: bool = False, accel_: str | None = None, stdin_fd: int | None = 0,
-        stdout_fd: int = 1, stderr_fd: int = 2,
+        stdout_fd: int = 1, stderr_fd: int = 2, ask_wait: float = ASK_WAIT,
         progress: Callable[[str], None] | None = None) -> Run:
     """Boot `image` with its console on stdin/stdout (see the module docstring) and
     return when QEMU is gone. OnixError, before QEMU starts, for an image that is not a
@@ -324,9 +366,12 @@ def run(image: Path, *, ssh_port: int | None = None, memory: str | int = "1G", c
     if cpus < 1:
         raise OnixError(f"--cpus {cpus}: a machine needs at least one CPU", hint="give 1 or more")
     qemu.preflight()
-    tmp = Path(tempfile.mkdtemp(prefix="onix-vm-")) if snapshot else None
+    # the control socket (a short path: a Unix socket's is limited to 107 bytes) and,
+    # with --snapshot, the throwaway NVRAM
+    tmp = Path(tempfile.mkdtemp(prefix="onix-vm-"))
+    control = tmp / "ctl"
     try:
-        if tmp is not None:
+        if snapshot:
             vars_fd = tmp / "vars.fd"
             mine = vars_for(image)
             shutil.copyfile(mine if mine.is_file() else qemu.OVMF_VARS, vars_fd)
@@ -341,10 +386,10 @@ def run(image: Path, *, ssh_port: int | None = None, memory: str | int = "1G", c
                                     "writable, or use --snapshot") from None
         a = accel_ or qemu.accel()
         argv = run_argv(image, vars_fd=vars_fd, ssh_port=ssh_port, memory=mib, cpus=cpus,
-                        snapshot=snapshot, accel_=a)
+                        snapshot=snapshot, accel_=a, control=control)
         ssh = f"; ssh -p {ssh_port} USER@127.0.0.1" if ssh_port is not None else ""
         say(f"booting {image} ({a}, {mib} MiB, {cpus} CPU{'s' if cpus > 1 else ''}"
-            f"{', snapshot' if snapshot else ''}{ssh}); Ctrl-] stops it")
+            f"{', snapshot' if snapshot else ''}{ssh}); Ctrl-] powers it off")
         start = time.monotonic()
         catch = (signal.SIGTERM, signal.SIGHUP)
         tty_in = stdin_fd is not None and os.isatty(stdin_fd)
@@ -355,10 +400,11 @@ def run(image: Path, *, ssh_port: int | None = None, memory: str | int = "1G", c
         try:
             with _signals(catch), _raw(stdin_fd):
                 try:
-                    ended, err_tail = _console(p, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-                                               stderr_fd=stderr_fd)
+                    ended, killed, err_tail = _console(
+                        p, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd,
+                        control=control, ask_wait=ask_wait)
                 except _Stop as stop:
-                    ended, err_tail = signal.Signals(stop.signum).name, b""
+                    ended, killed, err_tail = signal.Signals(stop.signum).name, True, b""
         finally:
             qemu.reap(p)
             for f in (p.stdin, p.stdout, p.stderr):
@@ -371,8 +417,8 @@ def run(image: Path, *, ssh_port: int | None = None, memory: str | int = "1G", c
                             hint="see QEMU's message above")
         return Run(image=image, vars=None if snapshot else vars_fd, accel=a, memory_mib=mib,
                    cpus=cpus, ssh_port=ssh_port, snapshot=snapshot, ended=ended,
-                   status=p.returncode, seconds=round(time.monotonic() - start, 3), argv=argv)
+                   killed=killed, status=p.returncode,
+                   seconds=round(time.monotonic() - start, 3), argv=argv)
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
