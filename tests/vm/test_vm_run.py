@@ -201,10 +201,7 @@ args = sys.argv[1:]
 ctl = [a.split("path=")[1].split(",")[0] for a in args if a.startswith("socket,id=onixctl")]
 mode = os.environ.get("FAKE_CONTROL", "")
 
-def control():
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(ctl[0])
-    s.listen()
+def control(s):
     c, _ = s.accept()
     if mode == "deaf":
         time.sleep(1000)
@@ -212,8 +209,11 @@ def control():
         print("fake guest: powering off (control)", flush=True)
         os._exit(0)
 
-if ctl and mode:
-    threading.Thread(target=control, daemon=True).start()
+if ctl and mode:  # listening before the banner, as QEMU does before the guest runs
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(ctl[0])
+    s.listen()
+    threading.Thread(target=control, args=(s,), daemon=True).start()
 print("fake firmware: booting", flush=True)
 for line in sys.stdin:
     line = line.rstrip("\\n")
