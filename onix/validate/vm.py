@@ -291,8 +291,8 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int, stder
             return
         ended = "escape"
         pending = b""  # keys typed after Ctrl-] are not the guest's
-        _write_all(stderr_fd, f"\nonix vm: asking the guest to power off (Ctrl-] again "
-                              f"stops it at once; in {ask_wait:g} s it is stopped)\n".encode())
+        _write_all(stderr_fd, f"\nonix vm: asking the guest to power off (QEMU is killed in "
+                              f"{ask_wait:g} s, or at once on Ctrl-] again)\n".encode())
         asking = threading.Thread(target=power_off, name="onix-vm-poweroff", daemon=True)
         asking.start()
 
