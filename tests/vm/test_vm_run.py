@@ -30,13 +30,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_validate import PUB, STONES, _skip_reason
 
 from onix.core import proc
 from onix.validate import image, qemu, readback, vm
 
 REPO = Path(__file__).resolve().parents[2]
-STONES = Path(os.environ.get("ONIX_VALIDATE_REPO") or REPO / "stones")
-PUB = Path(os.environ.get("ONIX_VALIDATE_KEY") or REPO / ".cache" / "keys" / "local.pub")
 BOOT_TIMEOUT = float(os.environ.get("ONIX_BOOT_TIMEOUT", "90"))
 
 
@@ -404,20 +403,8 @@ def test_on_a_terminal_every_key_goes_to_the_guest_and_the_terminal_is_restored(
 
 # -- real boots ---------------------------------------------------------------------------
 
-def skip_reason() -> str | None:
-    if not (STONES / "index.json.sig").is_file() or not PUB.is_file():
-        return "stones/ is not built: run ./scripts/stones (just stones) first"
-    try:
-        names = {s.get("name") for s in json.loads((STONES / "index.json").read_text())["stones"]}
-    except (OSError, ValueError, KeyError):
-        return "stones/index.json is unreadable: run ./scripts/stones"
-    missing = set(image.DEFAULT_STONES) - names
-    if missing:
-        return f"stones/ lacks {', '.join(sorted(missing))}: run ./scripts/stones"
-    for p in (qemu.OVMF_CODE, qemu.OVMF_VARS):
-        if not p.is_file():
-            return f"{p} is missing: run ./scripts/bootstrap (ovmf)"
-    return None
+# the validation suite's: stones/ signed and complete (the image's onix blesses its boot)
+skip_reason = _skip_reason
 
 
 @pytest.fixture(scope="module")
