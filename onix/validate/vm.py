@@ -27,7 +27,8 @@ blessing's rename and loader.conf written in the last 30 s (seen: systemd-boot t
 found no entry at all), hence the clean way first.
 
 The end of stdin (a pipe, or </dev/null for a machine reached only over SSH) is not an
-end: the VM keeps running. SIGTERM, SIGHUP (the terminal went away) and SIGINT (when
+end: the VM keeps running. A console that went away (a terminal that hung up, a closed
+stdout) is: QEMU is killed ("closed"). SIGTERM, SIGHUP (the terminal went away) and SIGINT (when
 stdin is not a terminal) kill QEMU; QEMU dies with `onix vm run` (qemu.spawn's
 parent-death signal).
 
@@ -206,7 +207,8 @@ def _raw(fd: int | None) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSANOW, mode)
         yield True
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error):  # EIO: the terminal hung up, nothing to restore
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 @contextlib.contextmanager
@@ -254,6 +256,9 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int, stder
     sel = selectors.PollSelector()
     sel.register(p.stdout, selectors.EVENT_READ, "out")
     sel.register(p.stderr, selectors.EVENT_READ, "err")
+    # raw mode: no key makes an end of input on a terminal (Ctrl-D is a byte), so there
+    # the end of input, or EIO, means it hung up
+    on_tty = stdin_fd is not None and os.isatty(stdin_fd)
     reading = stdin_fd is not None  # stdin is registered
     if reading:
         sel.register(stdin_fd, selectors.EVENT_READ, "in")
@@ -319,6 +324,9 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int, stder
                     raise
                 data = b""
             if what == "in":
+                if not data and on_tty:  # the terminal hung up
+                    kill("closed")
+                    continue
                 if not data:  # the end of input: the VM keeps running (module docstring)
                     stop_reading()
                     stdin_fd = None
@@ -337,12 +345,15 @@ def _console(p: subprocess.Popen, *, stdin_fd: int | None, stdout_fd: int, stder
             elif what == "out":
                 try:
                     _write_all(stdout_fd, data)
-                except BrokenPipeError:  # nobody reads the console any more
+                except OSError as e:  # nobody reads the console any more
+                    if e.errno not in (errno.EPIPE, errno.EIO):
+                        raise
                     kill("closed")
             else:
                 err_tail = (err_tail + data)[-_STDERR_KEEP:]
                 if not killed:  # once killed, QEMU's "terminating on signal" is noise
-                    _write_all(stderr_fd, data)
+                    with contextlib.suppress(OSError):
+                        _write_all(stderr_fd, data)
     p.wait()
     if asking is not None:
         asking.join(timeout=10)

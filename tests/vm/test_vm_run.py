@@ -4,8 +4,9 @@ Fast (no VM): the QEMU command line as data (validation's machine, the console o
 stdio, the restricted user network, the SSH forward only when asked, -snapshot as the
 disk's snapshot=on); the refusals, one line each and nothing started or written; the
 console proxy against a fake qemu-system-x86_64 that echoes its serial input (Ctrl-]
-ends it, the guest's power-off ends it, a terminal in raw mode is given back as it was,
-QEMU's own failure is one line).
+asks it to power off over its control port, or kills it; the guest's power-off ends the
+run, the end of stdin does not, SIGTERM and a terminal that hangs up do; a terminal in
+raw mode is given back as it was; QEMU's own failure is one line).
 
 Slow (one real run under TCG, about a minute and a half here): the validation image
 built with `onix image build`, booted by `onix vm run` with stdin from a pipe: the
@@ -378,9 +379,8 @@ def test_on_a_terminal_every_key_goes_to_the_guest_and_the_terminal_is_restored(
     disk = _gpt(tmp_path / "esp.img")
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
+    p = _onix("vm", "run", disk, env=fake, stdin=slave, stdout=slave, stderr=subprocess.PIPE)
     try:
-        p = _onix("vm", "run", disk, env=fake, stdin=slave, stdout=slave,
-                  stderr=subprocess.PIPE)
         buf = bytearray()
         assert _read_until(master, b"fake firmware: booting", 30, buf), bytes(buf)
         # raw mode: no echo, no line editing, Ctrl-C is a byte for the guest, not SIGINT
@@ -395,8 +395,31 @@ def test_on_a_terminal_every_key_goes_to_the_guest_and_the_terminal_is_restored(
         assert p.returncode == 0, err
         assert termios.tcgetattr(slave) == before
     finally:
+        if p.poll() is None:
+            p.kill()
         os.close(master)
         os.close(slave)
+    pids = _pids(fake)
+    assert len(pids) == 1 and _gone(pids[0])
+
+
+def test_a_terminal_that_hangs_up_ends_the_vm(tmp_path: Path, fake: dict[str, str]) -> None:
+    disk = _gpt(tmp_path / "esp.img")
+    master, slave = pty.openpty()
+    p = _onix("vm", "run", disk, "--json", env=fake, stdin=slave, stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE)
+    try:
+        buf = bytearray()
+        assert _read_until(p.stdout.fileno(), b"fake firmware: booting", 30, buf), bytes(buf)
+        os.close(master)  # the terminal window closed (no SIGHUP: not its controlling tty)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(slave)
+    assert p.returncode == 0, err
+    doc = _doc(bytes(buf) + out)
+    assert doc["ended"] == "closed" and doc["killed"], doc
     pids = _pids(fake)
     assert len(pids) == 1 and _gone(pids[0])
 
