@@ -28,6 +28,11 @@ image OUT=".cache/onix-validation.img":
     [ -f stones/index.json ] || ./scripts/stones
     {{venv}}/onix image build --fixtures --tries 1 --out {{OUT}}
 
+# boot IMAGE (built first if missing) in QEMU, its console here, Ctrl-] stops it; ARGS: --ssh-port P --snapshot …
+run IMAGE=".cache/onix-validation.img" *ARGS:
+    [ -f {{IMAGE}} ] || {{just_executable()}} image {{IMAGE}}
+    {{venv}}/onix vm run {{IMAGE}} {{ARGS}}
+
 # boot the validation scenarios in QEMU (all, or the SCENARIOS named); see docs/validation.md
 validate *SCENARIOS:
     [ -f stones/index.json ] || ./scripts/stones

@@ -1,13 +1,15 @@
-"""`onix image build` and `onix validate`: bootable images and the scenarios run in VMs.
+"""`onix image build`, `onix validate` and `onix vm run`: bootable images, the scenarios
+run in VMs, and an image booted for a person at the terminal.
 
 These sit above onix.api (the harness composes images with api.install like a user
-would), so they call onix.validate. It is imported inside the two commands: every other
+would), so they call onix.validate. It is imported inside the commands: every other
 onix command loads this module too, and has no use for QEMU or the image builder.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,8 @@ from onix.cli.output import console, fail, print_json, print_lines, run
 
 image_group = typer.Typer(help="Bootable disk images composed from stones.",
                           no_args_is_help=True)
+vm_group = typer.Typer(help="ONIX disk images booted in QEMU, the console on this terminal.",
+                       no_args_is_help=True)
 commands = typer.Typer()
 
 Repo = Annotated[Path | None, typer.Option(
@@ -118,3 +122,47 @@ def validate_cmd(
                      *([f"work: {rep.work}"] if keep or not rep.ok else [])])
     if not rep.ok:
         raise typer.Exit(1)
+
+
+@vm_group.command("run")
+def vm_run(
+    image: Annotated[Path, typer.Argument(
+        metavar="IMAGE", help="The disk image (onix image build --out, just image).")],
+    ssh_port: Annotated[int | None, typer.Option(
+        "--ssh-port", help="Forward 127.0.0.1:PORT on this host to the guest's SSH (22).",
+        min=1, max=65535)] = None,
+    memory: Annotated[str, typer.Option("--memory", help="RAM: 1G, 512M, or MiB.")] = "1G",
+    cpus: Annotated[int, typer.Option("--cpus", help="Virtual CPUs.", min=1)] = 2,
+    snapshot: Annotated[bool, typer.Option(
+        "--snapshot", help="Write nothing to the image (nor its NVRAM): changes are dropped.")
+    ] = False,
+    json: Json = False,
+) -> None:
+    """Boot IMAGE in QEMU with its serial console on this terminal.
+
+    Every key goes to the guest. Ctrl-] asks the guest to power off (a second Ctrl-]
+    kills QEMU at once); `poweroff` in the guest ends it too. See docs/validation.md.
+    """
+    from onix.validate import vm
+
+    def say(msg: str) -> None:
+        sys.stderr.write(f"onix vm: {msg}\n")
+        sys.stderr.flush()
+
+    ends = {"poweroff": "the guest powered off", "escape": "Ctrl-]",
+            "closed": "nobody reads the console any more"}
+
+    def human(r: dict) -> None:
+        how = ends.get(r["ended"], f"stopped by {r['ended']}")
+        if r["ended"] == "escape":
+            how += ": QEMU killed (the guest did not power off)" if r["killed"] else \
+                ": the guest powered off"
+        elif r["killed"]:
+            how += ": QEMU killed"
+        say(f"{how} after {r['seconds']:.0f} s")
+
+    r = run(lambda: vm.run(image, ssh_port=ssh_port, memory=memory, cpus=cpus,
+                           snapshot=snapshot, progress=say),
+            human, as_json=json, markup=False)
+    if r["ended"].startswith("SIG"):  # stopped by a signal: the shell's 128 + N
+        raise typer.Exit(128 + int(getattr(signal, r["ended"])))

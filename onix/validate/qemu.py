@@ -22,6 +22,15 @@ in a per-machine copy of OVMF_VARS (`new_vars`), kept across boots like NVRAM.
         the tail of the serial log, when QEMU fails, the timeout passes, or the kernel
         panics.
 
+    argv_for(disk, *, vars_fd, serial, reboot=False, snapshot=False, netdev=None, ...)
+        the one QEMU command line, shared with `onix vm run` (onix/validate/vm.py):
+        q35, OVMF, the disk on virtio, the serial port where `serial` says.
+    spawn(argv, **popen) / reap(p) / terminate(p)
+        start a QEMU (own session, parent-death signal, known to cancel()), stop it
+        (SIGTERM, then SIGKILL) and forget it.
+    ask(p, control, "poweroff"|"reboot", wait) -> bool
+        ask the guest over the control port (below); True if QEMU exited within `wait`.
+
     preflight()
         OnixError (one line: the tool or file, and the package to install) unless
         qemu-system-x86_64 and OVMF's code and variable files are there.
@@ -55,6 +64,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onix.core import proc, tools
 from onix.core.errors import OnixError
@@ -170,21 +180,50 @@ def new_vars(path: Path) -> Path:
     return path
 
 
-def argv_for(disk: Path, *, log: Path, vars_fd: Path, memory: int = 512, smp: int = 1,
-             accel_: str | None = None, extra: list[str] | None = None,
-             control: Path | None = None) -> list[str]:
+def argv_for(disk: Path, *, vars_fd: Path, serial: str, memory: int = 512, smp: int = 1,
+             accel_: str | None = None, reboot: bool = False, snapshot: bool = False,
+             netdev: str | None = None, control: Path | None = None,
+             extra: list[str] | None = None) -> list[str]:
+    """The one QEMU command line of an ONIX machine (validation boots and `onix vm run`).
+
+    q35 with OVMF's code (read-only) and `vars_fd` as its NVRAM, `disk` on virtio, no
+    display or monitor, the first serial port on `serial` (a QEMU -serial spec:
+    "file:LOG", "stdio"). reboot=False adds -no-reboot (a reboot ends QEMU, one boot per
+    run); snapshot=True writes the disk's changes to a temporary file QEMU drops on exit.
+    `netdev` is a -netdev spec with id=net0, attached as a virtio NIC; without one the
+    machine has no network. `control` puts the second serial port (the guest's ttyS1)
+    on that Unix socket.
+    """
     qemu = proc.which("qemu-system-x86_64")
     a = accel_ or accel()
     return [qemu, "-accel", a, "-machine", "q35", *(["-cpu", "host"] if a == "kvm" else []),
             "-m", str(memory), "-smp", str(smp),
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{log}", "-no-reboot",
+            "-serial", serial, *([] if reboot else ["-no-reboot"]),
             "-drive", f"if=pflash,format=raw,readonly=on,file={_need(OVMF_CODE)}",
             "-drive", f"if=pflash,format=raw,file={vars_fd}",
-            "-drive", f"file={disk},format=raw,if=virtio",
+            "-drive", f"file={disk},format=raw,if=virtio" + (",snapshot=on" if snapshot else ""),
+            *(["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"] if netdev else []),
             *(["-chardev", f"socket,id=onixctl,path={control},server=on,wait=off",
                "-device", "isa-serial,chardev=onixctl,index=1"] if control else []),
             *(extra or [])]
+
+
+def spawn(argv: list[str], **popen: Any) -> subprocess.Popen:
+    """Start QEMU (argv from argv_for) in a session of its own (a Ctrl-C on the terminal
+    is not its to see), with the parent-death signal, and count it as live (cancel()
+    stops it) until `reap` is called."""
+    p = subprocess.Popen(argv, start_new_session=True, preexec_fn=_PDEATHSIG, **popen)
+    with _LIVE_LOCK:
+        _LIVE.add(p)
+    return p
+
+
+def reap(p: subprocess.Popen) -> None:
+    """Stop QEMU if it still runs (terminate) and forget it."""
+    terminate(p)
+    with _LIVE_LOCK:
+        _LIVE.discard(p)
 
 
 def _read(log: Path) -> str:
@@ -194,7 +233,7 @@ def _read(log: Path) -> str:
         return ""
 
 
-def _stop(p: subprocess.Popen) -> None:
+def terminate(p: subprocess.Popen) -> None:
     """Stop QEMU: SIGTERM (it exits at once), SIGKILL if it does not."""
     if p.poll() is not None:
         return
@@ -206,7 +245,7 @@ def _stop(p: subprocess.Popen) -> None:
         p.wait()
 
 
-def _ask(p: subprocess.Popen, control: Path, what: str, wait: float) -> bool:
+def ask(p: subprocess.Popen, control: Path, what: str, wait: float) -> bool:
     """Ask the guest over the control port to `what` (poweroff, reboot); True if QEMU
     then exits within `wait` seconds (-no-reboot: a reboot ends it too).
 
@@ -248,8 +287,9 @@ def boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float = 60,
     try:
         return _boot(disk, log=log, vars_fd=vars_fd, timeout=timeout, until=until,
                      stop=stop, fail=fail, control=control,
-                     argv=argv_for(Path(disk), log=log, vars_fd=Path(vars_fd), memory=memory,
-                                   smp=smp, accel_=accel_, extra=extra, control=control))
+                     argv=argv_for(Path(disk), vars_fd=Path(vars_fd), serial=f"file:{log}",
+                                   memory=memory, smp=smp, accel_=accel_, extra=extra,
+                                   control=control))
     finally:
         shutil.rmtree(ctl_dir, ignore_errors=True)
 
@@ -261,14 +301,11 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
     err_path = log.with_name(log.name + ".qemu-stderr")
     start = time.monotonic()
     with open(err_path, "wb") as err:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                             start_new_session=True, preexec_fn=_PDEATHSIG)
-    with _LIVE_LOCK:
-        _LIVE.add(p)
+        p = spawn(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     try:
         while True:
             if CANCEL.is_set():
-                _stop(p)
+                terminate(p)
                 raise VMError(f"cancelled after {time.monotonic() - start:.1f} s",
                                 log_path=log, log=_read(log),
                                 seconds=time.monotonic() - start)
@@ -278,14 +315,14 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
             m = want.search(text) if want else None
             if m:
                 how = "kill"
-                if stop != "kill" and _ask(p, control, stop, wait=max(10.0, timeout - took)):
+                if stop != "kill" and ask(p, control, stop, wait=max(10.0, timeout - took)):
                     how = stop
-                _stop(p)
+                terminate(p)
                 return Boot(log=_read(log), log_path=log, seconds=took, ended="until",
                             stopped=how, match=m, argv=argv)
             for b in bad:
                 if b.search(text):
-                    _stop(p)
+                    terminate(p)
                     raise VMError(f"the guest's kernel panicked after {took:.1f} s",
                                     log_path=log, log=text, seconds=took)
             if done:
@@ -298,15 +335,13 @@ def _boot(disk: Path, *, log: Path, vars_fd: Path, timeout: float, until: str | 
                                     f"{until!r}", log_path=log, log=text, seconds=took)
                 return Boot(log=text, log_path=log, seconds=took, ended="exit", argv=argv)
             if took > timeout:
-                _stop(p)
+                terminate(p)
                 text = _read(log)
                 raise VMError(f"the boot did not finish within {timeout:g} s "
                                 f"({'waiting for ' + repr(until) if until else 'no power-off'})",
                                 log_path=log, log=text, seconds=took)
             time.sleep(0.1)
     finally:
-        _stop(p)
-        with _LIVE_LOCK:
-            _LIVE.discard(p)
+        reap(p)
         if p.returncode == 0 or p.returncode == -signal.SIGTERM:
             err_path.unlink(missing_ok=True)
