@@ -87,7 +87,7 @@ def diff_states(paths: RootPaths, a: int, b: int) -> dict:
 def stone_changes(sa: dict[str, dict], sb: dict[str, dict]) -> list[dict]:
     """Stones going from selection `sa` to `sb`, as {name, from, to, kind}: kind is added,
     removed, upgrade, downgrade, or rebuilt (same version-release, other contents)."""
-    from onix.repo.versions import compare_versions
+    from onix.repo.versions import compare_version_release
 
     def evr(s: dict) -> str:
         return f"{s['version']}-{s['release']}"
@@ -101,8 +101,7 @@ def stone_changes(sa: dict[str, dict], sb: dict[str, dict]) -> list[dict]:
             continue
         if x["digest"] == y["digest"]:
             continue
-        c = compare_versions(x["version"], y["version"]) or \
-            (x["release"] > y["release"]) - (x["release"] < y["release"])
+        c = compare_version_release(x["version"], x["release"], y["version"], y["release"])
         out.append({"name": n, "from": evr(x), "to": evr(y),
                     "kind": "downgrade" if c > 0 else "upgrade" if c < 0 else "rebuilt"})
     return out

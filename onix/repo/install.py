@@ -98,9 +98,9 @@ def _compared(a, row: dict | None) -> str:
     ("" when nothing is installed)."""
     if row is None:
         return ""
-    from onix.repo.sync import compare_installed
+    from onix.repo.resolve import vs_installed
 
-    return {1: "upgrade", 0: "installed", -1: "downgrade"}[compare_installed(a, row)]
+    return {1: "upgrade", 0: "installed", -1: "downgrade"}[vs_installed(a, row)]
 
 
 @dataclass
@@ -151,7 +151,9 @@ def preview(paths: RootPaths, names: list[str], *, files: Sequence[Path] = ()):
         selection_change,
     )
     from onix.machine.stone import Stone
-    from onix.repo.sync import compare_installed, evr_of
+    from onix.repo.resolve import vs_installed
+    from onix.repo.sync import evr_of
+    from onix.repo.versions import compare_version_release
 
     installed, _ = live_selection(paths)
     changes: list[StoneChange] = []
@@ -169,10 +171,8 @@ def preview(paths: RootPaths, names: list[str], *, files: Sequence[Path] = ()):
         old = installed.get(meta["name"])
         cmp = 0
         if old is not None:
-            from onix.repo.versions import compare_versions
-
-            cmp = compare_versions(meta["version"], old["version"]) or (
-                (meta["release"] > old["release"]) - (meta["release"] < old["release"]))
+            cmp = compare_version_release(meta["version"], meta["release"], old["version"],
+                                          old["release"])
         changes.append(StoneChange(name=meta["name"], kind=kind_of(meta["name"], cmp, asked=True),
                                    old=evr_of(old) if old else None,
                                    new=f"{meta['version']}-{meta['release']}"))
@@ -182,7 +182,7 @@ def preview(paths: RootPaths, names: list[str], *, files: Sequence[Path] = ()):
         for a in sorted(plan.install, key=lambda a: a.name):
             old = installed.get(a.name)
             changes.append(StoneChange(
-                name=a.name, kind=kind_of(a.name, compare_installed(a, old) if old else 1,
+                name=a.name, kind=kind_of(a.name, vs_installed(a, old) if old else 1,
                                           asked=a.name not in plan.dependencies),
                 old=evr_of(old) if old else None, new=a.evr, repo=a.repo, download=a.size))
         notes += [f"{n} is installed already" for n in sorted(set(plan.already))]

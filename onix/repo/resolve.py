@@ -29,22 +29,28 @@ from dataclasses import dataclass, field
 from functools import cmp_to_key
 
 from onix.core.errors import ConflictError, OnixError
-from onix.repo.versions import Available, Dep, compare_evr, compare_versions, parse_dep
+from onix.repo.versions import (
+    Available,
+    Dep,
+    compare_evr,
+    compare_version_release,
+    compare_versions,
+    parse_dep,
+)
 
 MISSING_HINT = ("add a repository that has it (onix repo add) or install a stone file that "
                 "provides it")
 
 
-def _vs_installed(cand: Available, meta: dict) -> int:
+def vs_installed(cand: Available, meta: dict) -> int:
     """-1, 0, 1 as `cand` is older than, the same as or newer than the installed stone
     (0 when the installed one has no version to compare with: keep it)."""
     version, release = meta.get("version"), meta.get("release")
     if not isinstance(version, str):
         return 0
-    c = compare_versions(cand.version, version)
-    if c == 0 and isinstance(release, int):
-        c = (cand.release > release) - (cand.release < release)
-    return c
+    if not isinstance(release, int):
+        return compare_versions(cand.version, version)
+    return compare_version_release(cand.version, cand.release, version, release)
 
 
 # -- plans ---------------------------------------------------------------------------
@@ -212,7 +218,7 @@ class _Resolver:
         self.chosen[name] = pick
         self.reasons[name] = why
         if name in self.installed:
-            c = _vs_installed(pick, self.installed[name])
+            c = vs_installed(pick, self.installed[name])
             if c > 0:
                 self.upgrades[name] = self._was(name)
             elif c < 0:
@@ -224,7 +230,7 @@ class _Resolver:
         cands = [c for c in self.by_name.get(name, [])
                  if all(n.dep.allows(c.version, c.release) for n in self.needs.get(name, []))]
         if name in self.installed and not (older_ok or self.allow_downgrade):
-            cands = [c for c in cands if _vs_installed(c, self.installed[name]) >= 0]
+            cands = [c for c in cands if vs_installed(c, self.installed[name]) >= 0]
         return cands
 
     def _pick_or_fail(self, name: str, *, older_ok: bool = False) -> Available:
@@ -288,7 +294,7 @@ class _Resolver:
                 return
             cands = self._candidates(name, older_ok=older_ok)
             if inst is not None and not older_ok and (
-                    not cands or _vs_installed(cands[0], inst) <= 0):
+                    not cands or vs_installed(cands[0], inst) <= 0):
                 self.already.append(name)
                 return
             if not cands:
@@ -301,7 +307,7 @@ class _Resolver:
                 return
             cands = self._candidates(name)
             if name in self.installed and (
-                    not cands or _vs_installed(cands[0], self.installed[name]) == 0
+                    not cands or vs_installed(cands[0], self.installed[name]) == 0
                     or name not in self.by_name):
                 self.already.append(name)
                 return
@@ -325,7 +331,7 @@ class _Resolver:
     def _requested(self, name: str, pick: Available) -> str:
         if name not in self.installed:
             return "requested"
-        c = _vs_installed(pick, self.installed[name])
+        c = vs_installed(pick, self.installed[name])
         return f"requested ({'upgrade' if c > 0 else 'downgrade'} from {self._was(name)})"
 
     # -- dependencies ------------------------------------------------------------------

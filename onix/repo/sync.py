@@ -36,19 +36,12 @@ from onix.machine.preview import (
     StoneChange,
 )
 from onix.machine.reader import live_selection
-from onix.repo.versions import Available, compare_versions
+from onix.repo.resolve import vs_installed
+from onix.repo.versions import Available
 
 
 def evr_of(meta: dict) -> str:
     return f"{meta.get('version')}-{meta.get('release')}"
-
-
-def compare_installed(a: Available, meta: dict) -> int:
-    """-1, 0, 1 as the candidate is older than, the same as, newer than the installed stone."""
-    c = compare_versions(a.version, str(meta.get("version")))
-    if c == 0 and isinstance(meta.get("release"), int):
-        c = (a.release > meta["release"]) - (a.release < meta["release"])
-    return c
 
 
 @dataclass
@@ -82,7 +75,7 @@ def plan(installed: dict[str, dict], explicit: set[str], available: list[Availab
         cands = _best_first(by_name.get(name, []))
         if not cands:
             fixed[name] = meta
-        elif compare_installed(cands[0], meta) < 0 and not allow_downgrade:
+        elif vs_installed(cands[0], meta) < 0 and not allow_downgrade:
             fixed[name] = meta
             out.held.append(f"{name} {evr_of(meta)} is newer than anything the repositories "
                             f"offer ({cands[0].evr}); kept (--allow-downgrade to go back)")
@@ -106,13 +99,13 @@ def plan(installed: dict[str, dict], explicit: set[str], available: list[Availab
     out.drop = sorted((set(installed) - set(fixed) - set(chosen)) | (stray & set(fixed)))
     for name, a in sorted(chosen.items()):
         meta = installed.get(name)
-        if meta is not None and compare_installed(a, meta) == 0:
+        if meta is not None and vs_installed(a, meta) == 0:
             continue  # the same version-release: nothing to fetch
         out.fetch.append(a)
         if meta is None:
             kind = NEW if name in explicit else DEPENDENCY
         else:
-            kind = UPGRADE if compare_installed(a, meta) > 0 else DOWNGRADE
+            kind = UPGRADE if vs_installed(a, meta) > 0 else DOWNGRADE
         size = a.as_dict().get("installed_size") or 0
         out.changes.append(StoneChange(
             name=name, kind=kind, old=evr_of(meta) if meta else None, new=a.evr, repo=a.repo,

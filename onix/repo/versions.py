@@ -126,12 +126,19 @@ def compare_versions(a: str, b: str) -> int:
     return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
 
 
-def compare_evr(a: Available, b: Available) -> int:
-    """Order two stones by version, then release."""
-    c = compare_versions(a.version, b.version)
+def compare_version_release(version_a: str, release_a: int, version_b: str,
+                            release_b: int) -> int:
+    """-1, 0 or 1: stone a is older than, the same as or newer than stone b (version by
+    Debian's rules, then release)."""
+    c = compare_versions(version_a, version_b)
     if c:
         return c
-    return (a.release > b.release) - (a.release < b.release)
+    return (release_a > release_b) - (release_a < release_b)
+
+
+def compare_evr(a: Available, b: Available) -> int:
+    """Order two stones by version, then release."""
+    return compare_version_release(a.version, a.release, b.version, b.release)
 
 
 # -- dependencies ----------------------------------------------------------------------
